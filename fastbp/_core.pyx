@@ -1,0 +1,575 @@
+# cython: language_level=3
+"""The compiled kernel of fastbp: forward, backward and SGD for dense networks, without the GIL.
+
+Same functions, same semantics as the NumPy twin ``fastbp/_reference.py`` (the specification; read it
+first). See ``docs/DESIGN.md`` for the interface, the parameter layout and the shuffle permutation.
+
+One body serves float32 and float64 through the ``floating`` fused type. Each layer picks one of two
+paths per mini-batch: hand-fused loops for small layers (no call overhead per example), or BLAS
+``sgemm``/``dgemm`` from ``scipy.linalg.cython_blas`` when the product is large enough to pay for the
+call, with the bias, the activation and its derivative applied in one sweep over each product.
+
+The kernel trusts its inputs: ``fastbp/network.py`` has checked dtypes, contiguity, shapes and values.
+"""
+
+from cython cimport floating
+from libc.math cimport exp, expf, log, tanh, tanhf, isfinite
+from libc.stdlib cimport malloc, free
+from libc.string cimport memcpy, memset
+from libc.stdint cimport uint64_t
+from cpython.exc cimport PyErr_CheckSignals, PyErr_Clear
+from scipy.linalg.cython_blas cimport sgemm, dgemm
+
+import numpy as np
+
+cdef extern from "_kernels.h" nogil:
+    float fastbp_dot_f32(const float *a, const float *b, Py_ssize_t n)
+    double fastbp_dot_f64(const double *a, const double *b, Py_ssize_t n)
+
+
+cdef enum:
+    ACT_IDENTITY = 0
+    ACT_SIGMOID = 1
+    ACT_RELU = 2
+    ACT_TANH = 3
+
+cdef enum:
+    LOSS_HALF_SSE = 0
+    LOSS_MSE = 1
+    LOSS_CROSS_ENTROPY = 2
+
+cdef enum:
+    STATUS_OK = 0
+    STATUS_NONFINITE = 1
+    STATUS_INTERRUPTED = 2
+
+# A layer uses BLAS for a mini-batch when the batch has at least BLAS_MIN_BATCH rows and the product
+# has at least BLAS_MIN_WORK multiply-adds; below that the call overhead costs more than it saves.
+# Measured with bench/compare.py (see README, Performance).
+cdef Py_ssize_t BLAS_MIN_BATCH = 8
+cdef Py_ssize_t BLAS_MIN_WORK = 32768
+
+# How many multiply-adds of training pass between two checks for Ctrl-C (each check takes the GIL).
+cdef double SIGNAL_CHECK_WORK = 2.0e7
+
+cdef uint64_t GOLDEN_GAMMA = 0x9E3779B97F4A7C15ULL
+
+
+cdef struct Plan:
+    int n_layers
+    int loss
+    Py_ssize_t max_batch
+    Py_ssize_t max_width
+    Py_ssize_t n_params
+    Py_ssize_t *sizes      # n_layers + 1
+    int *acts              # n_layers
+    Py_ssize_t *w_off      # n_layers
+    Py_ssize_t *b_off      # n_layers
+    Py_ssize_t *act_off    # n_layers: start of layer l's outputs in the activation buffer
+
+
+cdef class Workspace:
+    """Buffers for one network layout and up to ``max_batch`` rows, allocated once.
+
+    Holds the per-layer activations, two delta buffers, the gradient (``grad``, laid out like
+    ``params``), the gather buffers for shuffled mini-batches and the permutation.
+    """
+
+    cdef Plan plan
+    cdef readonly object dtype
+    cdef readonly Py_ssize_t max_batch
+    cdef readonly tuple layer_sizes
+    cdef readonly object grad
+    cdef object _activations
+    cdef object _deltas
+    cdef object _batch_inputs
+    cdef object _batch_targets
+    cdef object _order
+
+    def __cinit__(self, layer_sizes, activation_codes, int loss_code, dtype, Py_ssize_t max_batch):
+        cdef Py_ssize_t n_layers = len(layer_sizes) - 1
+        cdef Py_ssize_t l, position = 0, act_position = 0
+        self.plan.sizes = NULL
+        self.plan.acts = NULL
+        self.plan.w_off = NULL
+        self.plan.b_off = NULL
+        self.plan.act_off = NULL
+        if n_layers < 1 or len(activation_codes) != n_layers or max_batch < 1:
+            raise ValueError("Workspace: inconsistent layer_sizes, activation_codes or max_batch")
+        self.plan.n_layers = <int>n_layers
+        self.plan.loss = loss_code
+        self.plan.max_batch = max_batch
+        self.plan.sizes = <Py_ssize_t *>malloc((n_layers + 1) * sizeof(Py_ssize_t))
+        self.plan.acts = <int *>malloc(n_layers * sizeof(int))
+        self.plan.w_off = <Py_ssize_t *>malloc(n_layers * sizeof(Py_ssize_t))
+        self.plan.b_off = <Py_ssize_t *>malloc(n_layers * sizeof(Py_ssize_t))
+        self.plan.act_off = <Py_ssize_t *>malloc(n_layers * sizeof(Py_ssize_t))
+        if (self.plan.sizes == NULL or self.plan.acts == NULL or self.plan.w_off == NULL
+                or self.plan.b_off == NULL or self.plan.act_off == NULL):
+            raise MemoryError()
+        self.plan.max_width = 0
+        for l in range(n_layers + 1):
+            self.plan.sizes[l] = layer_sizes[l]
+            if self.plan.sizes[l] > self.plan.max_width:
+                self.plan.max_width = self.plan.sizes[l]
+        for l in range(n_layers):
+            self.plan.acts[l] = activation_codes[l]
+            self.plan.w_off[l] = position
+            position += self.plan.sizes[l] * self.plan.sizes[l + 1]
+            self.plan.b_off[l] = position
+            position += self.plan.sizes[l + 1]
+            self.plan.act_off[l] = act_position
+            act_position += max_batch * self.plan.sizes[l + 1]
+        self.plan.n_params = position
+
+        self.dtype = np.dtype(dtype)
+        if self.dtype != np.float32 and self.dtype != np.float64:
+            raise TypeError(f"Workspace: dtype must be float32 or float64, got {self.dtype}")
+        self.max_batch = max_batch
+        self.layer_sizes = tuple(int(s) for s in layer_sizes)
+        self.grad = np.zeros(position, dtype=self.dtype)
+        self._activations = np.zeros(act_position, dtype=self.dtype)
+        self._deltas = np.zeros(2 * max_batch * self.plan.max_width, dtype=self.dtype)
+        self._batch_inputs = np.zeros(max_batch * self.plan.sizes[0], dtype=self.dtype)
+        self._batch_targets = np.zeros(max_batch * self.plan.sizes[n_layers], dtype=self.dtype)
+        self._order = np.zeros(0, dtype=np.intp)
+
+    def __dealloc__(self):
+        free(self.plan.sizes)
+        free(self.plan.acts)
+        free(self.plan.w_off)
+        free(self.plan.b_off)
+        free(self.plan.act_off)
+
+    cdef Py_ssize_t[::1] order_buffer(self, Py_ssize_t n):
+        # Grows at most once per fit: the number of examples does not change between epochs.
+        if self._order.shape[0] < n:
+            self._order = np.empty(n, dtype=np.intp)
+        return self._order
+
+
+# ---------------------------------------------------------------------------------------------------
+# Elementwise pieces
+
+
+cdef inline floating sigmoid(floating z) noexcept nogil:
+    # Stable on both sides: exp never overflows.
+    cdef floating e
+    if floating is float:
+        if z >= 0:
+            return 1.0 / (1.0 + expf(-z))
+        e = expf(z)
+        return e / (1.0 + e)
+    else:
+        if z >= 0:
+            return 1.0 / (1.0 + exp(-z))
+        e = exp(z)
+        return e / (1.0 + e)
+
+
+cdef inline floating tanh_(floating z) noexcept nogil:
+    if floating is float:
+        return tanhf(z)
+    else:
+        return tanh(z)
+
+
+cdef inline floating exp_(floating z) noexcept nogil:
+    if floating is float:
+        return expf(z)
+    else:
+        return exp(z)
+
+
+cdef inline void bias_activate(floating *row, const floating *bias, Py_ssize_t n, int act) noexcept nogil:
+    """row[j] = f(row[j] + bias[j]): the sweep that follows a matrix product."""
+    cdef Py_ssize_t j
+    cdef floating v
+    if act == ACT_RELU:
+        for j in range(n):
+            v = row[j] + bias[j]
+            row[j] = 0 if v < 0 else v
+    elif act == ACT_SIGMOID:
+        for j in range(n):
+            row[j] = sigmoid(row[j] + bias[j])
+    elif act == ACT_TANH:
+        for j in range(n):
+            row[j] = tanh_(row[j] + bias[j])
+    else:
+        for j in range(n):
+            row[j] = row[j] + bias[j]
+
+
+cdef inline void times_derivative(floating *delta, const floating *a, Py_ssize_t n, int act) noexcept nogil:
+    """delta *= f'(z), with f' computed from the layer's output a = f(z)."""
+    cdef Py_ssize_t i
+    if act == ACT_RELU:
+        for i in range(n):
+            if not (a[i] > 0):
+                delta[i] = 0
+    elif act == ACT_SIGMOID:
+        for i in range(n):
+            delta[i] = delta[i] * (a[i] * (1 - a[i]))
+    elif act == ACT_TANH:
+        for i in range(n):
+            delta[i] = delta[i] * (1 - a[i] * a[i])
+
+
+cdef inline floating dot(const floating *a, const floating *b, Py_ssize_t n) noexcept nogil:
+    if floating is float:
+        return fastbp_dot_f32(a, b, n)
+    else:
+        return fastbp_dot_f64(a, b, n)
+
+
+cdef inline void gemm(char *transa, char *transb, int m, int n, int k, floating alpha,
+                      const floating *a, int lda, const floating *b, int ldb, floating beta,
+                      floating *c, int ldc) noexcept nogil:
+    """Column-major BLAS gemm; the callers map row-major operands by swapping and transposing."""
+    if floating is float:
+        sgemm(transa, transb, &m, &n, &k, &alpha, <float *>a, &lda, <float *>b, &ldb, &beta, c, &ldc)
+    else:
+        dgemm(transa, transb, &m, &n, &k, &alpha, <double *>a, &lda, <double *>b, &ldb, &beta, c, &ldc)
+
+
+cdef inline bint blas_pays(Py_ssize_t batch, Py_ssize_t n_in, Py_ssize_t n_out) noexcept nogil:
+    return batch >= BLAS_MIN_BATCH and batch * n_in * n_out >= BLAS_MIN_WORK
+
+
+# ---------------------------------------------------------------------------------------------------
+# Forward, loss and backward on one mini-batch
+
+
+cdef void dense_forward(const Plan *p, const floating *params, const floating *inputs, Py_ssize_t batch,
+                        floating *activations) noexcept nogil:
+    """Every layer's output for `batch` rows of `inputs`: z = a_prev W^T + b, a = f(z), fused."""
+    cdef const floating *a_prev = inputs
+    cdef const floating *W
+    cdef const floating *bias
+    cdef floating *out
+    cdef floating *row
+    cdef Py_ssize_t l, r, j, n_in, n_out
+    cdef int act
+    for l in range(p.n_layers):
+        n_in = p.sizes[l]
+        n_out = p.sizes[l + 1]
+        act = p.acts[l]
+        W = params + p.w_off[l]
+        bias = params + p.b_off[l]
+        out = activations + p.act_off[l]
+        if blas_pays(batch, n_in, n_out):
+            # out (batch x n_out, row-major) = a_prev (batch x n_in) @ W^T
+            gemm(b"T", b"N", <int>n_out, <int>batch, <int>n_in, 1, W, <int>n_in, a_prev, <int>n_in,
+                 0, out, <int>n_out)
+            for r in range(batch):
+                bias_activate(out + r * n_out, bias, n_out, act)
+        else:
+            for r in range(batch):
+                row = out + r * n_out
+                for j in range(n_out):
+                    row[j] = dot(W + j * n_in, a_prev + r * n_in, n_in)
+                bias_activate(row, bias, n_out, act)
+        a_prev = out
+
+
+cdef double output_delta(const Plan *p, const floating *output, const floating *targets, Py_ssize_t batch,
+                         floating *delta) noexcept nogil:
+    """The batch loss, and delta = dL/dz of the last layer (the 1/batch of the mean included)."""
+    cdef Py_ssize_t K = p.sizes[p.n_layers]
+    cdef int act = p.acts[p.n_layers - 1]
+    cdef Py_ssize_t r, k, n = batch * K
+    cdef double total = 0.0, m, s, target_sum, dot_yz, diff
+    cdef floating scale, e
+    cdef const floating *z
+    cdef const floating *y
+    cdef floating *d
+    if p.loss == LOSS_CROSS_ENTROPY:
+        # -sum_k y_k log softmax(z)_k = logsumexp(z) sum_k y_k - sum_k y_k z_k; grad (softmax sum y - y)
+        scale = <floating>(1.0 / batch)
+        for r in range(batch):
+            z = output + r * K
+            y = targets + r * K
+            d = delta + r * K
+            m = z[0]
+            for k in range(1, K):
+                if z[k] > m:
+                    m = z[k]
+            s = 0.0
+            target_sum = 0.0
+            dot_yz = 0.0
+            for k in range(K):
+                e = exp_(<floating>(z[k] - m))
+                d[k] = e
+                s += e
+                target_sum += y[k]
+                dot_yz += y[k] * (z[k] - m)
+            total += log(s) * target_sum - dot_yz
+            for k in range(K):
+                d[k] = (<floating>(d[k] / s) * <floating>target_sum - y[k]) * scale
+        return total / batch
+    if p.loss == LOSS_MSE:
+        scale = <floating>(2.0 / n)
+    else:
+        scale = <floating>(1.0 / batch)
+    for k in range(n):
+        diff = output[k] - targets[k]
+        total += diff * diff
+        delta[k] = scale * (output[k] - targets[k])
+    times_derivative(delta, output, n, act)
+    if p.loss == LOSS_MSE:
+        return total / n
+    return 0.5 * total / batch
+
+
+cdef inline void axpy(floating *y, const floating *x, floating alpha, Py_ssize_t n) noexcept nogil:
+    cdef Py_ssize_t i
+    for i in range(n):
+        y[i] += alpha * x[i]
+
+
+cdef void dense_backward(const Plan *p, floating *params, const floating *inputs, Py_ssize_t batch,
+                         const floating *activations, floating *delta, floating *delta_other,
+                         floating *grad, floating lr, bint update_in_place) noexcept nogil:
+    """Back-propagate the last layer's delta through every layer.
+
+    With ``update_in_place`` (plain SGD) each layer's weights are updated as soon as its delta for the
+    layer below is computed from the old weights: the gradient is never stored. Otherwise the gradient
+    of the batch loss is written into ``grad`` (layout of params).
+    """
+    cdef Py_ssize_t l, r, j, n_in, n_out
+    cdef floating *W
+    cdef floating *bias
+    cdef floating *gW
+    cdef floating *gb
+    cdef const floating *a_prev
+    cdef floating *d_prev
+    cdef floating *swap
+    cdef floating d, column
+    cdef bint use_blas
+    for l in range(p.n_layers - 1, -1, -1):
+        n_in = p.sizes[l]
+        n_out = p.sizes[l + 1]
+        W = params + p.w_off[l]
+        bias = params + p.b_off[l]
+        a_prev = inputs if l == 0 else activations + p.act_off[l - 1]
+        use_blas = blas_pays(batch, n_in, n_out)
+
+        # 1. the delta of the layer below, from the weights before this step's update
+        if l > 0:
+            d_prev = delta_other
+            if use_blas:
+                # d_prev (batch x n_in) = delta (batch x n_out) @ W (n_out x n_in)
+                gemm(b"N", b"N", <int>n_in, <int>batch, <int>n_out, 1, W, <int>n_in, delta, <int>n_out,
+                     0, d_prev, <int>n_in)
+            else:
+                memset(d_prev, 0, batch * n_in * sizeof(floating))
+                for r in range(batch):
+                    for j in range(n_out):
+                        d = delta[r * n_out + j]
+                        if d != 0:
+                            axpy(d_prev + r * n_in, W + j * n_in, d, n_in)
+            times_derivative(d_prev, a_prev, batch * n_in, p.acts[l - 1])
+
+        # 2. the gradient of this layer (or the update itself)
+        if update_in_place:
+            gW = W
+            gb = bias
+        else:
+            gW = grad + p.w_off[l]
+            gb = grad + p.b_off[l]
+        if use_blas:
+            # gW (n_out x n_in) = delta^T (n_out x batch) @ a_prev (batch x n_in)
+            if update_in_place:
+                gemm(b"N", b"T", <int>n_in, <int>n_out, <int>batch, -lr, a_prev, <int>n_in, delta,
+                     <int>n_out, 1, gW, <int>n_in)
+            else:
+                gemm(b"N", b"T", <int>n_in, <int>n_out, <int>batch, 1, a_prev, <int>n_in, delta,
+                     <int>n_out, 0, gW, <int>n_in)
+        else:
+            if not update_in_place:
+                memset(gW, 0, n_in * n_out * sizeof(floating))
+            for j in range(n_out):
+                for r in range(batch):
+                    d = delta[r * n_out + j]
+                    if d != 0:
+                        if update_in_place:
+                            axpy(gW + j * n_in, a_prev + r * n_in, -lr * d, n_in)
+                        else:
+                            axpy(gW + j * n_in, a_prev + r * n_in, d, n_in)
+        for j in range(n_out):
+            column = 0
+            for r in range(batch):
+                column = column + delta[r * n_out + j]
+            if update_in_place:
+                gb[j] = gb[j] - lr * column
+            else:
+                gb[j] = column
+
+        if l > 0:
+            swap = delta
+            delta = delta_other
+            delta_other = swap
+
+
+cdef void sgd_update(floating *params, const floating *grad, floating *velocity, Py_ssize_t n,
+                     floating lr, floating momentum, floating weight_decay, bint nesterov) noexcept nogil:
+    """torch.optim.SGD's step (dampening 0) over the whole flat buffer."""
+    cdef Py_ssize_t k
+    cdef floating g, v
+    for k in range(n):
+        g = grad[k]
+        if weight_decay != 0:
+            g = g + weight_decay * params[k]
+        if momentum != 0:
+            v = momentum * velocity[k] + g
+            velocity[k] = v
+            if nesterov:
+                g = g + momentum * v
+            else:
+                g = v
+        params[k] = params[k] - lr * g
+
+
+# ---------------------------------------------------------------------------------------------------
+# The shuffle permutation (specification: fastbp/_layout.py)
+
+
+cdef inline uint64_t mix64(uint64_t z) noexcept nogil:
+    z = (z ^ (z >> 30)) * 0xBF58476D1CE4E5B9ULL
+    z = (z ^ (z >> 27)) * 0x94D049BB133111EBULL
+    return z ^ (z >> 31)
+
+
+cdef void fill_permutation(Py_ssize_t *order, Py_ssize_t n, uint64_t key) noexcept nogil:
+    cdef Py_ssize_t i, j, t
+    cdef uint64_t h
+    for i in range(n):
+        order[i] = i
+    for i in range(n - 1, 0, -1):
+        h = mix64(key + GOLDEN_GAMMA * <uint64_t>(i + 1))
+        j = <Py_ssize_t>(((h >> 32) * <uint64_t>(i + 1)) >> 32)
+        t = order[i]
+        order[i] = order[j]
+        order[j] = t
+
+
+# ---------------------------------------------------------------------------------------------------
+# Entry points (same names and semantics as fastbp._reference)
+
+
+def predict(Workspace ws, floating[::1] params, floating[:, ::1] X, floating[:, ::1] out):
+    """Write the network's output for every row of X into out (chunks of ws.max_batch rows)."""
+    cdef const Plan *p = &ws.plan
+    cdef floating[::1] activations = ws._activations
+    cdef Py_ssize_t n = X.shape[0], start, batch
+    cdef Py_ssize_t n_in = p.sizes[0], K = p.sizes[p.n_layers]
+    if n == 0:
+        return
+    with nogil:
+        start = 0
+        while start < n:
+            batch = min(p.max_batch, n - start)
+            dense_forward(p, &params[0], &X[0, 0] + start * n_in, batch, &activations[0])
+            memcpy(&out[0, 0] + start * K, &activations[0] + p.act_off[p.n_layers - 1],
+                   batch * K * sizeof(floating))
+            start += batch
+
+
+def loss_and_gradient(Workspace ws, floating[::1] params, floating[:, ::1] X, floating[:, ::1] Y):
+    """The loss of one batch (rows <= ws.max_batch); its gradient is left in ws.grad."""
+    cdef const Plan *p = &ws.plan
+    cdef floating[::1] activations = ws._activations
+    cdef floating[::1] deltas = ws._deltas
+    cdef floating[::1] grad = ws.grad
+    cdef Py_ssize_t batch = X.shape[0]
+    cdef Py_ssize_t half = p.max_batch * p.max_width
+    cdef double loss
+    if batch > p.max_batch:
+        raise ValueError(f"batch of {batch} rows exceeds the workspace's {p.max_batch}")
+    with nogil:
+        dense_forward(p, &params[0], &X[0, 0], batch, &activations[0])
+        loss = output_delta(p, &activations[0] + p.act_off[p.n_layers - 1], &Y[0, 0], batch, &deltas[0])
+        dense_backward(p, &params[0], &X[0, 0], batch, &activations[0], &deltas[0], &deltas[0] + half,
+                       &grad[0], 0, False)
+    return loss
+
+
+def train_epoch(Workspace ws, floating[::1] params, floating[:, ::1] X, floating[:, ::1] Y,
+                Py_ssize_t batch_size, double lr, double momentum, double weight_decay, bint nesterov,
+                floating[::1] velocity, long long shuffle_key):
+    """One epoch of mini-batch SGD; returns (loss_sum, examples_done, status). See docs/DESIGN.md."""
+    cdef const Plan *p = &ws.plan
+    cdef floating[::1] activations = ws._activations
+    cdef floating[::1] deltas = ws._deltas
+    cdef floating[::1] grad = ws.grad
+    cdef floating[::1] batch_inputs = ws._batch_inputs
+    cdef floating[::1] batch_targets = ws._batch_targets
+    cdef Py_ssize_t n = X.shape[0]
+    cdef Py_ssize_t n_in = p.sizes[0], K = p.sizes[p.n_layers]
+    cdef Py_ssize_t half = p.max_batch * p.max_width
+    cdef Py_ssize_t start, batch, r, row, batches_since_check = 0, check_every, l
+    cdef bint shuffle = shuffle_key >= 0
+    cdef bint in_place = momentum == 0 and weight_decay == 0
+    cdef Py_ssize_t[::1] order
+    cdef Py_ssize_t *order_ptr = NULL
+    cdef const floating *inputs
+    cdef const floating *targets
+    cdef double loss, loss_sum = 0.0, work = 0.0
+    cdef Py_ssize_t done = 0
+    cdef int status = STATUS_OK
+    cdef floating lr_ = <floating>lr, momentum_ = <floating>momentum
+    cdef floating weight_decay_ = <floating>weight_decay
+    cdef floating *velocity_ptr = NULL
+
+    if batch_size < 1 or min(batch_size, n) > p.max_batch:
+        raise ValueError(f"batch_size {batch_size} does not fit the workspace ({p.max_batch} rows)")
+    if n == 0:
+        return 0.0, 0, STATUS_OK
+    if momentum != 0:
+        velocity_ptr = &velocity[0]
+    if shuffle:
+        order = ws.order_buffer(n)
+        order_ptr = &order[0]
+    for l in range(p.n_layers):
+        work += 3.0 * p.sizes[l] * p.sizes[l + 1]
+    check_every = max(1, <Py_ssize_t>(SIGNAL_CHECK_WORK / (work * min(batch_size, n))))
+
+    with nogil:
+        if shuffle:
+            fill_permutation(order_ptr, n, <uint64_t>shuffle_key)
+        start = 0
+        while start < n:
+            batch = min(batch_size, n - start)
+            if shuffle:
+                for r in range(batch):
+                    row = order_ptr[start + r]
+                    memcpy(&batch_inputs[0] + r * n_in, &X[0, 0] + row * n_in, n_in * sizeof(floating))
+                    memcpy(&batch_targets[0] + r * K, &Y[0, 0] + row * K, K * sizeof(floating))
+                inputs = &batch_inputs[0]
+                targets = &batch_targets[0]
+            else:
+                inputs = &X[0, 0] + start * n_in
+                targets = &Y[0, 0] + start * K
+            dense_forward(p, &params[0], inputs, batch, &activations[0])
+            loss = output_delta(p, &activations[0] + p.act_off[p.n_layers - 1], targets, batch, &deltas[0])
+            if not isfinite(loss):
+                status = STATUS_NONFINITE
+                break
+            dense_backward(p, &params[0], inputs, batch, &activations[0], &deltas[0], &deltas[0] + half,
+                           &grad[0], lr_, in_place)
+            if not in_place:
+                sgd_update(&params[0], &grad[0], velocity_ptr, p.n_params, lr_, momentum_, weight_decay_,
+                           nesterov)
+            loss_sum += loss * batch
+            done += batch
+            start += batch
+            batches_since_check += 1
+            if batches_since_check >= check_every and start < n:
+                batches_since_check = 0
+                with gil:
+                    if PyErr_CheckSignals() != 0:
+                        PyErr_Clear()
+                        status = STATUS_INTERRUPTED
+                if status == STATUS_INTERRUPTED:
+                    break
+    return loss_sum, done, status
