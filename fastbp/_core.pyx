@@ -23,8 +23,27 @@ from scipy.linalg.cython_blas cimport sgemm, dgemm
 import numpy as np
 
 cdef extern from "_kernels.h" nogil:
+    ctypedef struct Plan "fastbp_plan":
+        int n_layers
+        int loss
+        Py_ssize_t max_batch
+        Py_ssize_t max_width
+        Py_ssize_t n_params
+        Py_ssize_t *sizes      # n_layers + 1
+        int *acts              # n_layers
+        Py_ssize_t *w_off      # n_layers
+        Py_ssize_t *b_off      # n_layers
+        Py_ssize_t *act_off    # n_layers: start of layer l's outputs in the activation buffer
     float fastbp_dot_f32(const float *a, const float *b, Py_ssize_t n)
     double fastbp_dot_f64(const double *a, const double *b, Py_ssize_t n)
+    int fastbp_train_rows_f32(const Plan *p, float *params, const float *X, const float *Y,
+                              const Py_ssize_t *order, Py_ssize_t start, Py_ssize_t count, float lr,
+                              float *activations, float *delta_a, float *delta_b,
+                              double *loss_sum, Py_ssize_t *done)
+    int fastbp_train_rows_f64(const Plan *p, double *params, const double *X, const double *Y,
+                              const Py_ssize_t *order, Py_ssize_t start, Py_ssize_t count, double lr,
+                              double *activations, double *delta_a, double *delta_b,
+                              double *loss_sum, Py_ssize_t *done)
 
 
 cdef enum:
@@ -55,17 +74,6 @@ cdef double SIGNAL_CHECK_WORK = 2.0e7
 cdef uint64_t GOLDEN_GAMMA = 0x9E3779B97F4A7C15ULL
 
 
-cdef struct Plan:
-    int n_layers
-    int loss
-    Py_ssize_t max_batch
-    Py_ssize_t max_width
-    Py_ssize_t n_params
-    Py_ssize_t *sizes      # n_layers + 1
-    int *acts              # n_layers
-    Py_ssize_t *w_off      # n_layers
-    Py_ssize_t *b_off      # n_layers
-    Py_ssize_t *act_off    # n_layers: start of layer l's outputs in the activation buffer
 
 
 cdef class Workspace:
@@ -220,6 +228,19 @@ cdef inline floating dot(const floating *a, const floating *b, Py_ssize_t n) noe
         return fastbp_dot_f32(a, b, n)
     else:
         return fastbp_dot_f64(a, b, n)
+
+
+cdef inline int train_rows(const Plan *p, floating *params, const floating *X, const floating *Y,
+                           const Py_ssize_t *order, Py_ssize_t start, Py_ssize_t count, floating lr,
+                           floating *activations, floating *delta_a, floating *delta_b,
+                           double *loss_sum, Py_ssize_t *done) noexcept nogil:
+    """Per-example plain SGD over `count` rows, fused in C (fastbp/_kernels_rows.h)."""
+    if floating is float:
+        return fastbp_train_rows_f32(p, params, X, Y, order, start, count, lr, activations, delta_a,
+                                     delta_b, loss_sum, done)
+    else:
+        return fastbp_train_rows_f64(p, params, X, Y, order, start, count, lr, activations, delta_a,
+                                     delta_b, loss_sum, done)
 
 
 cdef inline void gemm(char *transa, char *transb, int m, int n, int k, floating alpha,
@@ -538,7 +559,20 @@ def train_epoch(Workspace ws, floating[::1] params, floating[:, ::1] X, floating
         if shuffle:
             fill_permutation(order_ptr, n, <uint64_t>shuffle_key)
         start = 0
-        while start < n:
+        if batch_size == 1 and in_place:
+            # Per-example SGD: the fused C loop, entered once per `check_every` examples.
+            while start < n and status == STATUS_OK:
+                batch = min(check_every, n - start)
+                if train_rows(p, &params[0], &X[0, 0], &Y[0, 0], order_ptr, start, batch, lr_,
+                              &activations[0], &deltas[0], &deltas[0] + half, &loss_sum, &done) != 0:
+                    status = STATUS_NONFINITE
+                start += batch
+                if status == STATUS_OK and start < n:
+                    with gil:
+                        if PyErr_CheckSignals() != 0:
+                            PyErr_Clear()
+                            status = STATUS_INTERRUPTED
+        while start < n and status == STATUS_OK:
             batch = min(batch_size, n - start)
             if shuffle:
                 for r in range(batch):

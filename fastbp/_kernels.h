@@ -1,30 +1,90 @@
-/* Small inner loops of the fastbp kernel that Cython cannot express well.
+/* The inner loops of the fastbp kernel that Cython cannot express: C with a SIMD pragma and runtime
+ * dispatch. Included by fastbp/_core.pyx (after Python.h, so Py_ssize_t is defined).
  *
- * gcc vectorises a floating-point sum only when it may reorder the additions. `#pragma omp simd
- * reduction(+:s)` (enabled by -fopenmp-simd, no OpenMP runtime needed) allows exactly that reordering and
- * nothing else, so results stay deterministic run to run without -ffast-math.
+ * - gcc vectorises a floating-point sum only when it may reorder the additions. `#pragma omp simd
+ *   reduction(+:s)` (enabled by -fopenmp-simd, no OpenMP runtime) allows exactly that reordering and
+ *   nothing else, so results stay deterministic run to run without -ffast-math.
+ * - On Linux/x86-64 with gcc, the per-example training loop is compiled three times (AVX-512, AVX2+FMA,
+ *   baseline) with `target_clones`; the dynamic loader picks the variant for the CPU it runs on (glibc
+ *   ifunc). Elsewhere only the baseline variant is built, which is just as correct.
  */
 #ifndef FASTBP_KERNELS_H
 #define FASTBP_KERNELS_H
 
 #include <stddef.h>
+#include <math.h>
 
-static inline float fastbp_dot_f32(const float *a, const float *b, ptrdiff_t n)
+#if defined(__GNUC__) && !defined(__clang__) && defined(__linux__) && defined(__x86_64__) \
+    && !defined(FASTBP_NO_CLONES)
+#define FASTBP_CLONES __attribute__((target_clones("arch=x86-64-v4", "arch=x86-64-v3", "default")))
+#else
+#define FASTBP_CLONES
+#endif
+
+#if defined(__GNUC__) || defined(__clang__)
+#define FASTBP_RESTRICT __restrict__
+#else
+#define FASTBP_RESTRICT
+#endif
+
+/* Layout of one network, shared with _core.pyx (see docs/DESIGN.md). */
+typedef struct {
+    int n_layers;
+    int loss;
+    Py_ssize_t max_batch;
+    Py_ssize_t max_width;
+    Py_ssize_t n_params;
+    Py_ssize_t *sizes;      /* n_layers + 1 */
+    int *acts;              /* n_layers */
+    Py_ssize_t *w_off;      /* n_layers */
+    Py_ssize_t *b_off;      /* n_layers */
+    Py_ssize_t *act_off;    /* n_layers: start of layer l's outputs in the activation buffer */
+} fastbp_plan;
+
+enum { FASTBP_IDENTITY = 0, FASTBP_SIGMOID = 1, FASTBP_RELU = 2, FASTBP_TANH = 3 };
+enum { FASTBP_HALF_SSE = 0, FASTBP_MSE = 1, FASTBP_CROSS_ENTROPY = 2 };
+
+static inline float fastbp_dot_f32(const float *a, const float *b, Py_ssize_t n)
 {
     float s = 0.0f;
 #pragma omp simd reduction(+:s)
-    for (ptrdiff_t i = 0; i < n; i++)
+    for (Py_ssize_t i = 0; i < n; i++)
         s += a[i] * b[i];
     return s;
 }
 
-static inline double fastbp_dot_f64(const double *a, const double *b, ptrdiff_t n)
+static inline double fastbp_dot_f64(const double *a, const double *b, Py_ssize_t n)
 {
     double s = 0.0;
 #pragma omp simd reduction(+:s)
-    for (ptrdiff_t i = 0; i < n; i++)
+    for (Py_ssize_t i = 0; i < n; i++)
         s += a[i] * b[i];
     return s;
 }
+
+/* One body, two precisions: _kernels_rows.h is included once per floating type. */
+#define REAL float
+#define FN(name) name##_f32
+#define EXP expf
+#define TANH tanhf
+#define DOT fastbp_dot_f32
+#include "_kernels_rows.h"
+#undef REAL
+#undef FN
+#undef EXP
+#undef TANH
+#undef DOT
+
+#define REAL double
+#define FN(name) name##_f64
+#define EXP exp
+#define TANH tanh
+#define DOT fastbp_dot_f64
+#include "_kernels_rows.h"
+#undef REAL
+#undef FN
+#undef EXP
+#undef TANH
+#undef DOT
 
 #endif
