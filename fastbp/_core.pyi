@@ -1,0 +1,38 @@
+"""Type stub for the compiled kernel ``fastbp._core`` (same interface as ``fastbp._reference``)."""
+
+from typing import Sequence
+
+import numpy as np
+import numpy.typing as npt
+
+_Floats = npt.NDArray[np.floating]
+
+class Workspace:
+    dtype: np.dtype
+    max_batch: int
+    layer_sizes: tuple[int, ...]
+    grad: _Floats
+    def __init__(
+        self,
+        layer_sizes: Sequence[int],
+        activation_codes: Sequence[int],
+        loss_code: int,
+        dtype: npt.DTypeLike,
+        max_batch: int,
+    ) -> None: ...
+
+def predict(ws: Workspace, params: _Floats, X: _Floats, out: _Floats) -> None: ...
+def loss_and_gradient(ws: Workspace, params: _Floats, X: _Floats, Y: _Floats) -> float: ...
+def train_epoch(
+    ws: Workspace,
+    params: _Floats,
+    X: _Floats,
+    Y: _Floats,
+    batch_size: int,
+    lr: float,
+    momentum: float,
+    weight_decay: float,
+    nesterov: bool,
+    velocity: _Floats,
+    shuffle_key: int,
+) -> tuple[float, int, int]: ...
