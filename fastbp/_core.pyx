@@ -517,7 +517,7 @@ def loss_and_gradient(Workspace ws, floating[::1] params, floating[:, ::1] X, fl
 
 def train_epoch(Workspace ws, floating[::1] params, floating[:, ::1] X, floating[:, ::1] Y,
                 Py_ssize_t batch_size, double lr, double momentum, double weight_decay, bint nesterov,
-                floating[::1] velocity, long long shuffle_key):
+                floating[::1] velocity, shuffle_key):
     """One epoch of mini-batch SGD; returns (loss_sum, examples_done, status). See docs/DESIGN.md."""
     cdef const Plan *p = &ws.plan
     cdef floating[::1] activations = ws._activations
@@ -529,7 +529,9 @@ def train_epoch(Workspace ws, floating[::1] params, floating[:, ::1] X, floating
     cdef Py_ssize_t n_in = p.sizes[0], K = p.sizes[p.n_layers]
     cdef Py_ssize_t half = p.max_batch * p.max_width
     cdef Py_ssize_t start, batch, r, row, batches_since_check = 0, check_every, l
-    cdef bint shuffle = shuffle_key >= 0
+    # shuffle_key: a key in [0, 2**64) from _layout.epoch_key, or a negative number / None for no shuffle
+    cdef bint shuffle = shuffle_key is not None and shuffle_key >= 0
+    cdef uint64_t key = <uint64_t>shuffle_key if shuffle else 0
     cdef bint in_place = momentum == 0 and weight_decay == 0
     cdef Py_ssize_t[::1] order
     cdef Py_ssize_t *order_ptr = NULL
@@ -557,7 +559,7 @@ def train_epoch(Workspace ws, floating[::1] params, floating[:, ::1] X, floating
 
     with nogil:
         if shuffle:
-            fill_permutation(order_ptr, n, <uint64_t>shuffle_key)
+            fill_permutation(order_ptr, n, key)
         start = 0
         if batch_size == 1 and in_place:
             # Per-example SGD: the fused C loop, entered once per `check_every` examples.
