@@ -55,6 +55,8 @@ extensions = [
         depends=["fastbp/_kernels.h", "fastbp/_kernels_rows.h"],
         include_dirs=["fastbp", numpy.get_include()],
         define_macros=[("NPY_NO_DEPRECATED_API", "NPY_1_7_API_VERSION")],
+        # Link libm explicitly: an unversioned `exp` binds to glibc's slow errno-setting compat wrapper.
+        libraries=["m"] if sys.platform != "win32" else [],
     )
 ]
 

@@ -47,6 +47,12 @@ enum { FASTBP_HALF_SSE = 0, FASTBP_MSE = 1, FASTBP_CROSS_ENTROPY = 2 };
 static inline float fastbp_dot_f32(const float *a, const float *b, Py_ssize_t n)
 {
     float s = 0.0f;
+    if (n < 8) {
+        /* tiny layers: a plain loop beats the set-up of a vector loop */
+        for (Py_ssize_t i = 0; i < n; i++)
+            s += a[i] * b[i];
+        return s;
+    }
 #pragma omp simd reduction(+:s)
     for (Py_ssize_t i = 0; i < n; i++)
         s += a[i] * b[i];
@@ -56,6 +62,12 @@ static inline float fastbp_dot_f32(const float *a, const float *b, Py_ssize_t n)
 static inline double fastbp_dot_f64(const double *a, const double *b, Py_ssize_t n)
 {
     double s = 0.0;
+    if (n < 8) {
+        /* tiny layers: a plain loop beats the set-up of a vector loop */
+        for (Py_ssize_t i = 0; i < n; i++)
+            s += a[i] * b[i];
+        return s;
+    }
 #pragma omp simd reduction(+:s)
     for (Py_ssize_t i = 0; i < n; i++)
         s += a[i] * b[i];
