@@ -361,11 +361,11 @@ cdef void dense_backward(const Plan *p, floating *params, const floating *inputs
     cdef floating *W
     cdef floating *bias
     cdef floating *gW
-    cdef floating *gb
     cdef const floating *a_prev
     cdef floating *d_prev
     cdef floating *swap
-    cdef floating d, column
+    cdef floating *column_sums
+    cdef floating d
     cdef bint use_blas
     for l in range(p.n_layers - 1, -1, -1):
         n_in = p.sizes[l]
@@ -394,10 +394,8 @@ cdef void dense_backward(const Plan *p, floating *params, const floating *inputs
         # 2. the gradient of this layer (or the update itself)
         if update_in_place:
             gW = W
-            gb = bias
         else:
             gW = grad + p.w_off[l]
-            gb = grad + p.b_off[l]
         if use_blas:
             # gW (n_out x n_in) = delta^T (n_out x batch) @ a_prev (batch x n_in)
             if update_in_place:
@@ -417,14 +415,16 @@ cdef void dense_backward(const Plan *p, floating *params, const floating *inputs
                             axpy(gW + j * n_in, a_prev + r * n_in, -lr * d, n_in)
                         else:
                             axpy(gW + j * n_in, a_prev + r * n_in, d, n_in)
-        for j in range(n_out):
-            column = 0
-            for r in range(batch):
-                column = column + delta[r * n_out + j]
-            if update_in_place:
-                gb[j] = gb[j] - lr * column
-            else:
-                gb[j] = column
+        # the bias gradient: column sums of delta, accumulated row by row (contiguous reads) into the
+        # gradient buffer's bias slot, which serves as scratch when updating in place
+        column_sums = grad + p.b_off[l]
+        memcpy(column_sums, delta, n_out * sizeof(floating))
+        for r in range(1, batch):
+            for j in range(n_out):
+                column_sums[j] = column_sums[j] + delta[r * n_out + j]
+        if update_in_place:
+            for j in range(n_out):
+                bias[j] = bias[j] - lr * column_sums[j]
 
         if l > 0:
             swap = delta
