@@ -478,7 +478,7 @@ cdef void fill_permutation(Py_ssize_t *order, Py_ssize_t n, uint64_t key) noexce
 # Entry points (same names and semantics as fastbp._reference)
 
 
-def predict(Workspace ws, floating[::1] params, floating[:, ::1] X, floating[:, ::1] out):
+def predict(Workspace ws, floating[::1] params, const floating[:, ::1] X, floating[:, ::1] out):
     """Write the network's output for every row of X into out (chunks of ws.max_batch rows)."""
     cdef const Plan *p = &ws.plan
     cdef floating[::1] activations = ws._activations
@@ -496,7 +496,8 @@ def predict(Workspace ws, floating[::1] params, floating[:, ::1] X, floating[:, 
             start += batch
 
 
-def loss_and_gradient(Workspace ws, floating[::1] params, floating[:, ::1] X, floating[:, ::1] Y):
+def loss_and_gradient(Workspace ws, floating[::1] params, const floating[:, ::1] X,
+                      const floating[:, ::1] Y):
     """The loss of one batch (rows <= ws.max_batch); its gradient is left in ws.grad."""
     cdef const Plan *p = &ws.plan
     cdef floating[::1] activations = ws._activations
@@ -515,7 +516,7 @@ def loss_and_gradient(Workspace ws, floating[::1] params, floating[:, ::1] X, fl
     return loss
 
 
-def train_epoch(Workspace ws, floating[::1] params, floating[:, ::1] X, floating[:, ::1] Y,
+def train_epoch(Workspace ws, floating[::1] params, const floating[:, ::1] X, const floating[:, ::1] Y,
                 Py_ssize_t batch_size, double lr, double momentum, double weight_decay, bint nesterov,
                 floating[::1] velocity, shuffle_key):
     """One epoch of mini-batch SGD; returns (loss_sum, examples_done, status). See docs/DESIGN.md."""

@@ -1,0 +1,135 @@
+"""pytest-benchmark suite: one epoch of ``Network.fit`` per backend x workload x dtype.
+
+    pytest bench/                                    # quick: small epochs, 3 rounds
+    FASTBP_BENCH_FULL=1 pytest bench/                # the workloads' full data sets, 10 rounds
+    FASTBP_BACKEND=numpy pytest bench/               # the NumPy twin only
+    pytest bench/ -k "cython and mnist"              # a subset
+    pytest bench/ --benchmark-json=out.json          # machine-readable (extra_info has examples/s)
+
+Every benchmark first checks that what it is about to time is a real training run (from the shared
+initial weights: the loss is finite and falls over three epochs, the parameters changed and are finite,
+and the compiled backend's losses match the NumPy twin's), then times ``fit(X, Y, epochs=1,
+shuffle=False)`` with ``benchmark.pedantic``; ``setup`` resets the parameters to the initial weights
+before each round, so every round makes the same updates. Groups are the workloads; ``extra_info`` carries
+the backend, dtype, examples per epoch, examples/s (median round) and the correctness flag.
+The cross-library comparison (PyTorch, JAX, FANN, GEMM-only, GEMM peak) is ``bench/compare.py``.
+"""
+
+from __future__ import annotations
+
+import importlib
+import os
+
+import numpy as np
+import pytest
+
+import workloads as wl
+
+fastbp = pytest.importorskip("fastbp")
+
+FULL = os.environ.get("FASTBP_BENCH_FULL") == "1"
+ROUNDS = 10 if FULL else 3
+
+# Examples per timed epoch. The twin is slow at batch 1 (tens of thousands of examples/s): it gets a short
+# prefix; the compiled backend gets the full data set in a FULL run, a quarter (about) in a quick one.
+QUICK_EXAMPLES = {
+    "cython": {"seed-1-1-1": 250_000, "seed-2-2-1": 250_000, "seed-4-3-4": 250_000, "small-b1": 50_000,
+               "mnist-b32": 5_120, "mnist-b256": 5_120, "wide-b512": 1_024},
+    "numpy": {"seed-1-1-1": 1_000, "seed-2-2-1": 1_000, "seed-4-3-4": 1_000, "small-b1": 1_000,
+              "mnist-b32": 1_280, "mnist-b256": 2_560, "wide-b512": 512},
+}
+FULL_EXAMPLES = {
+    "cython": {name: w.n_full for name, w in wl.WORKLOADS.items()},
+    "numpy": {"seed-1-1-1": 10_000, "seed-2-2-1": 10_000, "seed-4-3-4": 10_000, "small-b1": 10_000,
+              "mnist-b32": 5_120, "mnist-b256": 10_240, "wide-b512": 2_048},
+}
+# Compiled vs twin loss agreement after a few epochs of the check run (summation order differs).
+TWIN_RTOL = {"float64": 1e-9, "float32": 1e-3}
+
+
+def _compiled_available():
+    try:
+        importlib.import_module("fastbp._core")
+        return True
+    except ImportError:
+        return False
+
+
+def _backends():
+    if os.environ.get("FASTBP_BACKEND", "").strip().lower() == "numpy":
+        return ["numpy"]
+    marks = [] if _compiled_available() else [pytest.mark.skip(reason="fastbp._core (compiled backend) not built")]
+    return ["numpy", pytest.param("cython", marks=marks)]
+
+
+def _cases():
+    cases = []
+    for w in wl.WORKLOADS.values():
+        other = "float64" if w.dtype == "float32" else "float32"
+        cases.append(pytest.param(w.name, w.dtype, id=f"{w.name}-{w.dtype}"))
+        if w.name != "wide-b512":  # float64 of the widest net only doubles a long epoch: not informative
+            cases.append(pytest.param(w.name, other, id=f"{w.name}-{other}"))
+    return cases
+
+
+def _network(w, dtype, backend):
+    net = fastbp.Network(list(w.sizes), list(w.activations), loss=w.loss, dtype=dtype, seed=0, backend=backend)
+    weights, biases = wl.initial_params(w, dtype)
+    net.set_params(weights, biases)
+    return net, weights, biases
+
+
+def _check_run(w, dtype, backend):
+    """Three epochs on a short prefix from the shared initial weights; returns (ok, details)."""
+    n = 300 if w.batch == 1 else min(4 * w.batch, w.n_full)
+    X, Y = wl.data(w, n, dtype)
+    net, _, _ = _network(w, dtype, backend)
+    p0 = net.params.copy()
+    losses = list(net.fit(X, Y, epochs=3, batch_size=w.batch, lr=w.lr, shuffle=False).loss)
+    details = {"check_losses": [float(x) for x in losses]}
+    problems = []
+    if not np.all(np.isfinite(losses)):
+        problems.append("non-finite loss")
+    if not losses[-1] < losses[0]:
+        problems.append(f"loss did not fall: {losses}")
+    if not np.all(np.isfinite(net.params)):
+        problems.append("non-finite parameter")
+    if np.array_equal(net.params, p0):
+        problems.append("parameters unchanged")
+    if backend == "cython":
+        twin, _, _ = _network(w, dtype, "numpy")
+        twin_losses = list(twin.fit(X, Y, epochs=3, batch_size=w.batch, lr=w.lr, shuffle=False).loss)
+        details["twin_losses"] = [float(x) for x in twin_losses]
+        if not np.allclose(losses, twin_losses, rtol=TWIN_RTOL[dtype], atol=0):
+            problems.append(f"compiled losses {losses} differ from the twin's {twin_losses}")
+    details["problems"] = problems
+    return not problems, details
+
+
+@pytest.mark.parametrize("backend", _backends())
+@pytest.mark.parametrize("name, dtype", _cases())
+def test_fit_epoch(benchmark, backend, name, dtype):
+    w = wl.get(name)
+    ok, details = _check_run(w, dtype, backend)
+    benchmark.group = name
+    benchmark.extra_info.update(backend=backend, workload=name, dtype=dtype, batch=w.batch,
+                                correct=ok, **details)
+    assert ok, f"{name} {dtype} on {backend} is not a real training run: {details['problems']}"
+
+    n = wl.round_examples(w, (FULL_EXAMPLES if FULL else QUICK_EXAMPLES)[backend][name])
+    X, Y = wl.data(w, n, dtype)
+    net, weights, biases = _network(w, dtype, backend)
+
+    def reset():
+        net.set_params(weights, biases)
+
+    history = benchmark.pedantic(net.fit, args=(X, Y),
+                                 kwargs=dict(epochs=1, batch_size=w.batch, lr=w.lr, shuffle=False),
+                                 setup=reset, rounds=ROUNDS, warmup_rounds=1, iterations=1)
+    assert np.isfinite(history.loss[0])
+    benchmark.extra_info["examples"] = n
+    stats = getattr(benchmark, "stats", None)
+    if stats is not None:  # None under --benchmark-disable
+        median = stats.stats.median
+        benchmark.extra_info["examples_per_s"] = n / median
+        benchmark.extra_info["gflops"] = n * w.flops_per_example / median / 1e9

@@ -1,0 +1,321 @@
+"""Conversion between a fastbp ``Network`` and a PyTorch ``torch.nn.Sequential``.
+
+A fastbp network is a stack of fully connected layers, each followed by one activation. Its PyTorch twin is
+``nn.Sequential(Linear, activation, Linear, activation, ...)`` where the activation module is ``nn.Sigmoid``,
+``nn.ReLU`` or ``nn.Tanh``, and an ``"identity"`` activation has no module at all (the usual way to write
+``Linear -> ReLU -> Linear`` in PyTorch). Weights already use PyTorch's layout (``(out, in)``), so the
+conversion is a copy of each array, in the network's dtype: float64 predictions agree to rounding.
+
+``state_dict(net)`` gives the keys and shapes of ``to_torch(net).state_dict()`` (``"0.weight"``,
+``"0.bias"``, ``"2.weight"``, ...), so a state dict saved from the PyTorch model loads into the fastbp
+network and back. PyTorch is imported only when a function here needs it.
+
+The public entry points are the ``Network`` methods ``to_torch``, ``from_torch``, ``state_dict`` and
+``load_state_dict``, which delegate here.
+"""
+
+from __future__ import annotations
+
+from collections import OrderedDict
+
+import numpy as np
+
+# fastbp activation name -> name of the torch.nn module class (None: no module is emitted).
+_MODULE_FOR_ACTIVATION = {"identity": None, "sigmoid": "Sigmoid", "relu": "ReLU", "tanh": "Tanh"}
+# torch.nn module class name -> fastbp activation name. nn.Identity is accepted and skipped.
+_ACTIVATION_FOR_MODULE = {"Sigmoid": "sigmoid", "ReLU": "relu", "Tanh": "tanh"}
+
+_TORCH_MISSING = (
+    "this function needs PyTorch, which is not installed: install PyTorch for your platform "
+    "(https://pytorch.org/get-started/locally/; a CPU-only build is enough, for example "
+    "`pip install torch --index-url https://download.pytorch.org/whl/cpu`)"
+)
+
+
+def _import_torch():
+    """Import and return ``torch``, or raise an ImportError that says how to install it."""
+    try:
+        import torch
+    except ImportError as error:
+        raise ImportError(f"fastbp: {_TORCH_MISSING}") from error
+    return torch
+
+
+def _torch_available():
+    try:
+        import torch  # noqa: F401
+    except ImportError:
+        return False
+    return True
+
+
+def _torch_dtype(torch, dtype):
+    return {np.dtype(np.float64): torch.float64, np.dtype(np.float32): torch.float32}[np.dtype(dtype)]
+
+
+def _linear_positions(activations):
+    """The index in the ``nn.Sequential`` of each layer's ``nn.Linear`` (identity adds no module)."""
+    positions = []
+    position = 0
+    for name in activations:
+        positions.append(position)
+        position += 1 if _MODULE_FOR_ACTIVATION[name] is None else 2
+    return positions
+
+
+def _state_dict_keys(net):
+    """``[(weight_key, bias_key), ...]`` per layer, as PyTorch names them in ``to_torch(net)``."""
+    return [(f"{p}.weight", f"{p}.bias") for p in _linear_positions(net.activations)]
+
+
+def to_torch(net):
+    """Return a ``torch.nn.Sequential`` that computes what ``net.predict`` computes.
+
+    Parameters
+    ----------
+    net : fastbp.Network
+
+    Returns
+    -------
+    torch.nn.Sequential
+        ``Linear`` modules (with copies of ``net.weights[l]`` and ``net.biases[l]``, in the network's
+        dtype), each followed by ``nn.Sigmoid``, ``nn.ReLU`` or ``nn.Tanh``, or by nothing for an
+        ``"identity"`` activation. The loss is not part of the module: ``"mse"`` corresponds to
+        ``nn.MSELoss()`` and ``"cross_entropy"`` to ``nn.CrossEntropyLoss()`` on the output (the logits).
+    """
+    torch = _import_torch()
+    nn = torch.nn
+    dtype = _torch_dtype(torch, net.dtype)
+    modules = []
+    for layer, name in enumerate(net.activations):
+        n_in, n_out = net.layer_sizes[layer], net.layer_sizes[layer + 1]
+        linear = nn.Linear(n_in, n_out, bias=True, dtype=dtype)
+        with torch.no_grad():
+            linear.weight.copy_(torch.from_numpy(np.array(net.weights[layer], dtype=net.dtype, copy=True)))
+            linear.bias.copy_(torch.from_numpy(np.array(net.biases[layer], dtype=net.dtype, copy=True)))
+        modules.append(linear)
+        module_name = _MODULE_FOR_ACTIVATION[name]
+        if module_name is not None:
+            modules.append(getattr(nn, module_name)())
+    return nn.Sequential(*modules)
+
+
+def _flatten(module, prefix=""):
+    """Yield ``(position, module)`` for the leaves of a (possibly nested) ``nn.Sequential``."""
+    torch = _import_torch()
+    for name, child in module.named_children():
+        position = f"{prefix}{name}"
+        if isinstance(child, torch.nn.Sequential):
+            yield from _flatten(child, prefix=position + ".")
+        else:
+            yield position, child
+
+
+def from_torch(module, *, dtype=None, backend=None, loss="mse"):
+    """Build a ``fastbp.Network`` with the layers and parameters of a PyTorch ``nn.Sequential``.
+
+    Parameters
+    ----------
+    module : torch.nn.Sequential or torch.nn.Linear
+        (A single module is read as a Sequential of one.)
+        ``Linear`` layers, each followed by at most one of ``nn.Sigmoid``, ``nn.ReLU``, ``nn.Tanh``
+        (no activation module means ``"identity"``). ``nn.Identity`` is ignored anywhere; nested
+        ``Sequential`` modules are flattened. A ``Linear`` without bias gets zero biases.
+    dtype : {"float32", "float64"} or numpy dtype, optional
+        The network's dtype. Default: the dtype of the first ``Linear``'s weight (float32 or float64).
+    backend : str, optional
+        Passed to ``fastbp.Network``.
+    loss : str, default "mse"
+        Passed to ``fastbp.Network`` (the module itself holds no loss).
+
+    Returns
+    -------
+    fastbp.Network
+
+    Raises
+    ------
+    TypeError
+        If ``module`` is not a ``torch.nn.Module``, or is a container other than ``Sequential`` (the order
+        of its ``forward`` cannot be known).
+    ValueError
+        Naming the first module (its class and its position in the Sequential) that cannot be converted,
+        or an inconsistency (no ``Linear`` at all, an activation before the first ``Linear``, two
+        activations in a row, mismatched layer sizes, an unsupported parameter dtype).
+    """
+    torch = _import_torch()
+    nn = torch.nn
+    if not isinstance(module, nn.Module):
+        raise TypeError(
+            f"from_torch expects a torch.nn.Sequential of Linear and activation modules, "
+            f"got {type(module).__module__}.{type(module).__qualname__}"
+        )
+    if isinstance(module, nn.Sequential):
+        leaves = list(_flatten(module))
+    elif not list(module.children()):
+        # A single leaf module (nn.Linear, or something unsupported that is then named below).
+        leaves = [("0", module)]
+    else:
+        raise TypeError(
+            f"from_torch expects a torch.nn.Sequential of Linear and activation modules, got a "
+            f"{type(module).__qualname__}: the order of a custom module's forward() cannot be read; "
+            f"rewrite it as nn.Sequential(nn.Linear(...), nn.ReLU(), ...)"
+        )
+
+    def unsupported(position, child, why):
+        return ValueError(
+            f"from_torch cannot convert module {position} ({type(child).__qualname__}: {child!r}) of the "
+            f"Sequential: {why}"
+        )
+
+    linears = []  # (position, nn.Linear)
+    activations = []
+    for position, child in leaves:
+        class_name = type(child).__name__
+        if isinstance(child, nn.Identity):
+            continue
+        if type(child) is nn.Linear:
+            if linears and child.in_features != linears[-1][1].out_features:
+                raise unsupported(
+                    position,
+                    child,
+                    f"in_features={child.in_features} but the previous Linear "
+                    f"({linears[-1][0]}) has out_features={linears[-1][1].out_features}",
+                )
+            linears.append((position, child))
+            activations.append("identity")
+        elif type(child).__module__.startswith("torch.nn") and class_name in _ACTIVATION_FOR_MODULE:
+            if not linears:
+                raise unsupported(position, child, "an activation must follow a Linear layer")
+            if activations[-1] != "identity":
+                raise unsupported(
+                    position, child, "two activations in a row; fastbp allows one activation per Linear layer"
+                )
+            activations[-1] = _ACTIVATION_FOR_MODULE[class_name]
+        else:
+            hint = ""
+            if class_name in ("Softmax", "LogSoftmax"):
+                hint = (
+                    "; end the network with a Linear layer (logits) and use loss='cross_entropy', "
+                    "which applies the softmax inside the loss as nn.CrossEntropyLoss does"
+                )
+            raise unsupported(
+                position,
+                child,
+                "only Linear, Sigmoid, ReLU, Tanh and Identity are supported" + hint,
+            )
+    if not linears:
+        raise ValueError("from_torch: the Sequential has no Linear layer")
+
+    if dtype is None:
+        weight_dtype = linears[0][1].weight.dtype
+        if weight_dtype == torch.float64:
+            dtype = np.float64
+        elif weight_dtype == torch.float32:
+            dtype = np.float32
+        else:
+            raise ValueError(
+                f"from_torch: the parameters are {weight_dtype}; fastbp supports float32 and float64 "
+                f"(pass dtype='float32' or dtype='float64' to convert)"
+            )
+    dtype = np.dtype(dtype)
+
+    def as_array(tensor):
+        return np.array(tensor.detach().cpu().to(torch.float64).numpy(), dtype=dtype)
+
+    weights = [as_array(linear.weight) for _, linear in linears]
+    biases = [
+        as_array(linear.bias) if linear.bias is not None else np.zeros(linear.out_features, dtype=dtype)
+        for _, linear in linears
+    ]
+    layer_sizes = [linears[0][1].in_features] + [linear.out_features for _, linear in linears]
+
+    from .network import Network
+
+    net = Network(layer_sizes, activations, loss=loss, dtype=dtype, seed=0, backend=backend)
+    net.set_params(weights, biases)
+    return net
+
+
+def state_dict(net):
+    """The parameters under the names and shapes of ``to_torch(net).state_dict()``.
+
+    Parameters
+    ----------
+    net : fastbp.Network
+
+    Returns
+    -------
+    collections.OrderedDict
+        ``{"0.weight": (out, in), "0.bias": (out,), "2.weight": ..., ...}``: ``torch.Tensor`` copies in the
+        network's dtype when PyTorch is installed, NumPy array copies otherwise.
+    """
+    use_torch = _torch_available()
+    if use_torch:
+        import torch
+    result = OrderedDict()
+    for layer, (weight_key, bias_key) in enumerate(_state_dict_keys(net)):
+        for key, array in ((weight_key, net.weights[layer]), (bias_key, net.biases[layer])):
+            copied = np.array(array, dtype=net.dtype, copy=True)
+            result[key] = torch.from_numpy(copied) if use_torch else copied
+    return result
+
+
+def _as_numpy(key, value):
+    """A state dict entry (tensor, array or nested list) as a NumPy array."""
+    if hasattr(value, "detach") and hasattr(value, "cpu"):  # a torch.Tensor, without importing torch
+        value = value.detach().cpu()
+        if str(value.dtype) in ("torch.bfloat16",):
+            value = value.float()
+        value = value.numpy()
+    try:
+        array = np.asarray(value)
+    except (TypeError, ValueError) as error:
+        raise ValueError(f"load_state_dict: {key!r} is not an array ({type(value).__name__})") from error
+    if array.dtype.kind not in "fiu":
+        raise ValueError(f"load_state_dict: {key!r} has dtype {array.dtype}; a real number array is required")
+    return array
+
+
+def load_state_dict(net, state):
+    """Copy a PyTorch-style state dict into ``net`` (keys and shapes as ``state_dict(net)`` gives them).
+
+    Parameters
+    ----------
+    net : fastbp.Network
+    state : mapping
+        ``{"0.weight": ..., "0.bias": ..., ...}`` of ``torch.Tensor`` or array-like values, for example
+        ``to_torch(net).state_dict()`` after training in PyTorch. Values are converted to the network's
+        dtype.
+
+    Raises
+    ------
+    TypeError
+        If ``state`` is not a mapping.
+    ValueError
+        Naming the key: a missing key, an unexpected key, a shape that differs from the network's, a value
+        that is not a finite real array. The network is unchanged when an error is raised.
+    """
+    if not hasattr(state, "keys") or not hasattr(state, "__getitem__"):
+        raise TypeError(f"load_state_dict expects a mapping of names to tensors, got {type(state).__name__}")
+    keys = _state_dict_keys(net)
+    expected = [key for pair in keys for key in pair]
+    missing = [key for key in expected if key not in state]
+    if missing:
+        raise ValueError(f"load_state_dict: missing key(s) {missing}; expected keys {expected}")
+    unexpected = [key for key in state.keys() if key not in expected]
+    if unexpected:
+        raise ValueError(f"load_state_dict: unexpected key(s) {unexpected}; expected keys {expected}")
+    weights, biases = [], []
+    for layer, (weight_key, bias_key) in enumerate(keys):
+        pairs = ((weight_key, net.weights[layer], weights), (bias_key, net.biases[layer], biases))
+        for key, target, out in pairs:
+            array = _as_numpy(key, state[key])
+            if array.shape != target.shape:
+                raise ValueError(
+                    f"load_state_dict: {key!r} has shape {tuple(array.shape)}, the network expects "
+                    f"{tuple(target.shape)}"
+                )
+            if not np.all(np.isfinite(array)):
+                raise ValueError(f"load_state_dict: {key!r} contains NaN or infinity")
+            out.append(np.ascontiguousarray(array, dtype=net.dtype))
+    net.set_params(weights, biases)

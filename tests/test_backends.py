@@ -1,0 +1,89 @@
+"""Backend selection: ``fastbp.BACKEND``, ``net.backend``, ``FASTBP_BACKEND`` and ``FASTBP_REQUIRE_COMPILED``."""
+
+from __future__ import annotations
+
+import json
+import os
+import pathlib
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+import fastbp
+
+# Run children against the same fastbp this process imported (installed or source tree).
+FASTBP_PARENT = str(pathlib.Path(fastbp.__file__).resolve().parent.parent)
+PROBE = (
+    "import json, warnings, fastbp; "
+    "net = fastbp.Network([2, 1], 'identity'); "
+    "print(json.dumps({'BACKEND': fastbp.BACKEND, 'net': net.backend, 'file': fastbp.__file__}))"
+)
+
+
+def run_probe(tmp_path, **environment):
+    env = {k: v for k, v in os.environ.items() if not k.startswith("FASTBP_")}
+    env.update(environment)
+    env["PYTHONPATH"] = FASTBP_PARENT + os.pathsep + env.get("PYTHONPATH", "")
+    return subprocess.run([sys.executable, "-c", PROBE], cwd=tmp_path, env=env, capture_output=True,
+                          text=True, timeout=120)
+
+
+def compiled_available():
+    try:
+        import fastbp._core  # noqa: F401
+    except ImportError:
+        return False
+    return True
+
+
+def test_environment_forces_numpy_twin(tmp_path):
+    result = run_probe(tmp_path, FASTBP_BACKEND="numpy")
+    assert result.returncode == 0, result.stderr
+    seen = json.loads(result.stdout)
+    assert seen["BACKEND"] == "numpy" and seen["net"] == "numpy"
+    assert pathlib.Path(seen["file"]).resolve() == pathlib.Path(fastbp.__file__).resolve()
+
+
+def test_default_is_compiled_when_built(tmp_path):
+    if not compiled_available():
+        pytest.skip("compiled kernel not built")
+    result = run_probe(tmp_path)
+    assert result.returncode == 0, result.stderr
+    seen = json.loads(result.stdout)
+    assert seen["BACKEND"] == "cython" and seen["net"] == "cython"
+
+
+def test_require_compiled_imports_when_built(tmp_path):
+    result = run_probe(tmp_path, FASTBP_REQUIRE_COMPILED="1")
+    if compiled_available():
+        assert result.returncode == 0, result.stderr
+        assert json.loads(result.stdout)["BACKEND"] == "cython"
+    else:
+        assert result.returncode != 0 and "ImportError" in result.stderr
+
+
+def test_unknown_environment_backend_is_an_error(tmp_path):
+    result = run_probe(tmp_path, FASTBP_BACKEND="fortran")
+    assert result.returncode != 0
+    assert "FASTBP_BACKEND" in result.stderr
+
+
+def test_backend_attribute(backend):
+    assert fastbp.BACKEND in ("cython", "numpy")
+    net = fastbp.Network([2, 3, 1], "tanh", seed=0, backend=backend)
+    assert net.backend == backend
+    default = fastbp.Network([2, 3, 1], "tanh", seed=0)
+    assert default.backend == fastbp.BACKEND
+
+
+def test_backends_agree_on_the_same_net(backend):
+    rng = np.random.default_rng(0)
+    twin = fastbp.Network([4, 6, 3], ["sigmoid", "identity"], seed=1, backend="numpy")
+    net = fastbp.Network([4, 6, 3], ["sigmoid", "identity"], seed=1, backend=backend)
+    assert np.array_equal(twin.params, net.params), "the seeded initialisation does not depend on the backend"
+    X, Y = rng.normal(size=(10, 4)), rng.normal(size=(10, 3))
+    np.testing.assert_allclose(net.predict(X), twin.predict(X), rtol=1e-12, atol=1e-14)
+    np.testing.assert_allclose(net.gradients(X, Y).weights[0], twin.gradients(X, Y).weights[0],
+                               rtol=1e-12, atol=1e-14)
