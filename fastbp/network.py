@@ -72,8 +72,7 @@ def _as_real_array(value, name, dtype):
 
     No copy when ``value`` already is a C-contiguous array of ``dtype``.
     """
-    if type(value) is np.ndarray and value.dtype == dtype and value.flags.c_contiguous \
-            and value.flags.writeable:
+    if type(value) is np.ndarray and value.dtype == dtype and value.flags.c_contiguous:
         # The fast path (per-step calls with ready arrays): no conversion, only the finiteness check.
         if not np.isfinite(value).all():
             raise ValueError(f"{name} must be finite; it contains NaN or infinity")
@@ -93,10 +92,6 @@ def _as_real_array(value, name, dtype):
                         f"{value.dtype}")
     with np.errstate(over="ignore", invalid="ignore"):
         converted = np.ascontiguousarray(value, dtype=dtype)
-    if not converted.flags.writeable:
-        # Read-only input (a memmap, a broadcast view): the compiled kernel's typed memoryviews need a
-        # writable buffer, so copy (the kernel never writes to it).
-        converted = converted.copy()
     if not np.isfinite(converted).all():
         where = ""
         if kind != "f" or np.isfinite(value).all():
