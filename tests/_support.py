@@ -9,6 +9,11 @@ import numpy as np
 
 DATA = pathlib.Path(__file__).parent / "data"
 WORKED_EXAMPLES = sorted((DATA / "worked-examples").glob("*.json"))
+# Agreement expected between two computations of the same quantity in one dtype (summation order differs).
+TOLERANCES = {
+    np.dtype(np.float64): {"rtol": 1e-12, "atol": 1e-12},
+    np.dtype(np.float32): {"rtol": 1e-5, "atol": 1e-6},
+}
 ACTIVATIONS = ("identity", "sigmoid", "relu", "tanh")
 LOSSES = ("half_sse", "mse", "cross_entropy")
 

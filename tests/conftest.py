@@ -14,12 +14,7 @@ import numpy as np
 import pytest
 
 import fastbp
-
-# Agreement expected between two computations of the same quantity in one dtype (different summation order).
-TOLERANCES = {
-    np.dtype(np.float64): {"rtol": 1e-12, "atol": 1e-12},
-    np.dtype(np.float32): {"rtol": 1e-5, "atol": 1e-6},
-}
+from _support import TOLERANCES
 
 
 def _compiled_import_error():

@@ -11,10 +11,10 @@ import numpy as np
 import pytest
 
 import fastbp
-from _support import WORKED_EXAMPLES, assert_flat_close, example_ids, flat, load_example
+from _support import TOLERANCES, WORKED_EXAMPLES, assert_flat_close, example_ids, flat, load_example
 
-EXACT = {"rtol": 1e-12, "atol": 1e-12}
-FLOAT32 = {"rtol": 1e-5, "atol": 1e-6}
+EXACT = TOLERANCES[np.dtype(np.float64)]  # 1e-12: the bound for float64
+FLOAT32 = TOLERANCES[np.dtype(np.float32)]
 
 
 def run_example(spec, backend, dtype="float64"):
