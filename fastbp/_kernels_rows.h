@@ -89,7 +89,15 @@ int FN(fastbp_train_rows_body)(const fastbp_plan *p, REAL *params, const REAL *X
             const REAL *b = params + B_OFF(l);
             REAL *a = activations + ACT_OFF(l);
             const int act = p->acts[l];
-            for (Py_ssize_t j = 0; j < n_out; j++)
+            Py_ssize_t j = 0;
+            if (n_in >= 8) {
+                for (; j + 4 <= n_out; j += 4) {
+                    DOT4(W + j * n_in, n_in, a_prev, a + j);
+                    for (int q = 0; q < 4; q++)
+                        a[j + q] = FN(fastbp_activate)(b[j + q] + a[j + q], act);
+                }
+            }
+            for (; j < n_out; j++)
                 a[j] = FN(fastbp_activate)(b[j] + DOT(W + j * n_in, a_prev, n_in), act);
             a_prev = a;
         }
