@@ -200,13 +200,14 @@ def report(meta, peaks, rows, all_results, peers):
         p(f"WARNING: the machine was busy (load {meta['load_before']}): two-thread peers suffer most; "
           "rerun on an idle machine before trusting a ratio")
     p(f"mode: epochs={meta['epochs']} timed epochs (median, after 1 warm-up), ~{meta['target_s']} s per epoch, "
-      f"torch threads {meta['torch_threads']}, fastbp from {meta['fastbp_from']}; "
+      f"torch threads {meta['torch_threads']}, fastbp from {meta['fastbp_from']}, "
+      f"best of {meta['repeat']} interleaved run(s) per peer; "
       f"children without {', '.join(STRIPPED_ENV)}")
     pk = []
     for dt, r in peaks.items():
         pk.append(f"{dt}: {r['gflops_best']:.1f} GFLOP/s (median {r['gflops_median']:.1f})" if r.get("status") == "ok"
                   else f"{dt}: {r.get('status')} {r.get('why', '')}")
-    p("GEMM peak (numpy 2048x2048 matmul, best of runs): " + "; ".join(pk))
+    p("GEMM peak (numpy 2048x2048 matmul, best of runs): " + ("; ".join(pk) or "not run (peer gemm-peak)"))
     p("")
 
     p("## Training examples per second (median epoch)")
@@ -287,7 +288,8 @@ def report(meta, peaks, rows, all_results, peers):
         if j.get("status") == "ok":
             p(f"- jax compile time, {name}: {', '.join(f'{c:.3f}' for c in j['peer_info']['compile_s'])} s "
               "(check, calibration and timed sizes; not in the epoch times)")
-    p("- peak resident memory per child (MB): " + "; ".join(
+    p("- peak resident memory of each child process, MB (imports and the data generator included: not a "
+      "measure of fit alone): " + "; ".join(
         f"{name}: " + ", ".join(f"{PEER_LABEL[x]} {r['env']['maxrss_mb']:.0f}" for x, r in res.items()
                                 if r.get("status") == "ok" and "maxrss_mb" in r.get("env", {}))
         for name, res in all_results.items()))
@@ -339,6 +341,9 @@ def main(argv=None):
     ap.add_argument("--target-s", type=float, default=None,
                     help="seconds one timed epoch should last (examples per peer are chosen for it, capped at the "
                          "workload's data set; default 0.3; 0.1 with --quick)")
+    ap.add_argument("--repeat", type=int, default=1,
+                    help="run every peer of a workload this many times, interleaved, and keep each peer's fastest "
+                         "run (robust against other processes on a shared machine; default 1)")
     ap.add_argument("--quick", action="store_true", help="3 timed epochs of ~0.1 s, 3 GEMM-peak repeats")
     ap.add_argument("--json", metavar="PATH", help="write every measurement and the analysis as JSON")
     ap.add_argument("--python", default=sys.executable, help="interpreter for the fastbp peers and gemm peers")
@@ -371,7 +376,7 @@ def main(argv=None):
 
     meta = {"date_utc": _dt.datetime.now(_dt.timezone.utc).strftime("%Y-%m-%d %H:%M UTC"), "cpu": cpu_model(),
             "cores": os.cpu_count(), "load_before": " ".join(f"{x:.2f}" for x in os.getloadavg()),
-            "git": git_describe(), "epochs": epochs, "target_s": target_s, "argv": sys.argv,
+            "git": git_describe(), "epochs": epochs, "target_s": target_s, "repeat": args.repeat, "argv": sys.argv,
             "interpreters": python}
     log = lambda msg: print(msg, file=sys.stderr, flush=True)  # noqa: E731
     os.environ["FASTBP_BENCH_TORCH_THREADS"] = str(args.torch_threads)  # read by the torch child
@@ -391,14 +396,27 @@ def main(argv=None):
     for name in names:
         w = wl.get(name)
         res = {}
-        for peer in peers:
-            t0 = time.perf_counter()
-            r = run_child(python[peer], ["--peer", peer, "--workload", name, "--epochs", str(epochs),
-                                         "--target-s", str(target_s)], args.child_timeout)
-            res[peer] = r
-            log(f"[{name} / {peer}] {r.get('status')}: "
-                + (f"{fmt_rate(r['examples_per_s'])} examples/s on n={r['n']}" if r.get("status") == "ok"
-                   else (r.get("why") or "")[:200]) + f"  ({time.perf_counter() - t0:.1f} s)")
+        for rep in range(args.repeat):
+            for peer in peers:
+                t0 = time.perf_counter()
+                r = run_child(python[peer], ["--peer", peer, "--workload", name, "--epochs", str(epochs),
+                                             "--target-s", str(target_s)], args.child_timeout)
+                tag = f"[{name} / {peer}" + (f" / run {rep + 1}]" if args.repeat > 1 else "]")
+                log(f"{tag} {r.get('status')}: "
+                    + (f"{fmt_rate(r['examples_per_s'])} examples/s on n={r['n']}" if r.get("status") == "ok"
+                       else (r.get("why") or "")[:200]) + f"  ({time.perf_counter() - t0:.1f} s)")
+                if r.get("status") != "ok" and peer in res:
+                    continue
+                if peer in res and res[peer].get("status") == "ok":
+                    # keep the fastest run (the one least disturbed by other processes), remember them all
+                    rates = res[peer].get("all_runs_examples_per_s", [res[peer]["examples_per_s"]])
+                    if r["examples_per_s"] > res[peer]["examples_per_s"]:
+                        res[peer] = r
+                    res[peer]["all_runs_examples_per_s"] = rates + [r["examples_per_s"]]
+                else:
+                    res[peer] = r
+                    if r.get("status") == "ok":
+                        r["all_runs_examples_per_s"] = [r["examples_per_s"]]
         all_results[name] = res
         rows[name] = analyse(w, res, peaks)
     meta["load_after"] = " ".join(f"{x:.2f}" for x in os.getloadavg())
