@@ -84,6 +84,7 @@ cdef class Workspace:
     """
 
     cdef Plan plan
+    cdef bint single           # float32 (True) or float64
     cdef readonly object dtype
     cdef readonly Py_ssize_t max_batch
     cdef readonly tuple layer_sizes
@@ -93,6 +94,13 @@ cdef class Workspace:
     cdef object _batch_inputs
     cdef object _batch_targets
     cdef object _order
+    # Raw pointers into the buffers above (owned by this object, so they never move): taking a typed
+    # memoryview of each on every call would cost more than a small training step.
+    cdef void *grad_ptr
+    cdef void *activations_ptr
+    cdef void *deltas_ptr
+    cdef void *batch_inputs_ptr
+    cdef void *batch_targets_ptr
 
     def __cinit__(self, layer_sizes, activation_codes, int loss_code, dtype, Py_ssize_t max_batch):
         cdef Py_ssize_t n_layers = len(layer_sizes) - 1
@@ -133,6 +141,7 @@ cdef class Workspace:
         self.dtype = np.dtype(dtype)
         if self.dtype != np.float32 and self.dtype != np.float64:
             raise TypeError(f"Workspace: dtype must be float32 or float64, got {self.dtype}")
+        self.single = self.dtype == np.float32
         self.max_batch = max_batch
         self.layer_sizes = tuple(int(s) for s in layer_sizes)
         self.grad = np.zeros(position, dtype=self.dtype)
@@ -141,6 +150,11 @@ cdef class Workspace:
         self._batch_inputs = np.zeros(max_batch * self.plan.sizes[0], dtype=self.dtype)
         self._batch_targets = np.zeros(max_batch * self.plan.sizes[n_layers], dtype=self.dtype)
         self._order = np.zeros(0, dtype=np.intp)
+        self.grad_ptr = <void *><size_t>self.grad.ctypes.data
+        self.activations_ptr = <void *><size_t>self._activations.ctypes.data
+        self.deltas_ptr = <void *><size_t>self._deltas.ctypes.data
+        self.batch_inputs_ptr = <void *><size_t>self._batch_inputs.ctypes.data
+        self.batch_targets_ptr = <void *><size_t>self._batch_targets.ctypes.data
 
     def __dealloc__(self):
         free(self.plan.sizes)
@@ -478,54 +492,51 @@ cdef void fill_permutation(Py_ssize_t *order, Py_ssize_t n, uint64_t key) noexce
 # Entry points (same names and semantics as fastbp._reference)
 
 
-def predict(Workspace ws, floating[::1] params, const floating[:, ::1] X, floating[:, ::1] out):
-    """Write the network's output for every row of X into out (chunks of ws.max_batch rows)."""
+cdef object _predict(Workspace ws, floating[::1] params, const floating[:, ::1] X, floating[:, ::1] out):
     cdef const Plan *p = &ws.plan
-    cdef floating[::1] activations = ws._activations
+    cdef floating *activations = <floating *>ws.activations_ptr
     cdef Py_ssize_t n = X.shape[0], start, batch
     cdef Py_ssize_t n_in = p.sizes[0], K = p.sizes[p.n_layers]
     if n == 0:
-        return
+        return None
     with nogil:
         start = 0
         while start < n:
             batch = min(p.max_batch, n - start)
-            dense_forward(p, &params[0], &X[0, 0] + start * n_in, batch, &activations[0])
-            memcpy(&out[0, 0] + start * K, &activations[0] + p.act_off[p.n_layers - 1],
+            dense_forward(p, &params[0], &X[0, 0] + start * n_in, batch, activations)
+            memcpy(&out[0, 0] + start * K, activations + p.act_off[p.n_layers - 1],
                    batch * K * sizeof(floating))
             start += batch
 
 
-def loss_and_gradient(Workspace ws, floating[::1] params, const floating[:, ::1] X,
-                      const floating[:, ::1] Y):
-    """The loss of one batch (rows <= ws.max_batch); its gradient is left in ws.grad."""
+cdef object _loss_and_gradient(Workspace ws, floating[::1] params, const floating[:, ::1] X,
+                               const floating[:, ::1] Y):
     cdef const Plan *p = &ws.plan
-    cdef floating[::1] activations = ws._activations
-    cdef floating[::1] deltas = ws._deltas
-    cdef floating[::1] grad = ws.grad
+    cdef floating *activations = <floating *>ws.activations_ptr
+    cdef floating *deltas = <floating *>ws.deltas_ptr
+    cdef floating *grad = <floating *>ws.grad_ptr
     cdef Py_ssize_t batch = X.shape[0]
     cdef Py_ssize_t half = p.max_batch * p.max_width
     cdef double loss
     if batch > p.max_batch:
         raise ValueError(f"batch of {batch} rows exceeds the workspace's {p.max_batch}")
     with nogil:
-        dense_forward(p, &params[0], &X[0, 0], batch, &activations[0])
-        loss = output_delta(p, &activations[0] + p.act_off[p.n_layers - 1], &Y[0, 0], batch, &deltas[0])
-        dense_backward(p, &params[0], &X[0, 0], batch, &activations[0], &deltas[0], &deltas[0] + half,
-                       &grad[0], 0, False)
+        dense_forward(p, &params[0], &X[0, 0], batch, activations)
+        loss = output_delta(p, activations + p.act_off[p.n_layers - 1], &Y[0, 0], batch, deltas)
+        dense_backward(p, &params[0], &X[0, 0], batch, activations, deltas, deltas + half,
+                       grad, 0, False)
     return loss
 
 
-def train_epoch(Workspace ws, floating[::1] params, const floating[:, ::1] X, const floating[:, ::1] Y,
-                Py_ssize_t batch_size, double lr, double momentum, double weight_decay, bint nesterov,
-                floating[::1] velocity, shuffle_key):
-    """One epoch of mini-batch SGD; returns (loss_sum, examples_done, status). See docs/DESIGN.md."""
+cdef object _train_epoch(Workspace ws, floating[::1] params, const floating[:, ::1] X,
+                         const floating[:, ::1] Y, Py_ssize_t batch_size, double lr, double momentum,
+                         double weight_decay, bint nesterov, floating[::1] velocity, shuffle_key):
     cdef const Plan *p = &ws.plan
-    cdef floating[::1] activations = ws._activations
-    cdef floating[::1] deltas = ws._deltas
-    cdef floating[::1] grad = ws.grad
-    cdef floating[::1] batch_inputs = ws._batch_inputs
-    cdef floating[::1] batch_targets = ws._batch_targets
+    cdef floating *activations = <floating *>ws.activations_ptr
+    cdef floating *deltas = <floating *>ws.deltas_ptr
+    cdef floating *grad = <floating *>ws.grad_ptr
+    cdef floating *batch_inputs = <floating *>ws.batch_inputs_ptr
+    cdef floating *batch_targets = <floating *>ws.batch_targets_ptr
     cdef Py_ssize_t n = X.shape[0]
     cdef Py_ssize_t n_in = p.sizes[0], K = p.sizes[p.n_layers]
     cdef Py_ssize_t half = p.max_batch * p.max_width
@@ -567,7 +578,7 @@ def train_epoch(Workspace ws, floating[::1] params, const floating[:, ::1] X, co
             while start < n and status == STATUS_OK:
                 batch = min(check_every, n - start)
                 if train_rows(p, &params[0], &X[0, 0], &Y[0, 0], order_ptr, start, batch, lr_,
-                              &activations[0], &deltas[0], &deltas[0] + half, &loss_sum, &done) != 0:
+                              activations, deltas, deltas + half, &loss_sum, &done) != 0:
                     status = STATUS_NONFINITE
                 start += batch
                 if status == STATUS_OK and start < n:
@@ -580,22 +591,22 @@ def train_epoch(Workspace ws, floating[::1] params, const floating[:, ::1] X, co
             if shuffle:
                 for r in range(batch):
                     row = order_ptr[start + r]
-                    memcpy(&batch_inputs[0] + r * n_in, &X[0, 0] + row * n_in, n_in * sizeof(floating))
-                    memcpy(&batch_targets[0] + r * K, &Y[0, 0] + row * K, K * sizeof(floating))
-                inputs = &batch_inputs[0]
-                targets = &batch_targets[0]
+                    memcpy(batch_inputs + r * n_in, &X[0, 0] + row * n_in, n_in * sizeof(floating))
+                    memcpy(batch_targets + r * K, &Y[0, 0] + row * K, K * sizeof(floating))
+                inputs = batch_inputs
+                targets = batch_targets
             else:
                 inputs = &X[0, 0] + start * n_in
                 targets = &Y[0, 0] + start * K
-            dense_forward(p, &params[0], inputs, batch, &activations[0])
-            loss = output_delta(p, &activations[0] + p.act_off[p.n_layers - 1], targets, batch, &deltas[0])
+            dense_forward(p, &params[0], inputs, batch, activations)
+            loss = output_delta(p, activations + p.act_off[p.n_layers - 1], targets, batch, deltas)
             if not isfinite(loss):
                 status = STATUS_NONFINITE
                 break
-            dense_backward(p, &params[0], inputs, batch, &activations[0], &deltas[0], &deltas[0] + half,
-                           &grad[0], lr_, in_place)
+            dense_backward(p, &params[0], inputs, batch, activations, deltas, deltas + half,
+                           grad, lr_, in_place)
             if not in_place:
-                sgd_update(&params[0], &grad[0], velocity_ptr, p.n_params, lr_, momentum_, weight_decay_,
+                sgd_update(&params[0], grad, velocity_ptr, p.n_params, lr_, momentum_, weight_decay_,
                            nesterov)
             loss_sum += loss * batch
             done += batch
@@ -610,3 +621,30 @@ def train_epoch(Workspace ws, floating[::1] params, const floating[:, ::1] X, co
                 if status == STATUS_INTERRUPTED:
                     break
     return loss_sum, done, status
+
+
+# The public entry points dispatch on the workspace's dtype by hand: a fused-type `def` would match
+# every argument's type on each call, which costs more than a whole small training step.
+
+def predict(Workspace ws, params, X, out):
+    """Write the network's output for every row of X into out (chunks of ws.max_batch rows)."""
+    if ws.single:
+        return _predict[float](ws, params, X, out)
+    return _predict[double](ws, params, X, out)
+
+
+def loss_and_gradient(Workspace ws, params, X, Y):
+    """The loss of one batch (rows <= ws.max_batch); its gradient is left in ws.grad."""
+    if ws.single:
+        return _loss_and_gradient[float](ws, params, X, Y)
+    return _loss_and_gradient[double](ws, params, X, Y)
+
+
+def train_epoch(Workspace ws, params, X, Y, Py_ssize_t batch_size, double lr, double momentum,
+                double weight_decay, bint nesterov, velocity, shuffle_key):
+    """One epoch of mini-batch SGD; returns (loss_sum, examples_done, status). See docs/DESIGN.md."""
+    if ws.single:
+        return _train_epoch[float](ws, params, X, Y, batch_size, lr, momentum, weight_decay, nesterov,
+                                   velocity, shuffle_key)
+    return _train_epoch[double](ws, params, X, Y, batch_size, lr, momentum, weight_decay, nesterov,
+                                velocity, shuffle_key)
