@@ -23,7 +23,7 @@ import json
 import math
 import os
 import sys
-from typing import List, Optional
+from typing import Any, List, Optional
 
 import numpy as np
 
@@ -155,7 +155,7 @@ def load_spec(path: str, *, need_lr: bool) -> dict:
     if dtype not in ("float64", "float32"):
         raise SpecError("dtype", f"must be float64 or float32; got {_describe(dtype)}")
 
-    lr = raw.get("lr")
+    lr: Any = raw.get("lr")
     if need_lr or "lr" in raw:
         if "lr" not in raw:
             raise SpecError("lr", "is missing (the learning rate of the step)")

@@ -73,7 +73,7 @@ def _check_number(name, value, *, low, high=None, low_inclusive=True, high_inclu
 class _BaseMLP(BaseEstimator):
     """Shared parameters, validation and the training loop of the two estimators."""
 
-    _loss = None  # "mse" or "cross_entropy", set by the subclasses
+    _loss: str | None = None  # "mse" or "cross_entropy", set by the subclasses
 
     def __init__(
         self,
