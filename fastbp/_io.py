@@ -22,6 +22,8 @@ from fastbp._version import __version__
 FORMAT_VERSION = 1
 _MAX_LAYERS = 100_000
 _MAX_PARAMS = 2**31 - 1
+_MAX_COMPRESSED_MEMBER = 64 * 2**20  # save() writes stored (uncompressed) members; a bigger deflated one
+#                                      could be a zip bomb (a few MiB on disk, GiB in memory)
 _REQUIRED = ("format_version", "layer_sizes", "activations", "loss", "dtype", "params", "checksum")
 
 
@@ -87,6 +89,14 @@ class _Archive:
             info = self.zf.getinfo(name + ".npy")
         except KeyError:
             raise ValueError(f"{self.path}: not a fastbp model file: the array {name!r} is missing") from None
+        # Memory is bounded by the bytes really on disk: a stored member must hold its declared size, and
+        # a compressed one may not inflate beyond _MAX_COMPRESSED_MEMBER.
+        if info.compress_type == zipfile.ZIP_STORED:
+            if info.compress_size != info.file_size or info.compress_size > os.path.getsize(self.path):
+                raise ValueError(f"{self.path}: {name!r} is truncated or its size field is corrupted")
+        elif info.file_size > _MAX_COMPRESSED_MEMBER:
+            raise ValueError(f"{self.path}: {name!r} is a compressed member that inflates to "
+                             f"{info.file_size} bytes: refused (fastbp writes uncompressed members)")
         with self.zf.open(info) as handle:
             version = np.lib.format.read_magic(handle)
             if version == (1, 0):

@@ -143,6 +143,11 @@ class Workspace:
                 f"loss={self.loss_name!r}, dtype={self.dtype.name}, max_batch={self.max_batch})")
 
 
+def all_finite(values):
+    """Whether every element of ``values`` is finite (no NaN, no infinity)."""
+    return bool(np.isfinite(values).all())
+
+
 def layer_views(layer_sizes, flat):
     """``[(W_0, b_0), (W_1, b_1), ...]``: views into a flat buffer laid out like ``params``."""
     offsets, _ = _layout.param_offsets(layer_sizes)
@@ -207,7 +212,8 @@ def predict(ws, params, X, out):
     """
     step = max(ws.max_batch, 1)
     for start in range(0, X.shape[0], step):
-        _, activations = forward(ws, params, X[start:start + step])
+        with np.errstate(over="ignore", invalid="ignore"):  # as the compiled kernel: inf/NaN, no warning
+            _, activations = forward(ws, params, X[start:start + step])
         out[start:start + step] = activations[-1]
 
 
@@ -279,9 +285,10 @@ def trace(ws, params, X, Y):
     Keys: ``pre_activations``, ``activations``, ``deltas``, ``grad_weights``, ``grad_biases`` (one array
     per layer), ``output`` and ``loss``. ``ws.grad`` is left holding the gradient.
     """
-    zs, activations = forward(ws, params, X)
-    loss, output_delta = output_loss_and_delta(ws, zs, activations, Y)
-    deltas = backward(ws, params, X, activations, output_delta, ws.grad)
+    with np.errstate(over="ignore", invalid="ignore"):  # overflow shows as inf/NaN values, not warnings
+        zs, activations = forward(ws, params, X)
+        loss, output_delta = output_loss_and_delta(ws, zs, activations, Y)
+        deltas = backward(ws, params, X, activations, output_delta, ws.grad)
     grads = layer_views(ws.layer_sizes, ws.grad)
     return {
         "pre_activations": [z.copy() for z in zs],

@@ -81,12 +81,25 @@ def _targets_for(net, Y):
     return Y.astype(np.float64)
 
 
+def _norm(values) -> float:
+    """Euclidean/Frobenius norm without overflow: scaled by the largest magnitude (inf only if it is)."""
+    values = np.asarray(values, dtype=np.float64)
+    if values.size == 0:
+        return 0.0
+    with np.errstate(over="ignore", invalid="ignore"):
+        largest = float(np.max(np.abs(values)))
+        if largest == 0.0 or not np.isfinite(largest):
+            return largest
+        return largest * float(np.linalg.norm(values / largest))
+
+
 def _relative_error(a: np.ndarray, b: np.ndarray) -> float:
     """``||a - b|| / (||a|| + ||b||)``, 0 when both are 0: scale-free, in [0, 1]."""
-    denominator = np.linalg.norm(a) + np.linalg.norm(b)
+    denominator = _norm(a) + _norm(b)
     if denominator == 0.0:
         return 0.0
-    return float(np.linalg.norm(a - b) / denominator)
+    with np.errstate(over="ignore", invalid="ignore"):
+        return float(_norm(a - b) / denominator)
 
 
 # --------------------------------------------------------------------------------------------------------
@@ -481,10 +494,10 @@ def diagnose(net, X, Y) -> Diagnosis:
             units=width,
             dead_units=dead,
             saturated_units=saturated,
-            weight_norm=float(np.linalg.norm(np.asarray(net.weights[l], dtype=np.float64))),
-            bias_norm=float(np.linalg.norm(np.asarray(net.biases[l], dtype=np.float64))),
-            gradient_norm=float(np.linalg.norm(grad_w)),
-            bias_gradient_norm=float(np.linalg.norm(grad_b)),
+            weight_norm=_norm(net.weights[l]),
+            bias_norm=_norm(net.biases[l]),
+            gradient_norm=_norm(grad_w),
+            bias_gradient_norm=_norm(grad_b),
             mean_activation=float(a.mean()) if a.size else 0.0,
         )
         layers.append(layer)

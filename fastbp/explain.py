@@ -21,7 +21,7 @@ from __future__ import annotations
 import dataclasses
 import textwrap
 from dataclasses import dataclass
-from typing import Any, List, Optional
+from typing import Any, Dict, List, Optional, Union
 
 import numpy as np
 
@@ -299,6 +299,8 @@ class _Line:
         return [": ".join(parts)] if parts else []
 
 
+_Block = Union[_Table, _Pairs, _Line]  # what a report section is made of
+
 _WRAP = 110
 
 
@@ -554,7 +556,7 @@ class StepReport:
             ("dtype", self.dtype),
         ]
         pairs.append(("examples", f"B = {self.batch_size}"))
-        setup = [_Pairs(pairs), _Line("layout: " + LAYOUT_NOTE), _Line("")]
+        setup: List[_Block] = [_Pairs(pairs), _Line("layout: " + LAYOUT_NOTE), _Line("")]
         if single:
             target_note = ""
             if self.target_classes is not None:
@@ -591,8 +593,8 @@ class StepReport:
         yield "1. Setup", setup
 
         # 2. Forward pass
-        forward = []
-        rows_by_layer = {}
+        forward: List[_Block] = []
+        rows_by_layer: Dict[int, List[ForwardRow]] = {}
         for row in self.forward_rows:
             rows_by_layer.setdefault(row.layer, []).append(row)
         for l in range(n_layers):
@@ -619,7 +621,7 @@ class StepReport:
         yield "2. Forward pass", forward
 
         # 3. Backward pass
-        backward = []
+        backward: List[_Block] = []
         _, gradient_formula = _LOSS_FORMULAS[self.loss_name]
         backward.append(_Line("output error", gradient_formula))
         headers = example_header + ["output", "yhat", "y", "dL/d(yhat)"]
@@ -629,12 +631,12 @@ class StepReport:
             for r in self.output_gradient_rows
         ]
         backward.append(_Table(headers, rows, example_numeric + [True] * 4))
-        back_by_layer = {}
-        for row in self.backward_rows:
-            back_by_layer.setdefault(row.layer, []).append(row)
-        grads_by_layer = {}
-        for row in self.gradient_rows:
-            grads_by_layer.setdefault(row.layer, []).append(row)
+        back_by_layer: Dict[int, List[BackwardRow]] = {}
+        for back_row in self.backward_rows:
+            back_by_layer.setdefault(back_row.layer, []).append(back_row)
+        grads_by_layer: Dict[int, List[GradientRow]] = {}
+        for grad_row in self.gradient_rows:
+            grads_by_layer.setdefault(grad_row.layer, []).append(grad_row)
         for l in reversed(range(n_layers)):
             n = l + 1
             activation = self.activation_names[l]
@@ -690,7 +692,9 @@ class StepReport:
         yield "3. Backward pass", backward
 
         # 4. Update
-        update = [_Line("every parameter", f"new = old - lr * gradient, lr = {_fmt_lr(self.lr)}")]
+        update: List[_Block] = [
+            _Line("every parameter", f"new = old - lr * gradient, lr = {_fmt_lr(self.lr)}")
+        ]
         headers = ["parameter", "old", "gradient", "lr * gradient", "new", "changed"]
         rows = [
             [
@@ -709,14 +713,14 @@ class StepReport:
         yield "4. Update", update
 
         # 5. Summary
-        summary = [
+        summary: List[_Block] = [
             _Line(
                 f"{self.n_changed} of {self.n_parameters} parameters changed; "
                 f"{self.n_unchanged} did not{':' if self.n_unchanged else '.'}"
             )
         ]
         if self.n_unchanged:
-            rows = [[r.name, r.reason] for r in self.unchanged_rows]
+            rows = [[r.name, r.reason or ""] for r in self.unchanged_rows]  # never None: unchanged rows
             summary.append(_Table(["parameter", "why it did not change"], rows, [False, False]))
         dead = ", ".join(self.dead_neurons) if self.dead_neurons else "none"
         summary.append(_Line(f"dead ReLU neurons (z <= 0 on every example): {dead}"))
@@ -727,7 +731,7 @@ class StepReport:
             what = "the probabilities softmax(yhat) against the target"
         else:
             what = "each output against its target"
-        check = [_Line(f"a second forward pass with the new parameters: {what}")]
+        check: List[_Block] = [_Line(f"a second forward pass with the new parameters: {what}")]
         headers = example_header + [
             "output",
             "target",
@@ -801,7 +805,9 @@ def _batch(net, x, y):
     the targets as a float matrix (one-hot rows for class indices), the class indices or ``None``."""
     dtype = np.dtype(net.dtype)
     n_in, n_out = net.layer_sizes[0], net.layer_sizes[-1]
-    X = np.asarray(x, dtype=dtype)
+    from fastbp.network import _as_real_array  # real dtypes only, finite after conversion (issue 6)
+
+    X = _as_real_array(x, "x", dtype)
     if X.ndim not in (1, 2):
         raise ValueError(
             f"x must be one example of shape ({n_in},) or a batch of shape (n, {n_in}); got shape {X.shape}"
@@ -820,18 +826,19 @@ def _batch(net, x, y):
         (single and y_array.ndim == 0)
         or (not single and y_array.ndim == 1 and not (n_out == 1 and y_array.dtype.kind == "f"))
     ):
-        if y_array.dtype.kind not in "iu" and not (
-            y_array.dtype.kind == "f" and np.all(np.mod(y_array, 1) == 0)
-        ):
-            raise ValueError("cross-entropy class-index targets must be integers")
-        classes = y_array.reshape(B).astype(np.int64)
-        if np.any(classes < 0) or np.any(classes >= n_out):
+        with np.errstate(invalid="ignore"):
+            if y_array.dtype.kind not in "iu" and not (
+                y_array.dtype.kind == "f" and np.all(np.mod(y_array, 1) == 0)
+            ):
+                raise ValueError("cross-entropy class-index targets must be integers")
+        if np.any(y_array < 0) or np.any(y_array >= n_out):  # before the cast: 1e300 has no int64
             raise ValueError(f"class indices must be in [0, {n_out - 1}]")
+        classes = y_array.reshape(B).astype(np.int64)
         Y_net = classes
         targets = np.zeros((B, n_out), dtype=dtype)
         targets[np.arange(B), classes] = 1
     else:
-        Y_float = np.asarray(y, dtype=dtype)
+        Y_float = _as_real_array(y, "y", dtype)
         if single:
             Y_float = Y_float.reshape(1, -1) if Y_float.ndim <= 1 else Y_float
         elif Y_float.ndim == 1 and n_out == 1:
@@ -847,9 +854,10 @@ def _batch(net, x, y):
 
 
 def _softmax(logits: np.ndarray) -> np.ndarray:
-    shifted = logits - logits.max(axis=1, keepdims=True)
-    e = np.exp(shifted)
-    return e / e.sum(axis=1, keepdims=True)
+    with np.errstate(over="ignore", invalid="ignore"):  # overflowed (inf) logits give NaN, not warnings
+        shifted = logits - logits.max(axis=1, keepdims=True)
+        e = np.exp(shifted)
+        return e / e.sum(axis=1, keepdims=True)
 
 
 def _derivative(activation: str, z: np.ndarray, a: np.ndarray) -> np.ndarray:
@@ -929,6 +937,19 @@ def _input_zero_reason(l, i, activations, z) -> UnchangedReason:
     return UnchangedReason("zero_input", f"zero input: a{l}[{i}] = 0, so the gradient delta * a{l}[{i}] is 0")
 
 
+def _overflow_shows_as_inf(function):
+    """Huge but finite inputs overflow to inf/NaN in the report's numbers, without NumPy warnings."""
+    import functools
+
+    @functools.wraps(function)
+    def quiet(*args, **kwargs):
+        with np.errstate(over="ignore", invalid="ignore", divide="ignore"):
+            return function(*args, **kwargs)
+
+    return quiet
+
+
+@_overflow_shows_as_inf
 def explain_step(net, x, y, lr, *, dry_run: bool = False, decimals: int = 4) -> StepReport:
     """Run one SGD step and explain it: every number a hand calculation shows, in that order.
 

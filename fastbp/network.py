@@ -49,7 +49,10 @@ def _check_real(value, name, *, positive=False, non_negative=False, maximum=None
     """A finite real number (never bool) as a Python float."""
     if isinstance(value, (bool, np.bool_)) or not isinstance(value, numbers.Real):
         raise TypeError(f"{name} must be a real number; got {_describe(value)}")
-    value = float(value)
+    try:
+        value = float(value)
+    except OverflowError:  # an int beyond float's range, such as 10**400
+        raise ValueError(f"{name} must be a finite number; got {_describe(value)}") from None
     if not math.isfinite(value):
         raise ValueError(f"{name} must be a finite number; got {value}")
     if positive and not value > 0:
@@ -67,14 +70,14 @@ def _check_bool(value, name):
     return bool(value)
 
 
-def _as_real_array(value, name, dtype):
+def _as_real_array(value, name, dtype, all_finite=_reference.all_finite):
     """Convert to a C-contiguous array of ``dtype``; reject non-real dtypes and non-finite values.
 
     No copy when ``value`` already is a C-contiguous array of ``dtype``.
     """
     if type(value) is np.ndarray and value.dtype == dtype and value.flags.c_contiguous:
         # The fast path (per-step calls with ready arrays): no conversion, only the finiteness check.
-        if not np.isfinite(value).all():
+        if not all_finite(value):
             raise ValueError(f"{name} must be finite; it contains NaN or infinity")
         return value
     if not isinstance(value, np.ndarray):
@@ -91,7 +94,7 @@ def _as_real_array(value, name, dtype):
         raise TypeError(f"{name} must hold real numbers (a float or integer dtype); got dtype "
                         f"{value.dtype}")
     with np.errstate(over="ignore", invalid="ignore"):
-        converted = np.ascontiguousarray(value, dtype=dtype)
+        converted = np.ascontiguousarray(value, dtype=dtype).reshape(value.shape)  # 0-d stays 0-d
     if not np.isfinite(converted).all():
         where = ""
         if kind != "f" or np.isfinite(value).all():
@@ -447,7 +450,7 @@ class Network:
 
     def _prepare_X(self, X, name="X"):
         """Return ``(X2d, single)``: a C-contiguous ``(n, n_in)`` array and whether one example was given."""
-        X = _as_real_array(X, name, self.dtype)
+        X = _as_real_array(X, name, self.dtype, self._module.all_finite)
         n_in = self.layer_sizes[0]
         if X.ndim == 1:
             if X.shape[0] != n_in:
@@ -466,13 +469,13 @@ class Network:
         n_out = self.layer_sizes[-1]
         if self.loss_name == "cross_entropy":
             return self._prepare_classes(Y, n, single, name)
-        Y = _as_real_array(Y, name, self.dtype)
+        Y = _as_real_array(Y, name, self.dtype, self._module.all_finite)
         if single:
             if Y.shape not in ((n_out,),) and not (n_out == 1 and Y.ndim == 0):
                 raise ValueError(f"{name} for a single example must have shape ({n_out},) (layer_sizes[-1] "
                                  f"= {n_out}); got shape {Y.shape}")
             return Y.reshape(1, n_out)
-        if Y.ndim == 1 and n_out == 1:
+        if Y.ndim <= 1 and n_out == 1:
             Y = Y.reshape(-1, 1)  # a column of targets given flat, as scikit-learn users write it
         if Y.ndim != 2 or Y.shape[1] != n_out:
             raise ValueError(f"{name} must have shape (n, {n_out}) (layer_sizes[-1] = {n_out}); got shape "
@@ -562,9 +565,10 @@ class Network:
     def _loss_prepared(self, X2, Y2):
         out = np.empty((X2.shape[0], self.layer_sizes[-1]), dtype=self.dtype)
         self._module.predict(self._workspace(min(X2.shape[0], _PREDICT_CHUNK)), self.params, X2, out)
-        if self.loss_name == "cross_entropy":
-            return _reference.cross_entropy(out, Y2)[0]
-        return _reference.LOSS_FUNCTIONS[self.loss_name](out, Y2)[0]
+        with np.errstate(over="ignore", invalid="ignore"):  # a loss beyond float's range is inf, silently
+            if self.loss_name == "cross_entropy":
+                return _reference.cross_entropy(out, Y2)[0]
+            return _reference.LOSS_FUNCTIONS[self.loss_name](out, Y2)[0]
 
     def loss(self, X, Y):
         """The loss (a float) over the batch ``X``, ``Y`` (a single example is a batch of one).
@@ -734,8 +738,9 @@ class Network:
                   record_gradients, validation, callbacks, early_stopping, patience, min_delta,
                   restore_best_weights, schedule):
         n = X.shape[0]
+        batch_size = min(batch_size, n)  # the same batches; and a huge int would overflow the kernel's size_t
         module = self._module
-        ws = self._new_workspace(min(batch_size, n))
+        ws = self._new_workspace(batch_size)
         params, velocity = self.params, optimizer.velocity
         params_start, velocity_start = np.empty_like(params), np.empty_like(velocity)
         history = History()
@@ -999,8 +1004,18 @@ class SGD:
             W[...] = value_W
             b[...] = value_b
         with net._exclusive("SGD.step"):
-            _reference.sgd_update(net.params, self._grad, self.lr, self.momentum, self.weight_decay,
-                                  self.nesterov, self.velocity)
+            np.copyto(self._backup, net.params)
+            np.copyto(self._velocity_backup, self.velocity)
+            with np.errstate(over="ignore", invalid="ignore"):
+                _reference.sgd_update(net.params, self._grad, self.lr, self.momentum, self.weight_decay,
+                                      self.nesterov, self.velocity)
+            if not (np.isfinite(net.params).all() and np.isfinite(self.velocity).all()):
+                np.copyto(net.params, self._backup)
+                np.copyto(self.velocity, self._velocity_backup)
+                error = FloatingPointError(f"SGD.step diverged: a parameter became NaN or infinite (lr="
+                                           f"{self.lr}); the parameters are left unchanged")
+                error.epoch, error.batch = 0, 0
+                raise error
 
     def train_step(self, X, Y):
         """Forward, backward and update on one batch in one backend call.
@@ -1027,7 +1042,7 @@ class SGD:
                 ws, params, X2, Y2, n, self.lr, self.momentum, self.weight_decay, self.nesterov, velocity, -1)
             if status == 2:
                 raise KeyboardInterrupt
-            if status == 1 or not np.isfinite(params).all():
+            if status == 1 or not net._module.all_finite(params):
                 np.copyto(params, self._backup)
                 np.copyto(velocity, self._velocity_backup)
                 what = "the loss" if status == 1 else "a parameter"
