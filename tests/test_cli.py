@@ -9,6 +9,7 @@ import pathlib
 import re
 import subprocess
 import sys
+import tempfile
 
 import pytest
 
@@ -31,6 +32,9 @@ def run_fastbp(backend, *args, timeout=120):
         text=True,
         env=env,
         timeout=timeout,
+        # not the repository root: `-m` puts the working directory first on sys.path, and the source tree
+        # (no compiled kernel in a fresh clone) would hide the installed package
+        cwd=tempfile.gettempdir(),
     )
     assert "Traceback" not in result.stdout + result.stderr, result.stdout + result.stderr
     return result
