@@ -2,7 +2,7 @@
 
 The test starts a ``dask.distributed.LocalCluster`` of two worker processes bound to the loopback interface
 only, runs a small grid search on it, and checks it finds what the same search finds in-process. Pointing the
-same code at a real cluster only changes the ``Client`` line (see docs/ECOSYSTEM.md).
+same code at a real cluster only changes the ``Client`` line (see the README, "Ecosystem").
 """
 
 from __future__ import annotations

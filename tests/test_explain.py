@@ -363,16 +363,10 @@ def test_golden_text(backend):
 
 
 def test_documented_output_is_what_the_command_prints():
-    """The README section (docs/EXPLAIN.md until merged into README.md) shows the golden text verbatim."""
-    root = pathlib.Path(__file__).resolve().parent.parent
+    """The README's "See every number" section shows the golden text verbatim."""
+    readme = pathlib.Path(__file__).resolve().parent.parent / "README.md"
     command = "$ fastbp explain tests/data/worked-examples/sigmoid-2-2-1.json\n"
-    documents = [
-        path
-        for path in (root / "docs" / "EXPLAIN.md", root / "README.md")
-        if path.exists() and command in path.read_text(encoding="utf-8")
-    ]
-    if not documents:
-        pytest.skip("no document shows the explain example")
-    for path in documents:
-        shown = path.read_text(encoding="utf-8").split(command, 1)[1].split("```", 1)[0]
-        assert shown == GOLDEN.read_text(encoding="utf-8"), f"{path.name} is out of date with the golden file"
+    text = readme.read_text(encoding="utf-8")
+    assert command in text, "README.md no longer shows the explain example"
+    shown = text.split(command, 1)[1].split("```", 1)[0]
+    assert shown == GOLDEN.read_text(encoding="utf-8"), "README.md is out of date with the golden file"
