@@ -13,7 +13,7 @@ The kernel trusts its inputs: ``fastbp/network.py`` has checked dtypes, contigui
 """
 
 from cython cimport floating
-from libc.math cimport exp, expf, log, tanh, tanhf, isfinite
+from libc.math cimport log, tanh, tanhf, isfinite
 from libc.stdlib cimport malloc, free
 from libc.string cimport memcpy, memset
 from libc.stdint cimport uint32_t, uint64_t
@@ -36,6 +36,8 @@ cdef extern from "_kernels.h" nogil:
         Py_ssize_t *act_off    # n_layers: start of layer l's outputs in the activation buffer
     float fastbp_dot_f32(const float *a, const float *b, Py_ssize_t n)
     double fastbp_dot_f64(const double *a, const double *b, Py_ssize_t n)
+    float fastbp_exp_nonpositive_f32(float x)
+    double fastbp_exp_nonpositive_f64(double x)
     int fastbp_train_rows_f32(const Plan *p, float *params, const float *X, const float *Y,
                               const Py_ssize_t *order, Py_ssize_t start, Py_ssize_t count, float lr,
                               float *activations, float *delta_a, float *delta_b,
@@ -175,18 +177,12 @@ cdef class Workspace:
 
 
 cdef inline floating sigmoid(floating z) noexcept nogil:
-    # Stable on both sides: exp never overflows.
+    # Stable on both sides: exp only ever sees -|z|, so it never overflows.
     cdef floating e
-    if floating is float:
-        if z >= 0:
-            return 1.0 / (1.0 + expf(-z))
-        e = expf(z)
-        return e / (1.0 + e)
-    else:
-        if z >= 0:
-            return 1.0 / (1.0 + exp(-z))
-        e = exp(z)
-        return e / (1.0 + e)
+    if z >= 0:
+        return 1 / (1 + exp_nonpositive(-z))
+    e = exp_nonpositive(z)
+    return e / (1 + e)
 
 
 cdef inline floating tanh_(floating z) noexcept nogil:
@@ -196,11 +192,12 @@ cdef inline floating tanh_(floating z) noexcept nogil:
         return tanh(z)
 
 
-cdef inline floating exp_(floating z) noexcept nogil:
+cdef inline floating exp_nonpositive(floating z) noexcept nogil:
+    """exp(z) for z <= 0 (sigmoid and softmax need no more), inlined from _kernels.h."""
     if floating is float:
-        return expf(z)
+        return fastbp_exp_nonpositive_f32(z)
     else:
-        return exp(z)
+        return fastbp_exp_nonpositive_f64(z)
 
 
 cdef inline void bias_activate(floating *row, const floating *bias, Py_ssize_t n, int act) noexcept nogil:
@@ -333,7 +330,7 @@ cdef double output_delta(const Plan *p, const floating *output, const floating *
             target_sum = 0.0
             dot_yz = 0.0
             for k in range(K):
-                e = exp_(<floating>(z[k] - m))
+                e = exp_nonpositive(<floating>(z[k] - m))
                 d[k] = e
                 s += e
                 target_sum += y[k]
