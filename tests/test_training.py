@@ -191,3 +191,24 @@ def test_params_are_one_buffer_with_views(backend):
     assert net.params[12 + 3] == -2.5
     net.params[0] = 1.25
     assert net.weights[0][0, 0] == 1.25
+
+
+def test_fit_does_not_copy_ready_data(backend):
+    """Issue 3's memory rule: X and Y already C-contiguous in the network's dtype are used in place.
+
+    tracemalloc sees NumPy's allocations; a copy of X (16 MB here) would show in the peak.
+    """
+    import tracemalloc
+
+    rng = np.random.default_rng(0)
+    X = rng.normal(size=(20_000, 100))
+    Y = rng.normal(size=(20_000, 2))
+    net = fastbp.Network([100, 8, 2], ["tanh", "identity"], loss="mse", seed=0, backend=backend)
+    net.fit(X[:64], Y[:64], epochs=1, batch_size=32)  # first-call allocations out of the way
+    tracemalloc.start()
+    try:
+        net.fit(X, Y, epochs=2, batch_size=32, shuffle=True, seed=1)
+        _, peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    assert peak < X.nbytes / 4, f"fit allocated {peak / 1e6:.1f} MB for {X.nbytes / 1e6:.1f} MB of data"
