@@ -49,6 +49,9 @@ def save(net, path):
     failure part way leaves any previous file at ``path`` intact.
     """
     path = _check_path(path)
+    if os.path.exists(path) and not os.path.isfile(path):
+        # The rename would replace a device, FIFO or socket node (as root: /dev/null) with a regular file.
+        raise ValueError(f"{path}: exists and is not a regular file; not overwriting it")
     params = np.ascontiguousarray(net.params, dtype=net.dtype.newbyteorder("<"))
     arrays = {
         "format_version": np.array(FORMAT_VERSION, dtype=np.int64),
@@ -138,6 +141,8 @@ def load(path, *, backend=None):
     path = _check_path(path)
     if not os.path.exists(path):
         raise FileNotFoundError(f"no such model file: {path!r}")
+    if not os.path.isfile(path):  # a device (/dev/zero reads forever), a FIFO (blocks), a directory
+        raise ValueError(f"{path}: not a regular file, so not a fastbp model file")
     try:
         with zipfile.ZipFile(path) as zf:
             archive = _Archive(zf, path)

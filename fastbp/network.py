@@ -343,11 +343,11 @@ class Network:
         _backend.check_name(backend)
         module = _backend.load_backend(backend)
 
-        self.layer_sizes = sizes
-        self.activations = names
-        self.loss_name = loss
-        self.dtype = resolved
-        self.backend = backend
+        self._layer_sizes = sizes
+        self._activations = names
+        self._loss_name = loss
+        self._dtype = resolved
+        self._backend = backend
         self._module = module
         self._activation_codes = tuple(_layout.ACTIVATION_CODES[name] for name in names)
         self._loss_code = _layout.LOSS_CODES[loss]
@@ -357,13 +357,13 @@ class Network:
     def _allocate(self):
         offsets, total = _layout.param_offsets(self.layer_sizes)
         try:
-            self.params = np.zeros(total, dtype=self.dtype)
+            self._params = np.zeros(total, dtype=self.dtype)
         except (MemoryError, ValueError) as error:
             raise ValueError(f"layer_sizes {list(self.layer_sizes)} needs {total} parameters, which could "
                              f"not be allocated ({error})") from None
         views = _reference.layer_views(self.layer_sizes, self.params)
-        self.weights = tuple(W for W, _ in views)
-        self.biases = tuple(b for _, b in views)
+        self._weights = tuple(W for W, _ in views)
+        self._biases = tuple(b for _, b in views)
 
     def _initialise(self, seed):
         if isinstance(seed, np.random.Generator):
@@ -400,6 +400,60 @@ class Network:
                 f"loss={self.loss_name!r}, dtype={self.dtype.name!r}, backend={self.backend!r})")
 
     # -- parameters -------------------------------------------------------------------------------------
+
+    # The configuration is read-only: the kernel's workspaces are built from it and trust that it describes
+    # the parameter buffer (an assigned layer_sizes made the kernel read and write out of bounds), and the
+    # Python side (targets, explain_step, diagnose) reads the same names the kernel was given as codes.
+    @property
+    def layer_sizes(self):
+        """``(n_in, n_hidden_1, ..., n_out)``, fixed at construction."""
+        return self._layer_sizes
+
+    @property
+    def activations(self):
+        """One activation name per layer, fixed at construction."""
+        return self._activations
+
+    @property
+    def loss_name(self):
+        """The loss, fixed at construction."""
+        return self._loss_name
+
+    @property
+    def dtype(self):
+        """The parameters' dtype (float32 or float64), fixed at construction."""
+        return self._dtype
+
+    @property
+    def backend(self):
+        """``"cython"`` or ``"numpy"``, fixed at construction."""
+        return self._backend
+
+    @property
+    def weights(self):
+        """``weights[l]`` of shape ``(out, in)``: writable views into ``params``."""
+        return self._weights
+
+    @property
+    def biases(self):
+        """``biases[l]`` of shape ``(out,)``: writable views into ``params``."""
+        return self._biases
+
+    @property
+    def params(self):
+        """Every parameter in one C-contiguous 1-D array; ``weights`` and ``biases`` are views into it."""
+        return self._params
+
+    @params.setter
+    def params(self, values):
+        # Assignment copies into the existing buffer (checked first), as ``net.params[...] = values`` does:
+        # the kernel reads it through raw pointers, so an array of another size or dtype put in its place
+        # would be read out of bounds (found by tests/test_robustness.py), and the weights/biases views
+        # would go stale.
+        array = _as_real_array(values, "params", self.dtype)
+        if array.shape != self._params.shape:
+            raise ValueError(f"params must have shape {self._params.shape}; got {array.shape}")
+        np.copyto(self._params, array)
 
     @property
     def n_params(self):
@@ -967,11 +1021,24 @@ class SGD:
         if self.nesterov and self.momentum <= 0:
             raise ValueError(f"nesterov=True requires momentum > 0 (as torch.optim.SGD); got momentum="
                              f"{self.momentum}")
-        self.velocity = np.zeros_like(net.params)
+        self._velocity = np.zeros_like(net.params)
         self._ws = None
         self._grad = np.empty_like(net.params)
         self._backup = np.empty_like(net.params)
         self._velocity_backup = np.empty_like(net.params)
+
+    @property
+    def velocity(self):
+        """The momentum buffer, laid out like ``net.params`` (zero until a step with momentum)."""
+        return self._velocity
+
+    @velocity.setter
+    def velocity(self, values):
+        # Copied into the existing buffer, checked: the kernel trusts its size and dtype (see Network.params).
+        array = _as_real_array(values, "velocity", self.net.dtype)
+        if array.shape != self._velocity.shape:
+            raise ValueError(f"velocity must have shape {self._velocity.shape}; got {array.shape}")
+        np.copyto(self._velocity, array)
 
     @property
     def lr(self):
