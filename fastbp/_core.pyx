@@ -223,9 +223,9 @@ cdef inline void times_derivative(floating *delta, const floating *a, Py_ssize_t
     """delta *= f'(z), with f' computed from the layer's output a = f(z)."""
     cdef Py_ssize_t i
     if act == ACT_RELU:
+        # a select, not a branch: which units are active is a coin flip the predictor cannot learn
         for i in range(n):
-            if not (a[i] > 0):
-                delta[i] = 0
+            delta[i] = delta[i] if a[i] > 0 else 0
     elif act == ACT_SIGMOID:
         for i in range(n):
             delta[i] = delta[i] * (a[i] * (1 - a[i]))
