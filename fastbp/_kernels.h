@@ -44,35 +44,25 @@ typedef struct {
 enum { FASTBP_IDENTITY = 0, FASTBP_SIGMOID = 1, FASTBP_RELU = 2, FASTBP_TANH = 3 };
 enum { FASTBP_HALF_SSE = 0, FASTBP_MSE = 1, FASTBP_CROSS_ENTROPY = 2 };
 
-static inline float fastbp_dot_f32(const float *a, const float *b, Py_ssize_t n)
-{
-    float s = 0.0f;
-    if (n < 8) {
-        /* tiny layers: a plain loop beats the set-up of a vector loop */
-        for (Py_ssize_t i = 0; i < n; i++)
-            s += a[i] * b[i];
-        return s;
+/* dot(a, b) over n elements; one definition per precision. */
+#define FASTBP_DEFINE_DOT(REAL, SUFFIX)                                                               \
+    static inline REAL fastbp_dot_##SUFFIX(const REAL *a, const REAL *b, Py_ssize_t n)                \
+    {                                                                                                 \
+        REAL s = 0;                                                                                   \
+        if (n < 8) {                                                                                  \
+            /* tiny layers: a plain loop beats the set-up of a vector loop */                         \
+            for (Py_ssize_t i = 0; i < n; i++)                                                        \
+                s += a[i] * b[i];                                                                     \
+            return s;                                                                                 \
+        }                                                                                             \
+        _Pragma("omp simd reduction(+:s)")                                                            \
+        for (Py_ssize_t i = 0; i < n; i++)                                                            \
+            s += a[i] * b[i];                                                                         \
+        return s;                                                                                     \
     }
-#pragma omp simd reduction(+:s)
-    for (Py_ssize_t i = 0; i < n; i++)
-        s += a[i] * b[i];
-    return s;
-}
-
-static inline double fastbp_dot_f64(const double *a, const double *b, Py_ssize_t n)
-{
-    double s = 0.0;
-    if (n < 8) {
-        /* tiny layers: a plain loop beats the set-up of a vector loop */
-        for (Py_ssize_t i = 0; i < n; i++)
-            s += a[i] * b[i];
-        return s;
-    }
-#pragma omp simd reduction(+:s)
-    for (Py_ssize_t i = 0; i < n; i++)
-        s += a[i] * b[i];
-    return s;
-}
+FASTBP_DEFINE_DOT(float, f32)
+FASTBP_DEFINE_DOT(double, f64)
+#undef FASTBP_DEFINE_DOT
 
 /* exp(x) for x <= 0, inline. The kernel only ever exponentiates non-positive numbers (the stable
  * sigmoid takes exp(-|z|), softmax exp(z - max z)), so there is no overflow to handle. Cody-Waite

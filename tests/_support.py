@@ -63,3 +63,17 @@ def layer_activations(activation, depth, loss):
     if loss == "cross_entropy":
         names[-1] = "identity"
     return names
+
+
+def example_net(spec, backend, dtype="float64"):
+    """A Network with a worked example's architecture and starting parameters."""
+    import fastbp
+
+    net = fastbp.Network(
+        spec["layer_sizes"], spec["activations"], loss=spec["loss"], dtype=dtype, backend=backend
+    )
+    net.set_params(
+        [np.array(w, dtype=dtype) for w in spec["weights"]],
+        [np.array(b, dtype=dtype) for b in spec["biases"]],
+    )
+    return net

@@ -16,21 +16,10 @@ import numpy as np
 import pytest
 
 import fastbp
-from _support import WORKED_EXAMPLES, example_ids, load_example
+from _support import WORKED_EXAMPLES, example_ids, example_net, load_example
 
 EXACT = {"rtol": 1e-12, "atol": 1e-12}
 GOLDEN = pathlib.Path(__file__).parent / "data" / "golden" / "sigmoid-2-2-1.txt"
-
-
-def example_net(spec, backend, dtype="float64"):
-    net = fastbp.Network(
-        spec["layer_sizes"], spec["activations"], loss=spec["loss"], dtype=dtype, backend=backend
-    )
-    net.set_params(
-        [np.array(w, dtype=dtype) for w in spec["weights"]],
-        [np.array(b, dtype=dtype) for b in spec["biases"]],
-    )
-    return net
 
 
 def close(actual, expected, what):
