@@ -13,6 +13,7 @@ import pathlib
 import signal
 import subprocess
 import sys
+import tempfile
 import textwrap
 import threading
 import time
@@ -360,8 +361,10 @@ def test_ctrl_c_stops_fit_quickly_and_keeps_a_consistent_state(backend, batch_si
     """batch_size 1 takes the compiled kernel's fused per-example loop, 32 the mini-batch loop (updating in
     place during backpropagation), momentum the separate optimizer step after it."""
     env = dict(os.environ, PYTHONPATH=FASTBP_ROOT + os.pathsep + os.environ.get("PYTHONPATH", ""))
+    # cwd outside the repository: `python -c` puts the working directory first on sys.path, and the source
+    # tree (no compiled kernel in a fresh clone) would hide the installed package
     child = subprocess.Popen([sys.executable, "-c", CHILD, backend, str(batch_size), str(momentum)], stdout=subprocess.PIPE,
-                             stderr=subprocess.PIPE, text=True, env=env)
+                             stderr=subprocess.PIPE, text=True, env=env, cwd=tempfile.gettempdir())
     try:
         line = child.stdout.readline()
         assert line.strip() == "started", (line, child.stderr.read() if child.poll() is not None else "")
