@@ -162,7 +162,7 @@ def layer_views(layer_sizes, flat):
 # --------------------------------------------------------------------------------------------------------
 
 
-def forward(ws, params, X):
+def dense_forward(ws, params, X):
     """Return ``(zs, activations)``: the pre-activations and activations of every layer for rows ``X``."""
     zs, activations = [], []
     a = X
@@ -174,12 +174,12 @@ def forward(ws, params, X):
     return zs, activations
 
 
-def backward(ws, params, X, activations, output_delta, grad):
-    """Backpropagate ``output_delta = dL/dz_L``; write every gradient into ``grad``; return the deltas."""
+def dense_backward(ws, params, X, activations, last_delta, grad):
+    """Backpropagate ``last_delta = dL/dz_L``; write every gradient into ``grad``; return the deltas."""
     layers = layer_views(ws.layer_sizes, params)
     grads = layer_views(ws.layer_sizes, grad)
     deltas = [None] * len(layers)
-    delta = output_delta
+    delta = last_delta
     for l in range(len(layers) - 1, -1, -1):
         deltas[l] = delta
         a_prev = activations[l - 1] if l > 0 else X
@@ -192,7 +192,7 @@ def backward(ws, params, X, activations, output_delta, grad):
     return deltas
 
 
-def output_loss_and_delta(ws, zs, activations, Y):
+def output_delta(ws, zs, activations, Y):
     """The batch loss and ``dL/dz`` of the last layer (chain rule through its activation)."""
     if ws.loss_name == "cross_entropy":      # last activation is identity: the logits are z_L
         return cross_entropy(zs[-1], Y)
@@ -213,7 +213,7 @@ def predict(ws, params, X, out):
     step = max(ws.max_batch, 1)
     for start in range(0, X.shape[0], step):
         with np.errstate(over="ignore", invalid="ignore"):  # as the compiled kernel: inf/NaN, no warning
-            _, activations = forward(ws, params, X[start:start + step])
+            _, activations = dense_forward(ws, params, X[start:start + step])
         out[start:start + step] = activations[-1]
 
 
@@ -222,9 +222,9 @@ def loss_and_gradient(ws, params, X, Y):
     # A diverging run overflows to inf/NaN here; that is reported through the returned loss (and the
     # caller's finiteness checks), not through NumPy warnings.
     with np.errstate(over="ignore", invalid="ignore"):
-        zs, activations = forward(ws, params, X)
-        loss, output_delta = output_loss_and_delta(ws, zs, activations, Y)
-        backward(ws, params, X, activations, output_delta, ws.grad)
+        zs, activations = dense_forward(ws, params, X)
+        loss, last_delta = output_delta(ws, zs, activations, Y)
+        dense_backward(ws, params, X, activations, last_delta, ws.grad)
     return loss
 
 
@@ -286,9 +286,9 @@ def trace(ws, params, X, Y):
     per layer), ``output`` and ``loss``. ``ws.grad`` is left holding the gradient.
     """
     with np.errstate(over="ignore", invalid="ignore"):  # overflow shows as inf/NaN values, not warnings
-        zs, activations = forward(ws, params, X)
-        loss, output_delta = output_loss_and_delta(ws, zs, activations, Y)
-        deltas = backward(ws, params, X, activations, output_delta, ws.grad)
+        zs, activations = dense_forward(ws, params, X)
+        loss, last_delta = output_delta(ws, zs, activations, Y)
+        deltas = dense_backward(ws, params, X, activations, last_delta, ws.grad)
     grads = layer_views(ws.layer_sizes, ws.grad)
     return {
         "pre_activations": [z.copy() for z in zs],
