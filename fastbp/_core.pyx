@@ -22,6 +22,8 @@ from scipy.linalg.cython_blas cimport sgemm, dgemm
 
 import numpy as np
 
+from fastbp._layout import all_finite_chunked
+
 cdef extern from "_kernels.h" nogil:
     ctypedef struct Plan "fastbp_plan":
         int n_layers
@@ -674,7 +676,7 @@ def all_finite(values):
     if values.size == 0:
         return True
     if values.size > 4096:
-        return bool(np.isfinite(values).all())  # numpy's vectorised test wins on large arrays
+        return all_finite_chunked(values)  # numpy's vectorised test wins on large arrays
     if values.dtype == np.float32:
         return _all_finite32(values.reshape(-1))
     return _all_finite64(values.reshape(-1))

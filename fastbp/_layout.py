@@ -81,3 +81,19 @@ def permutation(n: int, key: int) -> np.ndarray:
         order[i], order[j] = order[j], order[i]
     perm[:] = order
     return perm
+
+
+_FINITE_CHUNK = 1 << 16
+
+
+def all_finite_chunked(values) -> bool:
+    """Whether an array holds no NaN and no infinity, tested in chunks of 65,536 elements.
+
+    ``np.isfinite(values).all()`` allocates a boolean array as large as ``values``: for a training set that
+    is megabytes of fresh pages per check. Chunks keep the temporary small and stop at the first bad one.
+    """
+    flat = values.reshape(-1)
+    for start in range(0, flat.shape[0], _FINITE_CHUNK):
+        if not np.isfinite(flat[start:start + _FINITE_CHUNK]).all():
+            return False
+    return True

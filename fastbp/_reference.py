@@ -145,7 +145,7 @@ class Workspace:
 
 def all_finite(values):
     """Whether every element of ``values`` is finite (no NaN, no infinity)."""
-    return bool(np.isfinite(values).all())
+    return _layout.all_finite_chunked(np.asarray(values))
 
 
 def layer_views(layer_sizes, flat):

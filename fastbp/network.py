@@ -95,7 +95,7 @@ def _as_real_array(value, name, dtype, all_finite=_reference.all_finite):
                         f"{value.dtype}")
     with np.errstate(over="ignore", invalid="ignore"):
         converted = np.ascontiguousarray(value, dtype=dtype).reshape(value.shape)  # 0-d stays 0-d
-    if not np.isfinite(converted).all():
+    if not _layout.all_finite_chunked(converted):
         where = ""
         if kind != "f" or np.isfinite(value).all():
             where = f" after conversion to {np.dtype(dtype).name} (values too large for it)"
@@ -816,7 +816,7 @@ class Network:
                 elapsed = time.perf_counter() - started
                 if status == 2:
                     raise KeyboardInterrupt
-                if status == 1 or not np.isfinite(params).all():
+                if status == 1 or not module.all_finite(params):
                     batch, what = self._unwind(ws, optimizer, X, Y, batch_size, lr, key, params_start,
                                                velocity_start, status, done)
                     error = FloatingPointError(
