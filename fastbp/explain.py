@@ -1025,6 +1025,9 @@ def explain_step(net, x, y, lr, *, dry_run: bool = False, decimals: int = 4) -> 
     # The step itself: a real optimizer step, on the net or (dry run) on a copy.
     stepped = _clone(net) if dry_run else net
     gradients = stepped.gradients(X, Y_net)
+    if not all(np.isfinite(g).all() for g in [*gradients.weights, *gradients.biases]):
+        raise FloatingPointError("explain_step: the gradient overflowed to NaN or infinity (inputs or "
+                                 "parameters too large for the network's dtype); the network is unchanged")
     fastbp.SGD(stepped, lr).step(gradients)
     new_weights = [np.array(w, copy=True) for w in stepped.weights]
     new_biases = [np.array(b, copy=True) for b in stepped.biases]

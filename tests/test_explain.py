@@ -359,3 +359,13 @@ def test_documented_output_is_what_the_command_prints():
     assert command in text, "README.md no longer shows the explain example"
     shown = text.split(command, 1)[1].split("```", 1)[0]
     assert shown == GOLDEN.read_text(encoding="utf-8"), "README.md is out of date with the golden file"
+
+
+def test_overflowing_gradient_is_a_floating_point_error(backend):
+    """A gradient that overflows is divergence, not bad input: FloatingPointError, the network unchanged."""
+    net = fastbp.Network([2, 1], "identity", loss="half_sse", dtype="float32", seed=0, backend=backend)
+    net.set_params([np.array([[3e38, 3e38]], dtype=np.float32)], [np.zeros(1, dtype=np.float32)])
+    before = net.params.tobytes()
+    with pytest.raises(FloatingPointError, match="gradient overflowed"):
+        fastbp.explain_step(net, [1e30, 1e30], [0.0], 0.5)
+    assert net.params.tobytes() == before
