@@ -331,17 +331,23 @@ def test_predict(backend, spec, data):
             assert out.tobytes() == expected.tobytes(), "layout changed the result"
 
 
+def draw_batch(data, net):
+    """A fuzzed input X (mostly finite values), its base array, and matching fuzzed targets Y."""
+    shape = data.draw(shapes_for(net.layer_sizes[0], net.layer_sizes[-1]))
+    X, base = data.draw(arrays(shape, st.one_of(FINITE, VALUES)))
+    single = np.ndim(X) == 1
+    n = np.shape(X)[0] if np.ndim(X) >= 1 and not single else 1
+    Y, _ = data.draw(targets(net, n, single))
+    return X, base, Y
+
+
 @FUZZ
 @given(spec=NETWORKS, data=st.data(),
        method=st.sampled_from(["loss", "gradients", "trace", "check_gradients", "diagnose"]))
 def test_evaluation(backend, spec, data, method):
     RAN[method] += 1
     net = make_net(spec, backend)
-    shape = data.draw(shapes_for(net.layer_sizes[0], net.layer_sizes[-1]))
-    X, base = data.draw(arrays(shape, st.one_of(FINITE, VALUES)))
-    single = np.ndim(X) == 1
-    n = np.shape(X)[0] if np.ndim(X) >= 1 and not single else 1
-    Y, _ = data.draw(targets(net, n, single))
+    X, base, Y = draw_batch(data, net)
     if method == "check_gradients":
         call = lambda: fastbp.check_gradients(net, X, Y)  # noqa: E731
     elif method == "diagnose":
@@ -399,11 +405,7 @@ def test_sgd_and_train_step(backend, spec, data, lr, momentum, weight_decay, nes
         return
     for value in (opt.lr, opt.momentum, opt.weight_decay):
         assert isinstance(value, float) and math.isfinite(value) and value >= 0
-    shape = data.draw(shapes_for(net.layer_sizes[0], net.layer_sizes[-1]))
-    X, base = data.draw(arrays(shape, st.one_of(FINITE, VALUES)))
-    single = np.ndim(X) == 1
-    n = np.shape(X)[0] if np.ndim(X) >= 1 and not single else 1
-    Y, _ = data.draw(targets(net, n, single))
+    X, base, Y = draw_batch(data, net)
     before = net.params.copy()
     ok, result = guarded(net, lambda: opt.train_step(X, Y), allowed=EXPECTED + (FloatingPointError,),
                          label="train_step")
@@ -509,11 +511,7 @@ def test_explain_step(backend, spec, data, lr, dry_run):
     RAN["explain_step"] += 1
     spec = (spec[0][:3],) + spec[1:]
     net = make_net(spec, backend)
-    shape = data.draw(shapes_for(net.layer_sizes[0], net.layer_sizes[-1]))
-    X, base = data.draw(arrays(shape, st.one_of(FINITE, VALUES)))
-    single = np.ndim(X) == 1
-    n = np.shape(X)[0] if np.ndim(X) >= 1 and not single else 1
-    Y, _ = data.draw(targets(net, n, single))
+    X, base, Y = draw_batch(data, net)
     before = net.params.copy()
     ok, report = guarded(net, lambda: fastbp.explain_step(net, X, Y, lr, dry_run=dry_run),
                          allowed=EXPECTED + (FloatingPointError,), label="explain_step")
