@@ -65,30 +65,56 @@ FASTBP_DEFINE_DOT(double, f64)
 #undef FASTBP_DEFINE_DOT
 
 /* exp(x) for x <= 0, inline. The kernel only ever exponentiates non-positive numbers (the stable
- * sigmoid takes exp(-|z|), softmax exp(z - max z)), so there is no overflow to handle. Cody-Waite
- * reduction x = n ln2 + r with |r| <= ln2/2, a Taylor polynomial for exp(r) accurate to well under an ulp
- * (degree 13 in double, 7 in float), then a scale by 2^n built in the exponent bits. Within 1-2 ulp of
- * libm's exp, and inlined: a call to libm costs more than the arithmetic on tiny networks. NaN and the
- * underflow tail (results that would be subnormal or zero) go to libm. */
+ * sigmoid takes exp(-|z|), softmax exp(z - max z)), so there is no overflow to handle. Inlined because a
+ * call to libm costs more than the arithmetic on tiny networks, and built for latency, because on those
+ * networks each example's sigmoids lie on the chain from one update to the next. NaN and the underflow
+ * tail (results that would be subnormal or zero) go to libm.
+ *
+ * Double: x = (64 m + j) ln2/64 + r with |r| <= ln2/128 (Cody-Waite, ln2/64 split in two so that k ln2/64
+ * is exact), exp(x) = 2^m * 2^(j/64) * exp(r), with 2^(j/64) from a table of correctly rounded values
+ * and exp(r) - 1 as a degree-5 Taylor polynomial (truncation error below 4e-17). Within 1 ulp of the
+ * exact value (checked against long double on 2e7 arguments); 35 cycles of latency against 41 for the
+ * degree-13 polynomial over |r| <= ln2/2 it replaced. The table index and the power of two come from the
+ * low bits of k + 1.5 * 2^52, so no float-to-integer conversion sits on the chain.
+ *
+ * Float: x = n ln2 + r with |r| <= ln2/2 and a degree-7 Taylor polynomial; within 1-2 ulp. */
+static const double fastbp_exp2_64ths[64] = {
+    1.0, 1.0108892860517005, 1.0218971486541166, 1.0330248790212284,
+    1.0442737824274138, 1.0556451783605572, 1.0671404006768237, 1.0787607977571199,
+    1.0905077326652577, 1.102382583307841, 1.1143867425958924, 1.1265216186082418,
+    1.1387886347566916, 1.1511892299529827, 1.1637248587775775, 1.1763969916502812,
+    1.189207115002721, 1.202156731452703, 1.215247359980469, 1.22848053610687,
+    1.241857812073484, 1.255380757024691, 1.2690509571917332, 1.2828700160787783,
+    1.2968395546510096, 1.3109612115247644, 1.3252366431597413, 1.339667524053303,
+    1.3542555469368927, 1.3690024229745905, 1.383909881963832, 1.3989796725383112,
+    1.4142135623730951, 1.42961333839197, 1.4451808069770467, 1.460917794180647,
+    1.4768261459394993, 1.4929077282912648, 1.5091644275934228, 1.5255981507445384,
+    1.5422108254079407, 1.559004400237837, 1.5759808451078865, 1.593142151342267,
+    1.6104903319492543, 1.6280274218573478, 1.645755478153965, 1.6636765803267364,
+    1.681792830507429, 1.7001063537185235, 1.718619298122478, 1.7373338352737062,
+    1.7562521603732995, 1.7753764925265212, 1.7947090750031072, 1.8142521755003989,
+    1.8340080864093424, 1.8539791250833855, 1.8741676341103, 1.8945759815869656,
+    1.9152065613971474, 1.9360617934922943, 1.9571441241754002, 1.978456026387951,
+};
+
 static inline double fastbp_exp_nonpositive_f64(double x)
 {
     if (!(x >= -708.0))
         return exp(x);
     const double shifter = 6755399441055744.0; /* 1.5 * 2^52: adding it rounds to an integer */
-    const double n = (x * 1.4426950408889634 + shifter) - shifter;
-    const double r = (x - n * 6.93147180369123816490e-01) - n * 1.90821492927058770002e-10;
-    const double r2 = r * r, r4 = r2 * r2, r8 = r4 * r4;
-    const double p01 = 1.0 + r;
-    const double p23 = 1.0 / 2 + r * (1.0 / 6);
-    const double p45 = 1.0 / 24 + r * (1.0 / 120);
-    const double p67 = 1.0 / 720 + r * (1.0 / 5040);
-    const double p89 = 1.0 / 40320 + r * (1.0 / 362880);
-    const double p1011 = 1.0 / 3628800 + r * (1.0 / 39916800);
-    const double p1213 = 1.0 / 479001600 + r * (1.0 / 6227020800.0);
-    const double p = (p01 + r2 * p23) + r4 * (p45 + r2 * p67) + r8 * ((p89 + r2 * p1011) + r4 * p1213);
-    union { double d; unsigned long long u; } scale;
-    scale.u = (unsigned long long)((long long)n + 1023) << 52;
-    return p * scale.d;
+    const double kf = x * 92.33248261689366 + shifter; /* 64 / ln2 */
+    const double k = kf - shifter;
+    /* ln2/64 = 0.01083042468962958 (31 significant bits, so k times it is exact) + 6.6e-12 */
+    const double r = (x - k * 0.01083042468962958) - k * 6.619564634077006e-12;
+    union { double d; unsigned long long u; } kbits, scale;
+    kbits.d = kf;
+    /* the mantissa of kf holds 2^51 + k */
+    const long long ki = (long long)(kbits.u & ((1ULL << 52) - 1)) - (1LL << 51);
+    scale.d = fastbp_exp2_64ths[ki & 63];
+    scale.u += (unsigned long long)(ki >> 6) << 52; /* x >= -708: the result stays a normal number */
+    const double r2 = r * r;
+    const double q = (r + r2 * (0.5 + r * (1.0 / 6))) + (r2 * r2) * (1.0 / 24 + r * (1.0 / 120));
+    return scale.d + scale.d * q;
 }
 
 static inline float fastbp_exp_nonpositive_f32(float x)
@@ -131,30 +157,38 @@ FASTBP_DEFINE_DOT4(double, f64)
 
 /* One body, two precisions: _kernels_rows.h is included once per floating type. */
 #define REAL float
+#define FASTBP_UINT unsigned int /* the integer of the same width */
 #define FN(name) name##_f32
 #define EXP fastbp_exp_nonpositive_f32
 #define TANH tanhf
+#define FABS fabsf
 #define DOT fastbp_dot_f32
 #define DOT4 fastbp_dot4_f32
 #include "_kernels_rows.h"
 #undef REAL
+#undef FASTBP_UINT
 #undef FN
 #undef EXP
 #undef TANH
+#undef FABS
 #undef DOT
 #undef DOT4
 
 #define REAL double
+#define FASTBP_UINT unsigned long long
 #define FN(name) name##_f64
 #define EXP fastbp_exp_nonpositive_f64
 #define TANH tanh
+#define FABS fabs
 #define DOT fastbp_dot_f64
 #define DOT4 fastbp_dot4_f64
 #include "_kernels_rows.h"
 #undef REAL
+#undef FASTBP_UINT
 #undef FN
 #undef EXP
 #undef TANH
+#undef FABS
 #undef DOT
 #undef DOT4
 

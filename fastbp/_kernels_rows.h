@@ -25,6 +25,49 @@ static inline REAL FN(fastbp_activate)(REAL z, int act)
     }
 }
 
+/* The same activations for the tiny-network loop (fastbp_train_rows_small), where the sigmoid lies on the
+ * chain from one example to the next. Kept apart from fastbp_activate: this sigmoid in the general loop
+ * made gcc compile its ReLU sweep worse (64-32-10 at batch 1 went from 400 to 530 ns per example). */
+static inline REAL FN(fastbp_activate_tiny)(REAL z, int act)
+{
+    REAL e;
+    switch (act) {
+    case FASTBP_RELU:
+        return z < 0 ? (REAL)0 : z;
+    case FASTBP_SIGMOID: {
+        /* 1 / (1 + e^-z) for z >= 0, e^z / (1 + e^z) below, without a branch on the sign of z (it
+         * mispredicts on the chain from one example to the next): the factor 1 or e is a bit select,
+         * made while the division runs */
+        union { REAL f; FASTBP_UINT u; } one, ev, factor;
+        const FASTBP_UINT mask = (FASTBP_UINT)0 - (FASTBP_UINT)(z >= 0);
+        e = EXP(-FABS(z));
+        one.f = (REAL)1;
+        ev.f = e;
+        factor.u = (one.u & mask) | (ev.u & ~mask);
+        return ((REAL)1 / ((REAL)1 + e)) * factor.f;
+    }
+    case FASTBP_TANH:
+        return TANH(z);
+    default:
+        return z;
+    }
+}
+
+/* delta * f'(z), with f' written through the activation's output a = f(z) */
+static inline REAL FN(fastbp_derivative_times)(REAL delta, REAL a, int act)
+{
+    switch (act) {
+    case FASTBP_RELU:
+        return a > 0 ? delta : (REAL)0;
+    case FASTBP_SIGMOID:
+        return delta * (a * ((REAL)1 - a));
+    case FASTBP_TANH:
+        return delta * ((REAL)1 - a * a);
+    default:
+        return delta;
+    }
+}
+
 static inline void FN(fastbp_times_derivative)(REAL *FASTBP_RESTRICT delta, const REAL *FASTBP_RESTRICT a,
                                                Py_ssize_t n, int act)
 {
@@ -49,26 +92,16 @@ static inline void FN(fastbp_times_derivative)(REAL *FASTBP_RESTRICT delta, cons
 
 /* Train on rows start .. start+count-1 of the epoch's order (order == NULL: rows in storage order),
  * one SGD step per row. Returns 0, or 1 when a loss is not finite (the step of that row is not taken).
- * *loss_sum and *done accumulate over the rows trained.
- *
- * `fixed_layers` = 0: sizes and offsets come from the plan. `fixed_layers` = 2 with sizes f0-f1-f2:
- * the caller passes compile-time constants, so that for tiny networks the compiler unrolls every loop
- * (their trip counts of 1 to 4 otherwise cost more in loop overhead than the arithmetic). */
+ * *loss_sum and *done accumulate over the rows trained. */
 static inline __attribute__((always_inline))
 int FN(fastbp_train_rows_body)(const fastbp_plan *p, REAL *params, const REAL *X, const REAL *Y,
                                const Py_ssize_t *order, Py_ssize_t start, Py_ssize_t count, REAL lr,
                                REAL *activations, REAL *delta_a, REAL *delta_b,
-                               double *loss_sum, Py_ssize_t *done,
-                               const int fixed_layers, const Py_ssize_t f0, const Py_ssize_t f1,
-                               const Py_ssize_t f2)
+                               double *loss_sum, Py_ssize_t *done)
 {
-#define SIZE(l) (fixed_layers ? ((l) == 0 ? f0 : (l) == 1 ? f1 : f2) : p->sizes[l])
-#define W_OFF(l) (fixed_layers ? ((l) == 0 ? 0 : f0 * f1 + f1) : p->w_off[l])
-#define B_OFF(l) (fixed_layers ? ((l) == 0 ? f0 * f1 : f0 * f1 + f1 + f1 * f2) : p->b_off[l])
-#define ACT_OFF(l) (fixed_layers ? ((l) == 0 ? 0 : f1) : p->act_off[l])
-    const int L = fixed_layers ? fixed_layers : p->n_layers;
-    const Py_ssize_t n_in0 = SIZE(0);
-    const Py_ssize_t K = SIZE(L);
+    const int L = p->n_layers;
+    const Py_ssize_t n_in0 = p->sizes[0];
+    const Py_ssize_t K = p->sizes[L];
     const int out_act = p->acts[L - 1];
     const REAL scale = p->loss == FASTBP_MSE ? (REAL)(2.0 / (double)K) : (REAL)1;
     /* Accumulate in locals: stores through *loss_sum or *done would alias the buffers. */
@@ -84,10 +117,10 @@ int FN(fastbp_train_rows_body)(const fastbp_plan *p, REAL *params, const REAL *X
         /* forward: a = f(W a_prev + b), one dot product per neuron */
         const REAL *a_prev = x;
         for (int l = 0; l < L; l++) {
-            const Py_ssize_t n_in = SIZE(l), n_out = SIZE(l + 1);
-            const REAL *W = params + W_OFF(l);
-            const REAL *b = params + B_OFF(l);
-            REAL *a = activations + ACT_OFF(l);
+            const Py_ssize_t n_in = p->sizes[l], n_out = p->sizes[l + 1];
+            const REAL *W = params + p->w_off[l];
+            const REAL *b = params + p->b_off[l];
+            REAL *a = activations + p->act_off[l];
             const int act = p->acts[l];
             Py_ssize_t j = 0;
             if (n_in >= 8) {
@@ -103,7 +136,7 @@ int FN(fastbp_train_rows_body)(const fastbp_plan *p, REAL *params, const REAL *X
         }
 
         /* loss and the output delta dL/dz */
-        const REAL *out = activations + ACT_OFF(L - 1);
+        const REAL *out = activations + p->act_off[L - 1];
         REAL *delta = delta_a;
         double loss = 0.0;
         if (p->loss == FASTBP_CROSS_ENTROPY) {
@@ -138,10 +171,10 @@ int FN(fastbp_train_rows_body)(const fastbp_plan *p, REAL *params, const REAL *X
         /* backward: propagate with the old weights and update them in the same sweep */
         REAL *d_prev = delta_b;
         for (int l = L - 1; l >= 0; l--) {
-            const Py_ssize_t n_in = SIZE(l), n_out = SIZE(l + 1);
-            REAL *W = params + W_OFF(l);
-            REAL *b = params + B_OFF(l);
-            const REAL *FASTBP_RESTRICT in = l > 0 ? activations + ACT_OFF(l - 1) : x;
+            const Py_ssize_t n_in = p->sizes[l], n_out = p->sizes[l + 1];
+            REAL *W = params + p->w_off[l];
+            REAL *b = params + p->b_off[l];
+            const REAL *FASTBP_RESTRICT in = l > 0 ? activations + p->act_off[l - 1] : x;
             if (l > 0) {
                 REAL *FASTBP_RESTRICT dp = d_prev;
                 for (Py_ssize_t j = 0; j < n_out; j++) {
@@ -184,35 +217,186 @@ int FN(fastbp_train_rows_body)(const fastbp_plan *p, REAL *params, const REAL *X
     *done += rows_done;
     return status;
 }
-#undef SIZE
-#undef W_OFF
-#undef B_OFF
-#undef ACT_OFF
 
-/* Networks with one hidden layer and at most 4 units per layer get their own unrolled copy. */
-#define FASTBP_FIXED_CASE(a, b, c)                                                                     \
+/* Networks with one hidden layer and at most 4 units per layer (N0-N1-N2, compile-time constants) and a
+ * squared-error loss get their own unrolled copy. On these networks each example's forward pass waits on
+ * the previous example's update, so the loop is written for the latency of that chain:
+ *
+ * - parameters, activations and deltas live in local arrays, which the compiler keeps in registers once
+ *   the loops are unrolled: no store-to-load round trip through memory from one example to the next;
+ * - the hidden layer's update coefficient c_j = -lr * f'(z_j) * sum_k W2[k][j] d_k is formed as
+ *   sum_k g[k][j] d_k, with g[k][j] = -lr * f'(z_j) * W2[k][j] computed (from the old W2) while the
+ *   output layer's forward pass runs: one multiplication after d instead of three;
+ * - the next example's hidden pre-activations are (b1 + W1 x') + c (1 + x . x'), which is
+ *   (b1 + c) + (W1 + c x^T) x' = b1_new + W1_new x' regrouped: the first term uses the old weights and
+ *   is computed off the chain, so only one multiply-add follows c.
+ *
+ * The same updates as fastbp_train_rows_body, grouped differently: results agree to rounding (the tests
+ * compare both with the NumPy twin and PyTorch). */
+static inline __attribute__((always_inline))
+int FN(fastbp_train_rows_small)(const fastbp_plan *p, REAL *params, const REAL *X, const REAL *Y,
+                                const Py_ssize_t *order, Py_ssize_t start, Py_ssize_t count, REAL lr,
+                                double *loss_sum, Py_ssize_t *done,
+                                const int N0, const int N1, const int N2)
+{
+    REAL W1[4][4], b1[4], W2[4][4], b2[4];
+    REAL z[4], h[4], o[4], d[4], g[4][4], c[4];
+    const int act0 = p->acts[0], act1 = p->acts[1], mse = p->loss == FASTBP_MSE;
+    const REAL scale = (REAL)(2.0 / (double)N2);
+    REAL *const pb1 = params + N0 * N1, *const pW2 = pb1 + N1, *const pb2 = pW2 + N1 * N2;
+    double total_loss = 0.0;
+    Py_ssize_t rows_done = 0;
+    int status = 0;
+
+    if (count <= 0)
+        return 0;
+#pragma GCC unroll 4
+    for (int j = 0; j < N1; j++) {
+#pragma GCC unroll 4
+        for (int i = 0; i < N0; i++)
+            W1[j][i] = params[j * N0 + i];
+        b1[j] = pb1[j];
+    }
+#pragma GCC unroll 4
+    for (int k = 0; k < N2; k++) {
+#pragma GCC unroll 4
+        for (int j = 0; j < N1; j++)
+            W2[k][j] = pW2[k * N1 + j];
+        b2[k] = pb2[k];
+    }
+
+    const REAL *x = X + (order ? order[start] : start) * N0;
+#pragma GCC unroll 4
+    for (int j = 0; j < N1; j++) {
+        REAL s = 0;
+#pragma GCC unroll 4
+        for (int i = 0; i < N0; i++)
+            s += W1[j][i] * x[i];
+        z[j] = b1[j] + s;
+    }
+
+    for (Py_ssize_t e = 0; e < count; e++) {
+        const Py_ssize_t row = order ? order[start + e] : start + e;
+        const REAL *y = Y + row * N2;
+        x = X + row * N0;
+
+        /* forward; g from the old output weights while the output layer computes */
+#pragma GCC unroll 4
+        for (int j = 0; j < N1; j++) {
+            h[j] = FN(fastbp_activate_tiny)(z[j], act0);
+#pragma GCC unroll 4
+            for (int k = 0; k < N2; k++)
+                g[k][j] = FN(fastbp_derivative_times)(-lr * W2[k][j], h[j], act0);
+        }
+#pragma GCC unroll 4
+        for (int k = 0; k < N2; k++) {
+            REAL s = 0;
+#pragma GCC unroll 4
+            for (int j = 0; j < N1; j++)
+                s += W2[k][j] * h[j];
+            o[k] = FN(fastbp_activate_tiny)(b2[k] + s, act1);
+        }
+
+        /* loss and the output delta dL/dz (scale is exactly 1 for half_sse: no multiplication there) */
+        double loss = 0.0;
+#pragma GCC unroll 4
+        for (int k = 0; k < N2; k++) {
+            const double diff = (double)o[k] - (double)y[k];
+            loss += diff * diff;
+            d[k] = FN(fastbp_derivative_times)(mse ? scale * (o[k] - y[k]) : o[k] - y[k], o[k], act1);
+        }
+        loss = mse ? loss / (double)N2 : 0.5 * loss;
+        if (!isfinite(loss)) {
+            status = 1;
+            break;
+        }
+
+        /* backward: the hidden coefficients c (= -lr * hidden delta), then the output layer's update */
+#pragma GCC unroll 4
+        for (int j = 0; j < N1; j++) {
+            REAL s = 0;
+#pragma GCC unroll 4
+            for (int k = 0; k < N2; k++)
+                s += g[k][j] * d[k];
+            c[j] = s;
+        }
+#pragma GCC unroll 4
+        for (int k = 0; k < N2; k++) {
+            const REAL ck = -lr * d[k];
+            b2[k] += ck;
+#pragma GCC unroll 4
+            for (int j = 0; j < N1; j++)
+                W2[k][j] += ck * h[j];
+        }
+
+        /* the next example's hidden pre-activations, then the hidden layer's update */
+        if (e + 1 < count) {
+            const REAL *xn = X + (order ? order[start + e + 1] : start + e + 1) * N0;
+            REAL overlap = 1;
+#pragma GCC unroll 4
+            for (int i = 0; i < N0; i++)
+                overlap += x[i] * xn[i];
+#pragma GCC unroll 4
+            for (int j = 0; j < N1; j++) {
+                REAL s = 0;
+#pragma GCC unroll 4
+                for (int i = 0; i < N0; i++)
+                    s += W1[j][i] * xn[i];
+                z[j] = (b1[j] + s) + c[j] * overlap;
+            }
+        }
+#pragma GCC unroll 4
+        for (int j = 0; j < N1; j++) {
+            b1[j] += c[j];
+#pragma GCC unroll 4
+            for (int i = 0; i < N0; i++)
+                W1[j][i] += c[j] * x[i];
+        }
+        total_loss += loss;
+        rows_done += 1;
+    }
+
+#pragma GCC unroll 4
+    for (int j = 0; j < N1; j++) {
+#pragma GCC unroll 4
+        for (int i = 0; i < N0; i++)
+            params[j * N0 + i] = W1[j][i];
+        pb1[j] = b1[j];
+    }
+#pragma GCC unroll 4
+    for (int k = 0; k < N2; k++) {
+#pragma GCC unroll 4
+        for (int j = 0; j < N1; j++)
+            pW2[k * N1 + j] = W2[k][j];
+        pb2[k] = b2[k];
+    }
+    *loss_sum += total_loss;
+    *done += rows_done;
+    return status;
+}
+
+#define FASTBP_SMALL_CASE(a, b, c)                                                                     \
     case ((a) - 1) * 16 + ((b) - 1) * 4 + ((c) - 1):                                                  \
-        return FN(fastbp_train_rows_body)(p, params, X, Y, order, start, count, lr, activations,       \
-                                          delta_a, delta_b, loss_sum, done, 2, a, b, c);
-#define FASTBP_FIXED_CASES_C(a, b) \
-    FASTBP_FIXED_CASE(a, b, 1) FASTBP_FIXED_CASE(a, b, 2) FASTBP_FIXED_CASE(a, b, 3) FASTBP_FIXED_CASE(a, b, 4)
-#define FASTBP_FIXED_CASES_B(a) \
-    FASTBP_FIXED_CASES_C(a, 1) FASTBP_FIXED_CASES_C(a, 2) FASTBP_FIXED_CASES_C(a, 3) FASTBP_FIXED_CASES_C(a, 4)
+        return FN(fastbp_train_rows_small)(p, params, X, Y, order, start, count, lr, loss_sum, done,    \
+                                           a, b, c);
+#define FASTBP_SMALL_CASES_C(a, b) \
+    FASTBP_SMALL_CASE(a, b, 1) FASTBP_SMALL_CASE(a, b, 2) FASTBP_SMALL_CASE(a, b, 3) FASTBP_SMALL_CASE(a, b, 4)
+#define FASTBP_SMALL_CASES_B(a) \
+    FASTBP_SMALL_CASES_C(a, 1) FASTBP_SMALL_CASES_C(a, 2) FASTBP_SMALL_CASES_C(a, 3) FASTBP_SMALL_CASES_C(a, 4)
 
 static int FN(fastbp_train_rows_tiny)(const fastbp_plan *p, REAL *params, const REAL *X, const REAL *Y,
                                       const Py_ssize_t *order, Py_ssize_t start, Py_ssize_t count, REAL lr,
-                                      REAL *activations, REAL *delta_a, REAL *delta_b,
                                       double *loss_sum, Py_ssize_t *done)
 {
     switch ((p->sizes[0] - 1) * 16 + (p->sizes[1] - 1) * 4 + (p->sizes[2] - 1)) {
-        FASTBP_FIXED_CASES_B(1) FASTBP_FIXED_CASES_B(2) FASTBP_FIXED_CASES_B(3) FASTBP_FIXED_CASES_B(4)
+        FASTBP_SMALL_CASES_B(1) FASTBP_SMALL_CASES_B(2) FASTBP_SMALL_CASES_B(3) FASTBP_SMALL_CASES_B(4)
     default:
         return -1;
     }
 }
-#undef FASTBP_FIXED_CASE
-#undef FASTBP_FIXED_CASES_C
-#undef FASTBP_FIXED_CASES_B
+#undef FASTBP_SMALL_CASE
+#undef FASTBP_SMALL_CASES_C
+#undef FASTBP_SMALL_CASES_B
 
 FASTBP_CLONES
 static int FN(fastbp_train_rows_any)(const fastbp_plan *p, REAL *params, const REAL *X, const REAL *Y,
@@ -221,7 +405,7 @@ static int FN(fastbp_train_rows_any)(const fastbp_plan *p, REAL *params, const R
                                      double *loss_sum, Py_ssize_t *done)
 {
     return FN(fastbp_train_rows_body)(p, params, X, Y, order, start, count, lr, activations, delta_a,
-                                      delta_b, loss_sum, done, 0, 0, 0, 0);
+                                      delta_b, loss_sum, done);
 }
 
 static int FN(fastbp_train_rows)(const fastbp_plan *p, REAL *params, const REAL *X, const REAL *Y,
@@ -229,9 +413,9 @@ static int FN(fastbp_train_rows)(const fastbp_plan *p, REAL *params, const REAL 
                                  REAL *activations, REAL *delta_a, REAL *delta_b,
                                  double *loss_sum, Py_ssize_t *done)
 {
-    if (p->n_layers == 2 && p->sizes[0] <= 4 && p->sizes[1] <= 4 && p->sizes[2] <= 4)
-        return FN(fastbp_train_rows_tiny)(p, params, X, Y, order, start, count, lr, activations, delta_a,
-                                          delta_b, loss_sum, done);
+    if (p->n_layers == 2 && p->sizes[0] <= 4 && p->sizes[1] <= 4 && p->sizes[2] <= 4
+            && p->loss != FASTBP_CROSS_ENTROPY)
+        return FN(fastbp_train_rows_tiny)(p, params, X, Y, order, start, count, lr, loss_sum, done);
     return FN(fastbp_train_rows_any)(p, params, X, Y, order, start, count, lr, activations, delta_a,
                                      delta_b, loss_sum, done);
 }
