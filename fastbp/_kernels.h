@@ -4,9 +4,10 @@
  * - gcc vectorises a floating-point sum only when it may reorder the additions. `#pragma omp simd
  *   reduction(+:s)` (enabled by -fopenmp-simd, no OpenMP runtime) allows exactly that reordering and
  *   nothing else, so results stay deterministic run to run without -ffast-math.
- * - On Linux/x86-64 with gcc, the per-example training loop is compiled three times (AVX-512, AVX2+FMA,
- *   baseline) with `target_clones`; the dynamic loader picks the variant for the CPU it runs on (glibc
- *   ifunc). Elsewhere only the baseline variant is built, which is just as correct.
+ * - On Linux/x86-64 with gcc, the general per-example training loop is compiled three times (AVX-512,
+ *   AVX2+FMA, baseline) and the tiny-network loop twice (AVX2+FMA, baseline) with `target_clones`; the
+ *   dynamic loader picks the variant for the CPU it runs on (glibc ifunc). Elsewhere only the baseline
+ *   variant is built, which is just as correct.
  */
 #ifndef FASTBP_KERNELS_H
 #define FASTBP_KERNELS_H
@@ -17,8 +18,11 @@
 #if defined(__GNUC__) && !defined(__clang__) && defined(__linux__) && defined(__x86_64__) \
     && !defined(FASTBP_NO_CLONES)
 #define FASTBP_CLONES __attribute__((target_clones("arch=x86-64-v4", "arch=x86-64-v3", "default")))
+/* Scalar code (the tiny-network loop) gains from FMA, not from wider vectors: two variants suffice. */
+#define FASTBP_CLONES_SCALAR __attribute__((target_clones("arch=x86-64-v3", "default")))
 #else
 #define FASTBP_CLONES
+#define FASTBP_CLONES_SCALAR
 #endif
 
 #if defined(__GNUC__) || defined(__clang__)

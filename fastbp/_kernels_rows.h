@@ -1,10 +1,12 @@
 /* Per-example SGD (mini-batches of one row, plain SGD): forward, loss, backward and update fused, for
- * one precision. Included twice by _kernels.h with REAL, FN, EXP, TANH and DOT defined.
+ * one precision. Included twice by _kernels.h with REAL, FASTBP_UINT, FN, EXP, TANH, FABS, DOT and DOT4
+ * defined.
  *
- * The same arithmetic as the general path of _core.pyx (dense_forward, output_delta, dense_backward
- * with update_in_place), written as one loop so that small networks pay no call overhead per example:
- * each weight row is read once in the backward sweep, which both propagates the delta to the layer
- * below (with the old weight) and applies the update.
+ * fastbp_train_rows_body: the same arithmetic as the general path of _core.pyx (dense_forward,
+ * output_delta, dense_backward with update_in_place), written as one loop so that small networks pay no
+ * call overhead per example: each weight row is read once in the backward sweep, which both propagates
+ * the delta to the layer below (with the old weight) and applies the update.
+ * fastbp_train_rows_small: tiny one-hidden-layer networks, the same updates regrouped for latency.
  */
 
 static inline REAL FN(fastbp_activate)(REAL z, int act)
@@ -268,9 +270,9 @@ int FN(fastbp_train_rows_small)(const fastbp_plan *p, REAL *params, const REAL *
     const REAL *x = X + (order ? order[start] : start) * N0;
 #pragma GCC unroll 4
     for (int j = 0; j < N1; j++) {
-        REAL s = 0;
+        REAL s = W1[j][0] * x[0];
 #pragma GCC unroll 4
-        for (int i = 0; i < N0; i++)
+        for (int i = 1; i < N0; i++)
             s += W1[j][i] * x[i];
         z[j] = b1[j] + s;
     }
@@ -290,9 +292,9 @@ int FN(fastbp_train_rows_small)(const fastbp_plan *p, REAL *params, const REAL *
         }
 #pragma GCC unroll 4
         for (int k = 0; k < N2; k++) {
-            REAL s = 0;
+            REAL s = W2[k][0] * h[0];
 #pragma GCC unroll 4
-            for (int j = 0; j < N1; j++)
+            for (int j = 1; j < N1; j++)
                 s += W2[k][j] * h[j];
             o[k] = FN(fastbp_activate_tiny)(b2[k] + s, act1);
         }
@@ -314,9 +316,9 @@ int FN(fastbp_train_rows_small)(const fastbp_plan *p, REAL *params, const REAL *
         /* backward: the hidden coefficients c (= -lr * hidden delta), then the output layer's update */
 #pragma GCC unroll 4
         for (int j = 0; j < N1; j++) {
-            REAL s = 0;
+            REAL s = g[0][j] * d[0];
 #pragma GCC unroll 4
-            for (int k = 0; k < N2; k++)
+            for (int k = 1; k < N2; k++)
                 s += g[k][j] * d[k];
             c[j] = s;
         }
@@ -338,9 +340,9 @@ int FN(fastbp_train_rows_small)(const fastbp_plan *p, REAL *params, const REAL *
                 overlap += x[i] * xn[i];
 #pragma GCC unroll 4
             for (int j = 0; j < N1; j++) {
-                REAL s = 0;
+                REAL s = W1[j][0] * xn[0];
 #pragma GCC unroll 4
-                for (int i = 0; i < N0; i++)
+                for (int i = 1; i < N0; i++)
                     s += W1[j][i] * xn[i];
                 z[j] = (b1[j] + s) + c[j] * overlap;
             }
@@ -384,6 +386,7 @@ int FN(fastbp_train_rows_small)(const fastbp_plan *p, REAL *params, const REAL *
 #define FASTBP_SMALL_CASES_B(a) \
     FASTBP_SMALL_CASES_C(a, 1) FASTBP_SMALL_CASES_C(a, 2) FASTBP_SMALL_CASES_C(a, 3) FASTBP_SMALL_CASES_C(a, 4)
 
+FASTBP_CLONES_SCALAR
 static int FN(fastbp_train_rows_tiny)(const fastbp_plan *p, REAL *params, const REAL *X, const REAL *Y,
                                       const Py_ssize_t *order, Py_ssize_t start, Py_ssize_t count, REAL lr,
                                       double *loss_sum, Py_ssize_t *done)

@@ -212,3 +212,38 @@ def test_fit_does_not_copy_ready_data(backend):
     finally:
         tracemalloc.stop()
     assert peak < X.nbytes / 4, f"fit allocated {peak / 1e6:.1f} MB for {X.nbytes / 1e6:.1f} MB of data"
+
+
+# The per-example loop for one hidden layer of at most 4 units (fastbp_train_rows_small) regroups the
+# arithmetic for latency; the general per-example loop handles everything else. Both against the twin, over
+# every activation pair, both squared-error losses, shuffled and not, 3 epochs of per-example SGD.
+TINY_SIZES = [(1, 1, 1), (2, 2, 1), (4, 3, 4), (3, 4, 2), (4, 4, 4), (1, 4, 1), (5, 3, 2), (4, 5, 1)]
+ACTIVATIONS = ["identity", "sigmoid", "relu", "tanh"]
+
+
+@pytest.mark.parametrize("sizes", TINY_SIZES, ids=["-".join(map(str, s)) for s in TINY_SIZES])
+@pytest.mark.parametrize("loss", ["half_sse", "mse"])
+@pytest.mark.parametrize("dtype", ["float64", "float32"])
+def test_per_example_fit_matches_the_twin(sizes, loss, dtype):
+    pytest.importorskip("fastbp._core")
+    rng = np.random.default_rng(sum(sizes) * 7 + len(loss))
+    tolerance = {"float64": 1e-10, "float32": 2e-4}[dtype]
+    moved = 0
+    for hidden in ACTIVATIONS:
+        for output in ACTIVATIONS:
+            compiled = random_net(fastbp, rng, list(sizes), [hidden, output], loss, dtype, "cython")
+            twin = clone(compiled, "numpy")
+            initial = compiled.params.copy()
+            X = rng.uniform(-2, 2, size=(53, sizes[0])).astype(dtype)
+            Y = rng.uniform(-1, 1, size=(53, sizes[-1])).astype(dtype)
+            if output == "sigmoid":
+                Y = (Y + 1) / 2
+            for net in (compiled, twin):
+                net.fit(X, Y, epochs=2, batch_size=1, lr=0.05, shuffle=False)
+                net.fit(X, Y, epochs=1, batch_size=1, lr=0.02, shuffle=True, seed=5)
+            moved += np.abs(compiled.params - initial).max() > 1e-3
+            np.testing.assert_allclose(compiled.params, twin.params, rtol=tolerance, atol=tolerance,
+                                       err_msg=f"{sizes} {hidden}/{output} {loss} {dtype}")
+            losses = [net.loss(X, Y) for net in (compiled, twin)]
+            np.testing.assert_allclose(losses[0], losses[1], rtol=tolerance * 10)
+    assert moved >= 12, f"only {moved} of 16 networks trained: the comparison would be vacuous"
