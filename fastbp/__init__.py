@@ -11,6 +11,7 @@ from fastbp import _backend
 BACKEND = _backend.default_backend()
 
 from fastbp.network import SGD, Gradients, History, Network, Trace  # noqa: E402
+from fastbp._threads import get_num_threads, num_threads, set_num_threads  # noqa: E402
 
 _LAZY = {
     "explain_step": "fastbp.explain",
@@ -19,7 +20,7 @@ _LAZY = {
 }
 
 __all__ = ["Network", "SGD", "Gradients", "Trace", "History", "BACKEND", "__version__",
-           "explain_step", "diagnose", "check_gradients"]
+           "explain_step", "diagnose", "check_gradients", "set_num_threads", "get_num_threads", "num_threads"]
 
 
 def __getattr__(name):

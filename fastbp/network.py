@@ -7,6 +7,7 @@ argument, and leaves the network unchanged when it raised.
 
 from __future__ import annotations
 
+import contextlib
 import math
 import numbers
 import secrets
@@ -17,7 +18,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from fastbp import _backend, _layout
+from fastbp import _backend, _layout, _threads
 from fastbp import _reference
 
 _PREDICT_CHUNK = 4096  # rows per chunk in predict/loss: bounds the activation buffers of big inputs
@@ -676,7 +677,7 @@ class Network:
     def fit(self, X, Y, *, epochs=1, batch_size=32, lr=0.01, optimizer=None, shuffle=True, seed=None,
             progress=False, record_gradients=False, verbose=0, validation_data=None, validation_split=0.0,
             callbacks=None, early_stopping=False, patience=5, min_delta=0.0, restore_best_weights=True,
-            lr_schedule=None):
+            lr_schedule=None, threads=None):
         """Train by mini-batch SGD; the loop over mini-batches of an epoch runs inside the backend.
 
         Parameters
@@ -718,6 +719,10 @@ class Network:
         lr_schedule : callable, "step", "invscaling" or None
             ``lr_schedule(epoch) -> lr`` before each epoch; the strings use :class:`StepDecay` /
             :class:`InverseScaling` starting from the optimizer's learning rate.
+        threads : int or None
+            At most this many BLAS threads during this call (``fastbp.num_threads``; needs threadpoolctl);
+            None leaves the process's setting. ``threads=1`` is faster on a machine whose other cores are
+            busy. Batch size 1 uses no BLAS.
 
         Returns
         -------
@@ -756,6 +761,8 @@ class Network:
             raise TypeError(f"optimizer must be a fastbp.SGD or None; got {_describe(optimizer)}")
         elif optimizer.net is not self:
             raise ValueError("optimizer was built for another network; create SGD(net, ...) for this one")
+        limit_threads = (contextlib.nullcontext() if threads is None
+                         else _threads.num_threads(_threads._check_threads(threads, "threads")))
         callbacks = [] if callbacks is None else list(callbacks)
         for index, callback in enumerate(callbacks):
             if not (callable(callback) or callable(getattr(callback, "on_epoch_end", None))):
@@ -783,7 +790,7 @@ class Network:
 
         optimizer = SGD(self, lr) if optimizer is None else optimizer
         schedule = _make_schedule(lr_schedule, optimizer.lr)
-        with self._exclusive("fit"):
+        with self._exclusive("fit"), limit_threads:
             return self._fit_loop(X2, Y2, epochs, batch_size, optimizer, shuffle, seed, progress, verbose,
                                   record_gradients, validation, callbacks, early_stopping, patience,
                                   min_delta, restore_best_weights, schedule)

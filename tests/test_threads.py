@@ -1,0 +1,104 @@
+"""BLAS thread limits: ``fastbp.set_num_threads``, ``get_num_threads``, ``num_threads`` and ``fit(threads=)``.
+
+Checked against threadpoolctl's own report of the BLAS libraries in the process (the independent truth),
+never by timing.
+"""
+
+from __future__ import annotations
+
+import sys
+
+import numpy as np
+import pytest
+
+import fastbp
+
+threadpoolctl = pytest.importorskip("threadpoolctl")
+
+
+def blas_threads():
+    """threadpoolctl's view: the thread count of every BLAS library loaded in the process."""
+    import scipy.linalg.cython_blas  # noqa: F401  (the compiled kernel's BLAS)
+    return [info["num_threads"] for info in threadpoolctl.threadpool_info() if info["user_api"] == "blas"]
+
+
+@pytest.fixture(autouse=True)
+def restore_limits():
+    before = blas_threads()
+    yield
+    fastbp.set_num_threads(None)
+    assert blas_threads() == before, "a test left the BLAS thread limits changed"
+
+
+def test_set_and_restore():
+    original = blas_threads()
+    assert fastbp.get_num_threads() == max(original)
+    fastbp.set_num_threads(1)
+    assert blas_threads() == [1] * len(original)
+    assert fastbp.get_num_threads() == 1
+    fastbp.set_num_threads(2)
+    assert 1 <= fastbp.get_num_threads() <= 2  # a BLAS may cap a limit at its own maximum
+    fastbp.set_num_threads(None)
+    assert blas_threads() == original
+
+
+def test_context_manager_restores_even_on_error():
+    original = blas_threads()
+    with pytest.raises(RuntimeError, match="inside"):
+        with fastbp.num_threads(1):
+            assert blas_threads() == [1] * len(original)
+            raise RuntimeError("inside the block")
+    assert blas_threads() == original
+
+
+@pytest.mark.parametrize("backend", ["cython", "numpy"])
+def test_fit_threads_limits_blas_during_training_only(backend):
+    if backend == "cython":
+        pytest.importorskip("fastbp._core")
+    rng = np.random.default_rng(0)
+    X, Y = rng.normal(size=(256, 64)), rng.normal(size=(256, 8))
+    seen = []
+    nets = []
+    for threads in (None, 1):
+        net = fastbp.Network([64, 48, 8], "relu", seed=3, backend=backend)
+        net.fit(X, Y, epochs=2, batch_size=64, lr=0.01, seed=1, threads=threads,
+                callbacks=[lambda epoch, logs: seen.append((threads, max(blas_threads())))])
+        nets.append(net)
+    original = max(blas_threads())
+    assert seen == [(None, original)] * 2 + [(1, 1)] * 2
+    # the same arithmetic whatever the thread count (BLAS splits the work, not the sums, at these sizes
+    # for the compiled kernel; the tolerance covers a BLAS that does split the sums)
+    np.testing.assert_allclose(nets[0].params, nets[1].params, rtol=1e-12, atol=1e-14)
+
+
+@pytest.mark.parametrize("bad, error", [(0, ValueError), (-2, ValueError), (1.5, TypeError), ("2", TypeError),
+                                        (True, TypeError), (np.float64(2), TypeError)])
+def test_bad_thread_counts(bad, error):
+    with pytest.raises(error, match="positive int"):
+        fastbp.set_num_threads(bad)
+    with pytest.raises(error, match="positive int"):
+        with fastbp.num_threads(bad):
+            pass
+    net = fastbp.Network([2, 2, 1], "sigmoid", seed=0)
+    before = net.params.copy()
+    with pytest.raises(error, match="threads must be a positive int"):
+        net.fit(np.zeros((4, 2)), np.zeros((4, 1)), threads=bad)
+    assert np.array_equal(net.params, before)
+
+
+def test_numpy_integer_thread_count_is_accepted():
+    fastbp.set_num_threads(np.int64(1))
+    assert fastbp.get_num_threads() == 1
+
+
+def test_without_threadpoolctl_the_error_says_what_to_install(monkeypatch):
+    monkeypatch.setitem(sys.modules, "threadpoolctl", None)  # makes `import threadpoolctl` fail
+    monkeypatch.setattr("fastbp._threads._controller", None)
+    with pytest.raises(ImportError, match=r"fastbp\[threads\]"):
+        fastbp.set_num_threads(1)
+    with pytest.raises(ImportError, match="threadpoolctl"):
+        fastbp.get_num_threads()
+    net = fastbp.Network([2, 2, 1], "sigmoid", seed=0)
+    with pytest.raises(ImportError, match="threadpoolctl"):
+        net.fit(np.zeros((4, 2)), np.zeros((4, 1)), threads=1)
+    net.fit(np.zeros((4, 2)), np.zeros((4, 1)))  # without threads= nothing needs it
