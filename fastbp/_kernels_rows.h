@@ -231,7 +231,10 @@ int FN(fastbp_train_rows_body)(const fastbp_plan *p, REAL *params, const REAL *X
  *   output layer's forward pass runs: one multiplication after d instead of three;
  * - the next example's hidden pre-activations are (b1 + W1 x') + c (1 + x . x'), which is
  *   (b1 + c) + (W1 + c x^T) x' = b1_new + W1_new x' regrouped: the first term uses the old weights and
- *   is computed off the chain, so only one multiply-add follows c.
+ *   is computed off the chain, so only one multiply-add follows c; with one output, c (1 + x . x') is
+ *   gs d with gs = (1 + x . x') g formed off the chain too, so one multiply-add follows d.
+ * - the output pre-activation is accumulated from the bias, b2 + W2[0] h0 + ..., so that the last
+ *   hidden unit's activation is followed by one multiply-add.
  *
  * The same updates as fastbp_train_rows_body, grouped differently: results agree to rounding (the tests
  * compare both with the NumPy twin and PyTorch). */
@@ -242,7 +245,7 @@ int FN(fastbp_train_rows_small)(const fastbp_plan *p, REAL *params, const REAL *
                                 const int N0, const int N1, const int N2)
 {
     REAL W1[4][4], b1[4], W2[4][4], b2[4];
-    REAL z[4], h[4], o[4], d[4], g[4][4], c[4];
+    REAL z[4], h[4], o[4], d[4], g[4][4], gs[4], c[4];
     const int act0 = p->acts[0], act1 = p->acts[1], mse = p->loss == FASTBP_MSE;
     const REAL scale = (REAL)(2.0 / (double)N2);
     REAL *const pb1 = params + N0 * N1, *const pW2 = pb1 + N1, *const pb2 = pW2 + N1 * N2;
@@ -270,11 +273,11 @@ int FN(fastbp_train_rows_small)(const fastbp_plan *p, REAL *params, const REAL *
     const REAL *x = X + (order ? order[start] : start) * N0;
 #pragma GCC unroll 4
     for (int j = 0; j < N1; j++) {
-        REAL s = W1[j][0] * x[0];
+        REAL s = b1[j];
 #pragma GCC unroll 4
-        for (int i = 1; i < N0; i++)
+        for (int i = 0; i < N0; i++)
             s += W1[j][i] * x[i];
-        z[j] = b1[j] + s;
+        z[j] = s;
     }
 
     for (Py_ssize_t e = 0; e < count; e++) {
@@ -282,21 +285,41 @@ int FN(fastbp_train_rows_small)(const fastbp_plan *p, REAL *params, const REAL *
         const REAL *y = Y + row * N2;
         x = X + row * N0;
 
-        /* forward; g from the old output weights while the output layer computes */
+        /* the next example's hidden pre-activations before this update, b1 + W1 x', and 1 + x.x' (x' = x
+         * on the last row of the chunk: computed and not used) */
+        const Py_ssize_t next = e + 1 < count ? e + 1 : e;
+        const REAL *xn = X + (order ? order[start + next] : start + next) * N0;
+        REAL overlap = 1, z_next[4];
+#pragma GCC unroll 4
+        for (int i = 0; i < N0; i++)
+            overlap += x[i] * xn[i];
+#pragma GCC unroll 4
+        for (int j = 0; j < N1; j++) {
+            REAL s = b1[j];
+#pragma GCC unroll 4
+            for (int i = 0; i < N0; i++)
+                s += W1[j][i] * xn[i];
+            z_next[j] = s;
+        }
+
+        /* forward; g (and with one output gs = (1 + x.x') g) from the old output weights while the output
+         * layer computes */
 #pragma GCC unroll 4
         for (int j = 0; j < N1; j++) {
             h[j] = FN(fastbp_activate_tiny)(z[j], act0);
 #pragma GCC unroll 4
             for (int k = 0; k < N2; k++)
                 g[k][j] = FN(fastbp_derivative_times)(-lr * W2[k][j], h[j], act0);
+            if (N2 == 1)
+                gs[j] = FN(fastbp_derivative_times)(-lr * overlap * W2[0][j], h[j], act0);
         }
 #pragma GCC unroll 4
         for (int k = 0; k < N2; k++) {
-            REAL s = W2[k][0] * h[0];
+            REAL s = b2[k];
 #pragma GCC unroll 4
-            for (int j = 1; j < N1; j++)
+            for (int j = 0; j < N1; j++)
                 s += W2[k][j] * h[j];
-            o[k] = FN(fastbp_activate_tiny)(b2[k] + s, act1);
+            o[k] = FN(fastbp_activate_tiny)(s, act1);
         }
 
         /* loss and the output delta dL/dz (scale is exactly 1 for half_sse: no multiplication there) */
@@ -331,22 +354,11 @@ int FN(fastbp_train_rows_small)(const fastbp_plan *p, REAL *params, const REAL *
                 W2[k][j] += ck * h[j];
         }
 
-        /* the next example's hidden pre-activations, then the hidden layer's update */
-        if (e + 1 < count) {
-            const REAL *xn = X + (order ? order[start + e + 1] : start + e + 1) * N0;
-            REAL overlap = 1;
+        /* the next example's hidden pre-activations b1_new + W1_new x' = (b1 + W1 x') + c (1 + x.x'); with
+         * one output c (1 + x.x') = gs d: one multiply-add after d. Then the hidden layer's update. */
 #pragma GCC unroll 4
-            for (int i = 0; i < N0; i++)
-                overlap += x[i] * xn[i];
-#pragma GCC unroll 4
-            for (int j = 0; j < N1; j++) {
-                REAL s = W1[j][0] * xn[0];
-#pragma GCC unroll 4
-                for (int i = 1; i < N0; i++)
-                    s += W1[j][i] * xn[i];
-                z[j] = (b1[j] + s) + c[j] * overlap;
-            }
-        }
+        for (int j = 0; j < N1; j++)
+            z[j] = N2 == 1 ? z_next[j] + gs[j] * d[0] : z_next[j] + c[j] * overlap;
 #pragma GCC unroll 4
         for (int j = 0; j < N1; j++) {
             b1[j] += c[j];
