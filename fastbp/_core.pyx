@@ -16,13 +16,12 @@ from cython cimport floating
 from libc.math cimport log, tanh, tanhf, isfinite
 from libc.stdlib cimport malloc, free
 from libc.string cimport memcpy, memset
-from libc.stdint cimport uint32_t, uint64_t
+from libc.stdint cimport uint64_t
 from cpython.exc cimport PyErr_CheckSignals, PyErr_Clear
 from scipy.linalg.cython_blas cimport sgemm, dgemm
 
 import numpy as np
 
-from fastbp._layout import all_finite_chunked
 
 cdef extern from "_kernels.h" nogil:
     ctypedef struct Plan "fastbp_plan":
@@ -40,6 +39,8 @@ cdef extern from "_kernels.h" nogil:
     double fastbp_dot_f64(const double *a, const double *b, Py_ssize_t n)
     float fastbp_exp_nonpositive_f32(float x)
     double fastbp_exp_nonpositive_f64(double x)
+    int fastbp_all_finite_f32(const float *values, Py_ssize_t n)
+    int fastbp_all_finite_f64(const double *values, Py_ssize_t n)
     int fastbp_train_rows_f32(const Plan *p, float *params, const float *X, const float *Y,
                               const Py_ssize_t *order, Py_ssize_t start, Py_ssize_t count, float lr,
                               float *activations, float *delta_a, float *delta_b,
@@ -651,35 +652,27 @@ def train_epoch(Workspace ws, params, X, Y, Py_ssize_t batch_size, double lr, do
                                 velocity, shuffle_key)
 
 
-cdef bint _all_finite32(const float[::1] values) noexcept nogil:
-    # A float is NaN or infinite exactly when its exponent bits are all ones; an integer OR-reduction
-    # over that test vectorises (a floating-point sum would not, without -ffast-math).
-    cdef const uint32_t *bits = <const uint32_t *>&values[0]
-    cdef uint32_t found = 0
-    cdef Py_ssize_t i
-    for i in range(values.shape[0]):
-        found |= (bits[i] & 0x7f800000U) == 0x7f800000U
-    return found == 0
-
-
-cdef bint _all_finite64(const double[::1] values) noexcept nogil:
-    cdef const uint64_t *bits = <const uint64_t *>&values[0]
-    cdef uint64_t found = 0
-    cdef Py_ssize_t i
-    for i in range(values.shape[0]):
-        found |= (bits[i] & 0x7ff0000000000000ULL) == 0x7ff0000000000000ULL
-    return found == 0
-
-
 def all_finite(values):
     """Whether every element of a C-contiguous float32/float64 array is finite (no NaN, no infinity)."""
-    if values.size == 0:
+    cdef const float[::1] v32
+    cdef const double[::1] v64
+    cdef int ok
+    flat = values.reshape(-1)
+    if flat.shape[0] == 0:
         return True
-    if values.size > 4096:
-        return all_finite_chunked(values)  # numpy's vectorised test wins on large arrays
     if values.dtype == np.float32:
-        return _all_finite32(values.reshape(-1))
-    return _all_finite64(values.reshape(-1))
+        v32 = flat
+        if v32.shape[0] < 65536:
+            return fastbp_all_finite_f32(&v32[0], v32.shape[0]) != 0
+        with nogil:  # a training set: let other threads run meanwhile
+            ok = fastbp_all_finite_f32(&v32[0], v32.shape[0])
+        return ok != 0
+    v64 = flat
+    if v64.shape[0] < 65536:
+        return fastbp_all_finite_f64(&v64[0], v64.shape[0]) != 0
+    with nogil:
+        ok = fastbp_all_finite_f64(&v64[0], v64.shape[0])
+    return ok != 0
 
 
 def _blas_thresholds(min_batch=None, min_work=None):

@@ -159,6 +159,25 @@ FASTBP_DEFINE_DOT4(float, f32)
 FASTBP_DEFINE_DOT4(double, f64)
 #undef FASTBP_DEFINE_DOT4
 
+/* Whether none of n values is NaN or infinite: a value is non-finite exactly when its exponent bits are
+ * all ones, and an integer OR-reduction over that test vectorises (a floating-point test would not without
+ * -ffast-math). Runtime-dispatched to AVX-512/AVX2 where available: it runs after every train_step over
+ * all the parameters. Reads the floats' bits through an integer pointer: Python extensions are built with
+ * -fno-strict-aliasing. */
+#define FASTBP_DEFINE_ALL_FINITE(REAL, UINT, EXPONENT, SUFFIX)                                        \
+    FASTBP_CLONES static int fastbp_all_finite_##SUFFIX(const REAL *values, Py_ssize_t n)             \
+    {                                                                                                 \
+        const UINT *bits = (const UINT *)values;                                                      \
+        UINT found = 0;                                                                               \
+        _Pragma("omp simd reduction(|:found)")                                                        \
+        for (Py_ssize_t i = 0; i < n; i++)                                                            \
+            found |= (UINT)((bits[i] & EXPONENT) == EXPONENT);                                        \
+        return found == 0;                                                                            \
+    }
+FASTBP_DEFINE_ALL_FINITE(float, unsigned int, 0x7f800000U, f32)
+FASTBP_DEFINE_ALL_FINITE(double, unsigned long long, 0x7ff0000000000000ULL, f64)
+#undef FASTBP_DEFINE_ALL_FINITE
+
 /* One body, two precisions: _kernels_rows.h is included once per floating type. */
 #define REAL float
 #define FASTBP_UINT unsigned int /* the integer of the same width */

@@ -1111,14 +1111,17 @@ class SGD:
         with net._exclusive("SGD.train_step"):
             ws = self._workspace(n)
             np.copyto(self._backup, params)
-            np.copyto(self._velocity_backup, velocity)
+            uses_velocity = self.momentum != 0  # the backends leave the velocity alone without momentum
+            if uses_velocity:
+                np.copyto(self._velocity_backup, velocity)
             loss_sum, done, status = net._module.train_epoch(
                 ws, params, X2, Y2, n, self.lr, self.momentum, self.weight_decay, self.nesterov, velocity, -1)
             if status == 2:
                 raise KeyboardInterrupt
             if status == 1 or not net._module.all_finite(params):
                 np.copyto(params, self._backup)
-                np.copyto(velocity, self._velocity_backup)
+                if uses_velocity:
+                    np.copyto(velocity, self._velocity_backup)
                 what = "the loss" if status == 1 else "a parameter"
                 error = FloatingPointError(f"train_step diverged: {what} became NaN or infinite (lr="
                                            f"{self.lr}); the parameters are left unchanged")

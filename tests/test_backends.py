@@ -87,3 +87,26 @@ def test_backends_agree_on_the_same_net(backend):
     np.testing.assert_allclose(net.predict(X), twin.predict(X), rtol=1e-12, atol=1e-14)
     np.testing.assert_allclose(net.gradients(X, Y).weights[0], twin.gradients(X, Y).weights[0],
                                rtol=1e-12, atol=1e-14)
+
+
+# The finiteness test every train_step and input check runs: the compiled one reads exponent bits in a
+# vectorised loop (with AVX-512/AVX2 variants), so check it against numpy at every position of a vector's
+# lanes and tail, for every kind of non-finite value and the finite extremes.
+@pytest.mark.parametrize("dtype", ["float32", "float64"])
+def test_all_finite_agrees_with_numpy(backend, dtype):
+    module = fastbp.Network([1, 1], "identity", dtype=dtype, backend=backend)._module
+    info = np.finfo(dtype)
+    finite_extremes = [info.max, -info.max, info.tiny, info.smallest_subnormal, -info.smallest_subnormal, 0.0,
+                       -0.0]
+    rng = np.random.default_rng(0)
+    for n in [1, 2, 7, 15, 16, 17, 31, 33, 64, 100, 4095, 4097, 70_000]:
+        values = rng.normal(size=n).astype(dtype)
+        values[rng.integers(0, n, size=min(n, 3))] = rng.choice(finite_extremes, size=min(n, 3))
+        assert np.isfinite(values).all() and module.all_finite(values)
+        for position in sorted({0, n // 2, n - 1}):
+            for bad in [np.nan, np.inf, -np.inf, -np.nan]:
+                broken = values.copy()
+                broken[position] = bad
+                assert not module.all_finite(broken), (n, position, bad)
+                assert not module.all_finite(broken.reshape(1, n)), "2-D arrays too"
+    assert module.all_finite(np.empty(0, dtype))
