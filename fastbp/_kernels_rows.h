@@ -1,6 +1,6 @@
 /* Per-example SGD (mini-batches of one row, plain SGD): forward, loss, backward and update fused, for
- * one precision. Included twice by _kernels.h with REAL, FASTBP_UINT, FN, EXP, TANH, FABS, DOT and DOT4
- * defined.
+ * one precision. Included twice by _kernels.h with REAL, FASTBP_UINT, FN, EXP, EXP1P, TANH, FABS, DOT and
+ * DOT4 defined.
  *
  * fastbp_train_rows_body: the same arithmetic as the general path of _core.pyx (dense_forward,
  * output_delta, dense_backward with update_in_place), written as one loop so that small networks pay no
@@ -42,11 +42,12 @@ static inline REAL FN(fastbp_activate_tiny)(REAL z, int act)
          * made while the division runs */
         union { REAL f; FASTBP_UINT u; } one, ev, factor;
         const FASTBP_UINT mask = (FASTBP_UINT)0 - (FASTBP_UINT)(z >= 0);
-        e = EXP(-FABS(z));
+        REAL denominator; /* 1 + e, from the exp's last step */
+        e = EXP1P(-FABS(z), &denominator);
         one.f = (REAL)1;
         ev.f = e;
         factor.u = (one.u & mask) | (ev.u & ~mask);
-        return ((REAL)1 / ((REAL)1 + e)) * factor.f;
+        return ((REAL)1 / denominator) * factor.f;
     }
     case FASTBP_TANH:
         return TANH(z);
