@@ -25,6 +25,8 @@ from typing import Any, Dict, List, Optional, Union
 
 import numpy as np
 
+from fastbp._validation import _as_real_array
+
 __all__ = [
     "explain_step",
     "StepReport",
@@ -805,7 +807,6 @@ def _batch(net, x, y):
     the targets as a float matrix (one-hot rows for class indices), the class indices or ``None``."""
     dtype = np.dtype(net.dtype)
     n_in, n_out = net.layer_sizes[0], net.layer_sizes[-1]
-    from fastbp.network import _as_real_array  # real dtypes only, finite after conversion (issue 6)
 
     X = _as_real_array(x, "x", dtype)
     if X.ndim not in (1, 2):
