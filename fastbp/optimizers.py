@@ -80,6 +80,17 @@ class SGD:
         return (f"SGD(lr={self.lr}, momentum={self.momentum}, weight_decay={self.weight_decay}, "
                 f"nesterov={self.nesterov})")
 
+    def _snapshot(self, into=None):
+        """A copy of the state training updates besides the parameters (into ``into`` when given)."""
+        if into is None:
+            return (self._velocity.copy(),)
+        np.copyto(into[0], self._velocity)
+        return into
+
+    def _restore(self, snapshot):
+        """Put back a state taken by :meth:`_snapshot`."""
+        np.copyto(self._velocity, snapshot[0])
+
     def _workspace(self, max_batch):
         net = self.net
         ws = self._ws
