@@ -18,7 +18,7 @@ FORBIDDEN = {
     "_training": {"network"},
     "_io": {"network"},
     "_torch_interop": {"network"},
-    "optimizers": {"network", "_training"},
+    "optimizers": {"network"},
     "_results": {"network", "_training"},
     "_validation": {"network", "_training"},
     "_metrics": {"network", "_training"},
