@@ -185,7 +185,7 @@ class Network:
         config = self._config()
         if dtype is not None:
             config["dtype"] = dtype
-        return type(self)._from_parts(config, self.params, self.backend)
+        return type(self)._from_parts(config, self.params, self.backend, check=False)
 
     def _config(self):
         """The configuration as plain data: what :meth:`_from_parts` takes."""
@@ -193,17 +193,22 @@ class Network:
                 "loss": self.loss_name, "dtype": self.dtype.name}
 
     @classmethod
-    def _from_parts(cls, config, params, backend=None):
-        """A network from a configuration dict and a flat parameter buffer (checked, converted, copied).
+    def _from_parts(cls, config, params, backend=None, *, check=True):
+        """A network from a configuration dict and a flat parameter buffer (converted and copied).
 
         The one constructor used by :meth:`load`, :meth:`from_torch` and :meth:`copy`: those modules return
-        plain data and never build a Network themselves.
+        plain data and never build a Network themselves. ``check=False`` (a copy of a live network) copies
+        the values as they are, non-finite ones included, as ``net.params[...] = ...`` would.
         """
         net = cls.__new__(cls)
         net._configure(config["layer_sizes"], list(config["activations"]), config["loss"], config["dtype"],
                        backend)
         net._allocate()
-        net.params = params
+        if check:
+            net.params = params
+        else:
+            with np.errstate(over="ignore", invalid="ignore"):
+                np.copyto(net._params, np.asarray(params).reshape(net._params.shape), casting="unsafe")
         return net
 
     def __repr__(self):
@@ -213,8 +218,8 @@ class Network:
     # -- parameters -------------------------------------------------------------------------------------
 
     # The configuration is read-only: the kernel's workspaces are built from it and trust that it describes
-    # the parameter buffer (an assigned layer_sizes made the kernel read and write out of bounds), and the
-    # Python side (targets, explain_step, diagnose) reads the same names the kernel was given as codes.
+    # the parameter buffer (an assigned layer_sizes would let the kernel read and write out of bounds), and
+    # the Python side (targets, explain_step, diagnose) reads the same names the kernel was given as codes.
     @property
     def layer_sizes(self):
         """``(n_in, n_hidden_1, ..., n_out)``, fixed at construction."""

@@ -111,3 +111,32 @@ def test_init_has_no_lazy_attribute_table():
     from fastbp import diagnostics, gradcheck
     assert fastbp.check_gradients is gradcheck.check_gradients is diagnostics.check_gradients
     assert fastbp.diagnose is diagnostics.diagnose
+
+
+def test_io_hands_back_plain_data(tmp_path):
+    import numpy as np
+
+    import fastbp
+    from fastbp import _io
+    net = fastbp.Network([3, 4, 2], ["relu", "identity"], loss="cross_entropy", dtype="float32", seed=0)
+    net.save(tmp_path / "m.npz")
+    config, params = _io.load(tmp_path / "m.npz")
+    assert config == {"layer_sizes": [3, 4, 2], "activations": ["relu", "identity"], "loss": "cross_entropy",
+                      "dtype": "float32"}
+    assert type(params) is np.ndarray and params.dtype == np.float32
+    np.testing.assert_array_equal(params, net.params)
+
+
+def test_copy_converts_the_dtype_and_is_independent():
+    import numpy as np
+
+    import fastbp
+    net = fastbp.Network([3, 4, 2], "tanh", seed=0, backend="numpy")
+    same, narrow = net.copy(), net.copy(dtype="float32")
+    assert same.backend == narrow.backend == "numpy" and narrow.dtype == np.float32
+    np.testing.assert_array_equal(same.params, net.params)
+    np.testing.assert_array_equal(narrow.params, net.params.astype(np.float32))
+    same.params[0] += 1
+    assert same.params[0] != net.params[0]
+    with pytest.raises(ValueError, match="dtype"):
+        net.copy(dtype="float16")
