@@ -220,6 +220,14 @@ def _format_value(value):
     return f"{value:.6g}" if isinstance(value, (float, int, np.floating, np.integer)) else str(value)
 
 
+def _format_rate(rate):
+    """Examples per second in at most 10 columns: ``950 ex/s``, ``12.3k ex/s``, ``4.09M ex/s``."""
+    for scale, suffix in ((1e9, "G"), (1e6, "M"), (1e3, "k")):
+        if rate >= scale and math.isfinite(rate):
+            return f"{rate / scale:.3g}{suffix} ex/s"
+    return f"{rate:.0f} ex/s" if math.isfinite(rate) else "- ex/s"
+
+
 class _Progress(Callback):
     """Per-epoch progress on stderr.
 
@@ -243,14 +251,14 @@ class _Progress(Callback):
                 tqdm = None
             if tqdm is not None:
                 self.bar = tqdm(total=epochs, file=self.stream, ncols=self.width,
-                                bar_format="epoch {n_fmt}/{total_fmt} |{bar}| {postfix}")
+                                bar_format="epoch {n_fmt}/{total_fmt} |{bar}| {desc}")
 
     def _fields(self, logs):
         fields = [f"{key}={_format_value(value)}" for key, value in logs.items()
                   if key not in ("lr", "epoch_time")]
         elapsed = logs.get("epoch_time", 0.0)
         rate = self.n / elapsed if elapsed > 0 else math.inf
-        fields.append(f"{rate:,.0f} ex/s")
+        fields.append(_format_rate(rate))
         return fields
 
     def on_epoch_end(self, epoch, logs):
@@ -259,7 +267,7 @@ class _Progress(Callback):
         if self.bar is not None:
             # The bar needs the fixed text plus at least 10 columns; the postfix gets the rest.
             fixed = len(f"epoch {self.epochs}/{self.epochs} || ") + 10
-            self.bar.set_postfix_str(self._fit_one_line(fields, self.width - fixed), refresh=False)
+            self.bar.set_description_str(self._fit_one_line(fields, self.width - fixed), refresh=False)
             self.bar.update(1)
         elif self.live:
             line = self._fit_one_line([head] + fields, self.width)
