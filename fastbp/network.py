@@ -513,9 +513,11 @@ class Network:
         Returns
         -------
         dict of str to float
+            ``"loss"`` first (always), then the named metrics.
         """
         names = (_metrics.default_metrics(self.loss_name) if metrics is None
                  else _metrics.check_metrics(metrics, self.loss_name))
+        names = ("loss",) + tuple(name for name in names if name != "loss")
         X2, Y2, _ = self._prepare(X, Y)
         return _metrics.compute(names, self._output(X2), Y2, self.loss_name)
 
