@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from fastbp import _reference
+from fastbp import _reference, _training
 from fastbp._results import Gradients
 from fastbp._validation import _as_real_array, _check_bool, _check_real, _describe
 
@@ -80,6 +80,17 @@ class SGD:
         return (f"SGD(lr={self.lr}, momentum={self.momentum}, weight_decay={self.weight_decay}, "
                 f"nesterov={self.nesterov})")
 
+    def _snapshot(self, into=None):
+        """A copy of the state training updates besides the parameters (into ``into`` when given)."""
+        if into is None:
+            return (self._velocity.copy(),)
+        np.copyto(into[0], self._velocity)
+        return into
+
+    def _restore(self, snapshot):
+        """Put back a state taken by :meth:`_snapshot`."""
+        np.copyto(self._velocity, snapshot[0])
+
     def _workspace(self, max_batch):
         net = self.net
         ws = self._ws
@@ -134,8 +145,7 @@ class SGD:
             uses_velocity = self.momentum != 0  # the backends leave the velocity alone without momentum
             if uses_velocity:
                 np.copyto(self._velocity_backup, velocity)
-            loss_sum, done, status = net._module.train_epoch(
-                ws, params, X2, Y2, n, self.lr, self.momentum, self.weight_decay, self.nesterov, velocity, -1)
+            loss_sum, done, status = _training.run_epoch(net, ws, self, X2, Y2, n, -1)
             if status == 2:
                 raise KeyboardInterrupt
             if status == 1 or not net._module.all_finite(params):
