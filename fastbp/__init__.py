@@ -11,7 +11,7 @@ from fastbp import _backend
 BACKEND = _backend.default_backend()
 
 from fastbp.network import Network  # noqa: E402
-from fastbp.optimizers import SGD  # noqa: E402
+from fastbp.optimizers import SGD, Adam, AdamW, LBFGS, Optimizer, RMSprop, Rprop  # noqa: E402
 from fastbp._results import Gradients, History, Trace  # noqa: E402
 from fastbp.schedules import InverseScaling, StepDecay  # noqa: E402
 from fastbp._threads import get_num_threads, num_threads, set_num_threads  # noqa: E402
@@ -22,7 +22,7 @@ _LAZY = {
     "check_gradients": "fastbp.diagnostics",
 }
 
-__all__ = ["Network", "SGD", "Gradients", "Trace", "History", "StepDecay", "InverseScaling", "BACKEND", "__version__",
+__all__ = ["Network", "Optimizer", "SGD", "Adam", "AdamW", "RMSprop", "Rprop", "LBFGS", "Gradients", "Trace", "History", "StepDecay", "InverseScaling", "BACKEND", "__version__",
            "explain_step", "diagnose", "check_gradients", "set_num_threads", "get_num_threads", "num_threads"]
 
 

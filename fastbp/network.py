@@ -20,7 +20,7 @@ from fastbp import _backend, _layout, _threads
 from fastbp import _reference
 from fastbp._results import Gradients, History, Trace
 from fastbp._validation import _as_real_array, _check_bool, _check_int, _check_real, _describe
-from fastbp.optimizers import SGD
+from fastbp.optimizers import LBFGS, SGD, Optimizer
 from fastbp.schedules import make_schedule
 
 _PREDICT_CHUNK = 4096  # rows per chunk in predict/loss: bounds the activation buffers of big inputs
@@ -455,9 +455,10 @@ class Network:
             Rows per update; the last batch of an epoch is smaller when it does not divide ``n``.
         lr : float
             Learning rate of the plain SGD used when ``optimizer`` is None (ignored otherwise).
-        optimizer : SGD or None
-            An ``SGD`` on this network, to train with momentum, weight decay or Nesterov and to keep its
-            velocity across calls.
+        optimizer : Optimizer, LBFGS or None
+            An optimizer on this network (``SGD``, ``Adam``, ``AdamW``, ``RMSprop``, ``Rprop``), which keeps
+            its state across calls; or ``LBFGS``, which trains on the whole data set at once (``epochs``,
+            ``batch_size``, ``shuffle`` and ``lr`` do not apply to it).
         shuffle : bool
             Visit the examples in a fresh permutation each epoch (drawn from ``seed``), else in order.
         seed : int or None
@@ -522,10 +523,12 @@ class Network:
             seed = _check_int(seed, "seed", 0)
         if optimizer is None:
             lr = _check_real(lr, "lr", positive=True)
-        elif not isinstance(optimizer, SGD):
-            raise TypeError(f"optimizer must be a fastbp.SGD or None; got {_describe(optimizer)}")
+        elif not isinstance(optimizer, (Optimizer, LBFGS)):
+            raise TypeError(f"optimizer must be a fastbp optimizer (SGD, Adam, AdamW, RMSprop, Rprop, LBFGS) "
+                            f"or None; got {_describe(optimizer)}")
         elif optimizer.net is not self:
-            raise ValueError("optimizer was built for another network; create SGD(net, ...) for this one")
+            raise ValueError(f"optimizer was built for another network; create {type(optimizer).__name__}"
+                             "(net, ...) for this one")
         limit_threads = (contextlib.nullcontext() if threads is None
                          else _threads.num_threads(_threads._check_threads(threads, "threads")))
         callbacks = [] if callbacks is None else list(callbacks)
@@ -553,6 +556,9 @@ class Network:
             validation = (X2[-n_val:], Y2[-n_val:])
             X2, Y2 = X2[:-n_val], Y2[:-n_val]
 
+        if isinstance(optimizer, LBFGS):
+            with self._exclusive("fit"), limit_threads:
+                return optimizer._run(X2, Y2)
         optimizer = SGD(self, lr) if optimizer is None else optimizer
         schedule = make_schedule(lr_schedule, optimizer.lr)
         with self._exclusive("fit"), limit_threads:
@@ -567,8 +573,9 @@ class Network:
         batch_size = min(batch_size, n)  # the same batches; and a huge int would overflow the kernel's size_t
         module = self._module
         ws = self._new_workspace(batch_size)
-        params, velocity = self.params, optimizer.velocity
-        params_start, velocity_start = np.empty_like(params), np.empty_like(velocity)
+        optimizer._check_door()
+        params, state, steps = self.params, optimizer._state, optimizer._steps
+        params_start, state_start, steps_start = np.empty_like(params), np.empty_like(state), steps.copy()
         history = History()
         reporter = _Reporter(epochs, n, progress or verbose == 1, verbose)
         best_loss, best_params, epochs_without_improvement = math.inf, None, 0
@@ -579,18 +586,18 @@ class Network:
                 lr = optimizer.lr
                 # The start-of-epoch state: the fallback when divergence must be unwound.
                 np.copyto(params_start, params)
-                np.copyto(velocity_start, velocity)
+                np.copyto(state_start, state)
+                np.copyto(steps_start, steps)
                 key = _layout.epoch_key(seed, epoch) if shuffle else -1
                 started = time.perf_counter()
                 loss_sum, done, status = module.train_epoch(
-                    ws, params, X, Y, batch_size, lr, optimizer.momentum, optimizer.weight_decay,
-                    optimizer.nesterov, velocity, key)
+                    ws, params, X, Y, batch_size, optimizer._rule_code, optimizer._hyper, state, steps, key)
                 elapsed = time.perf_counter() - started
                 if status == 2:
                     raise KeyboardInterrupt
-                if status == 1 or not module.all_finite(params):
-                    batch, what = self._unwind(ws, optimizer, X, Y, batch_size, lr, key, params_start,
-                                               velocity_start, status, done)
+                if status == 1 or not (module.all_finite(params) and module.all_finite(state)):
+                    batch, what = self._unwind(ws, optimizer, X, Y, batch_size, key, params_start,
+                                               state_start, steps_start, status, done)
                     error = FloatingPointError(
                         f"training diverged: {what} became NaN or infinite at epoch {epoch + 1} of {epochs}, "
                         f"batch {batch + 1} of {-(-n // batch_size)} (lr={lr}); the parameters are restored "
@@ -631,33 +638,37 @@ class Network:
             reporter.close()
         return history
 
-    def _unwind(self, ws, optimizer, X, Y, batch_size, lr, key, params_start, velocity_start, status, done):
+    def _unwind(self, ws, optimizer, X, Y, batch_size, key, params_start, state_start, steps_start, status,
+                done):
         """After divergence: find the first bad batch and leave the parameters as just before it.
 
         Replays the epoch from its starting state one batch at a time (the backend is deterministic, so
         the replay makes the same updates). Returns ``(batch index, what diverged)``.
         """
-        module, params, velocity = self._module, self.params, optimizer.velocity
-        if status == 1 and np.isfinite(params).all():
+        module, params, state, steps = self._module, self.params, optimizer._state, optimizer._steps
+        if status == 1 and np.isfinite(params).all() and np.isfinite(state).all():
             return done // batch_size, "the loss"      # stopped before updating: already the last finite state
         np.copyto(params, params_start)
-        np.copyto(velocity, velocity_start)
+        np.copyto(state, state_start)
+        np.copyto(steps, steps_start)
         n = X.shape[0]
         order = _layout.permutation(n, key) if key >= 0 else np.arange(n)
-        before, velocity_before = np.empty_like(params), np.empty_like(velocity)
+        before, state_before, steps_before = np.empty_like(params), np.empty_like(state), steps.copy()
         for batch, start in enumerate(range(0, n, batch_size)):
             rows = order[start:start + batch_size]
             X_batch, Y_batch = np.ascontiguousarray(X[rows]), np.ascontiguousarray(Y[rows])
             np.copyto(before, params)
-            np.copyto(velocity_before, velocity)
+            np.copyto(state_before, state)
+            np.copyto(steps_before, steps)
             _, _, replay_status = module.train_epoch(
-                ws, params, X_batch, Y_batch, batch_size, lr, optimizer.momentum, optimizer.weight_decay,
-                optimizer.nesterov, velocity, -1)
+                ws, params, X_batch, Y_batch, batch_size, optimizer._rule_code, optimizer._hyper, state,
+                steps, -1)
             if replay_status == 1:
                 return batch, "the loss"
-            if not np.isfinite(params).all():
+            if not (np.isfinite(params).all() and np.isfinite(state).all()):
                 np.copyto(params, before)
-                np.copyto(velocity, velocity_before)
+                np.copyto(state, state_before)
+                np.copyto(steps, steps_before)
                 return batch, "a parameter"
         return done // batch_size, "the loss"  # not reproduced: the start-of-epoch state is kept
 
