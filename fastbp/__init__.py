@@ -11,7 +11,7 @@ from fastbp import _backend
 BACKEND = _backend.default_backend()
 
 from fastbp.network import Network  # noqa: E402
-from fastbp.optimizers import SGD  # noqa: E402
+from fastbp.optimizers import SGD, Adam, AdamW, LBFGS, Optimizer, RMSprop, Rprop  # noqa: E402
 from fastbp._results import Gradients, History, Trace  # noqa: E402
 from fastbp._training import Callback, EarlyStopping  # noqa: E402
 from fastbp.schedules import InverseScaling, StepDecay  # noqa: E402
@@ -20,6 +20,6 @@ from fastbp.explain import explain_step  # noqa: E402
 from fastbp.diagnostics import diagnose  # noqa: E402
 from fastbp.gradcheck import check_gradients  # noqa: E402
 
-__all__ = ["Network", "SGD", "Gradients", "Trace", "History", "Callback", "EarlyStopping", "StepDecay",
-           "InverseScaling", "BACKEND", "__version__", "explain_step", "diagnose", "check_gradients",
-           "set_num_threads", "get_num_threads", "num_threads"]
+__all__ = ["Network", "Optimizer", "SGD", "Adam", "AdamW", "RMSprop", "Rprop", "LBFGS", "Gradients", "Trace",
+           "History", "Callback", "EarlyStopping", "StepDecay", "InverseScaling", "BACKEND", "__version__",
+           "explain_step", "diagnose", "check_gradients", "set_num_threads", "get_num_threads", "num_threads"]

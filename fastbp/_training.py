@@ -39,8 +39,7 @@ def run_epoch(net, ws, optimizer, X, Y, batch_size, key):
 
     Returns the backend's ``(loss_sum, examples_done, status)``.
     """
-    return net._module.train_epoch(ws, net.params, X, Y, batch_size, optimizer.lr, optimizer.momentum,
-                                   optimizer.weight_decay, optimizer.nesterov, optimizer.velocity, key)
+    return net._module.train_epoch(ws, net.params, X, Y, batch_size, *optimizer._kernel_arguments(), key)
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -370,7 +369,7 @@ def fit_loop(net, plan):
             elapsed = time.perf_counter() - started
             if status == 2:
                 raise KeyboardInterrupt
-            if status == 1 or not net._module.all_finite(params):
+            if status == 1 or not (net._module.all_finite(params) and optimizer._state_finite()):
                 batch, what = _unwind(net, ws, optimizer, X, Y, batch_size, key, params_start, optimizer_start,
                                       status, done)
                 error = FloatingPointError(
@@ -415,7 +414,7 @@ def _unwind(net, ws, optimizer, X, Y, batch_size, key, params_start, optimizer_s
     the replay makes the same updates). Returns ``(batch index, what diverged)``.
     """
     params = net.params
-    if status == 1 and np.isfinite(params).all():
+    if status == 1 and np.isfinite(params).all() and optimizer._state_finite():
         return done // batch_size, "the loss"      # stopped before updating: already the last finite state
     np.copyto(params, params_start)
     optimizer._restore(optimizer_start)
@@ -431,7 +430,7 @@ def _unwind(net, ws, optimizer, X, Y, batch_size, key, params_start, optimizer_s
         _, _, replay_status = run_epoch(net, ws, optimizer, X_batch, Y_batch, batch_size, -1)
         if replay_status == 1:
             return batch, "the loss"
-        if not np.isfinite(params).all():
+        if not (np.isfinite(params).all() and optimizer._state_finite()):
             np.copyto(params, before)
             optimizer._restore(optimizer_before)
             return batch, "a parameter"

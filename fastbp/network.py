@@ -21,7 +21,7 @@ from fastbp import _backend, _io, _layout, _metrics, _threads, _torch_interop, _
 from fastbp import _reference
 from fastbp._results import Gradients, Trace
 from fastbp._validation import _as_real_array, _check_bool, _check_int, _check_real, _describe
-from fastbp.optimizers import SGD
+from fastbp.optimizers import LBFGS, SGD, Optimizer
 from fastbp.schedules import make_schedule
 
 _PREDICT_CHUNK = 4096  # most rows per chunk in predict/loss
@@ -587,9 +587,10 @@ class Network:
         lr : float or None
             Learning rate of the plain SGD used when ``optimizer`` is None; None means 0.01. Giving both
             ``lr`` and ``optimizer`` is an error (the optimizer carries its own ``lr``).
-        optimizer : SGD or None
-            An ``SGD`` on this network, to train with momentum, weight decay or Nesterov and to keep its
-            velocity across calls.
+        optimizer : Optimizer, LBFGS or None
+            An optimizer on this network (``SGD``, ``Adam``, ``AdamW``, ``RMSprop``, ``Rprop``), which keeps
+            its state across calls; or ``LBFGS``, which trains on the whole data set at once (``epochs``,
+            ``batch_size`` and ``shuffle`` do not apply to it).
         shuffle : bool
             Visit the examples in a fresh permutation each epoch (drawn from ``seed``), else in order.
         seed : int or None
@@ -661,13 +662,15 @@ class Network:
             seed = _check_int(seed, "seed", 0)
         if optimizer is None:
             lr = 0.01 if lr is None else _check_real(lr, "lr", positive=True)
+        elif not isinstance(optimizer, (Optimizer, LBFGS)):
+            raise TypeError(f"optimizer must be a fastbp optimizer (SGD, Adam, AdamW, RMSprop, Rprop, LBFGS) "
+                            f"or None; got {_describe(optimizer)}")
         elif lr is not None:
             raise ValueError(f"give either lr (for plain SGD) or optimizer, not both: the optimizer's lr is "
                              f"{getattr(optimizer, 'lr', '?')}; got lr={_describe(lr)}")
-        elif not isinstance(optimizer, SGD):
-            raise TypeError(f"optimizer must be a fastbp.SGD or None; got {_describe(optimizer)}")
         elif optimizer.net is not self:
-            raise ValueError("optimizer was built for another network; create SGD(net, ...) for this one")
+            raise ValueError(f"optimizer was built for another network; create {type(optimizer).__name__}"
+                             "(net, ...) for this one")
         limit_threads = (contextlib.nullcontext() if threads is None
                          else _threads.num_threads(_threads._check_threads(threads, "threads")))
         callbacks = _training.check_callbacks(callbacks)
@@ -692,6 +695,9 @@ class Network:
             validation = (X2[-n_val:], Y2[-n_val:])
             X2, Y2 = X2[:-n_val], Y2[:-n_val]
 
+        if isinstance(optimizer, LBFGS):
+            with self._exclusive("fit"), limit_threads:
+                return optimizer._run(X2, Y2)
         optimizer = SGD(self, lr) if optimizer is None else optimizer
         if early_stopping:
             callbacks.append(_training.EarlyStopping(patience, min_delta, restore_best_weights,
