@@ -21,13 +21,21 @@ class Workspace:
         max_batch: int,
     ) -> None: ...
 
+ACTIVATION_CODES: dict[str, int]
+LOSS_CODES: dict[str, int]
+STATUS_CODES: dict[str, int]
+
 def predict(ws: Workspace, params: _Floats, X: _Floats, out: _Floats) -> None: ...
-def loss_and_gradient(ws: Workspace, params: _Floats, X: _Floats, Y: _Floats) -> float: ...
+def loss_and_gradient(
+    ws: Workspace, params: _Floats, X: _Floats, Y: _Floats, sample_weight: _Floats | None = None
+) -> float: ...
+def all_finite(values: _Floats) -> bool: ...
 def train_epoch(
     ws: Workspace,
     params: _Floats,
     X: _Floats,
     Y: _Floats,
+    sample_weight: _Floats | None,
     batch_size: int,
     lr: float,
     momentum: float,
@@ -35,4 +43,4 @@ def train_epoch(
     nesterov: bool,
     velocity: _Floats,
     shuffle_key: int,
-) -> tuple[float, int, int]: ...
+) -> tuple[float, float, int, int]: ...

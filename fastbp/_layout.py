@@ -10,10 +10,41 @@ from __future__ import annotations
 import numpy as np
 
 ACTIVATIONS = ("identity", "sigmoid", "relu", "tanh")
-LOSSES = ("half_sse", "mse", "cross_entropy")
+LOSSES = ("half_sse", "mse", "cross_entropy", "binary_cross_entropy", "poisson")
+# Losses computed from the logits: the last activation must be identity, the output delta is dL/dz directly.
+LOGIT_LOSSES = ("cross_entropy", "binary_cross_entropy", "poisson")
+
+# What train_epoch returns as its status.
+STATUS_OK = 0            # the epoch finished
+STATUS_NONFINITE = 1     # a batch loss was NaN or infinite: stopped before updating with it
+STATUS_INTERRUPTED = 2   # Ctrl-C: stopped after a completed update
 
 ACTIVATION_CODES = {name: code for code, name in enumerate(ACTIVATIONS)}
 LOSS_CODES = {name: code for code, name in enumerate(LOSSES)}
+
+
+
+def sigmoid(z):
+    """Logistic function without overflow: exp is only ever called on a non-positive number."""
+    # z >= 0: 1 / (1 + exp(-z)), where exp(-z) <= 1.   z < 0: e / (1 + e) with e = exp(z) <= 1.
+    e = np.exp(-np.abs(z))
+    return np.where(z >= 0, 1 / (1 + e), e / (1 + e))
+
+
+def log_softmax(z):
+    """Row-wise log-softmax, stable: the largest logit of each row is subtracted first."""
+    shifted = z - z.max(axis=1, keepdims=True)
+    return shifted - np.log(np.exp(shifted).sum(axis=1, keepdims=True))
+
+
+def softmax(z):
+    """Row-wise softmax, stable (the largest logit of each row is subtracted first)."""
+    shifted = np.exp(z - z.max(axis=1, keepdims=True))
+    return shifted / shifted.sum(axis=1, keepdims=True)
+
+
+# What predict_proba applies to the logits, per loss (losses absent here have no probabilities).
+PROBABILITY_MAPS = {"cross_entropy": softmax, "binary_cross_entropy": sigmoid}
 
 _MASK64 = (1 << 64) - 1
 GOLDEN_GAMMA = 0x9E3779B97F4A7C15

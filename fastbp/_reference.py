@@ -23,18 +23,12 @@ import math
 import numpy as np
 
 from fastbp import _layout
+from fastbp._layout import log_softmax, sigmoid  # noqa: F401 (part of the twin's vocabulary)
 
 # --------------------------------------------------------------------------------------------------------
 # Activations: the function, and its derivative written in terms of the function's OUTPUT a = f(z).
 # Computing f' from a is what makes backprop cheap: the forward pass already stored a.
 # --------------------------------------------------------------------------------------------------------
-
-
-def sigmoid(z):
-    """Logistic function without overflow: exp is only ever called on a non-positive number."""
-    # z >= 0: 1 / (1 + exp(-z)), where exp(-z) <= 1.   z < 0: e / (1 + e) with e = exp(z) <= 1.
-    e = np.exp(-np.abs(z))
-    return np.where(z >= 0, 1 / (1 + e), e / (1 + e))
 
 
 def relu(z):
@@ -59,44 +53,97 @@ ACTIVATION_DERIVATIVES_FROM_OUTPUT = {
 # --------------------------------------------------------------------------------------------------------
 # Losses over a batch of B rows and K outputs: the value, and dL/d(output pre-activation z_L).
 # For half_sse and mse the derivative wrt the output a_L is returned and the chain rule through the last
-# activation is applied by the caller; cross_entropy works on the logits directly (last activation identity).
+# activation is applied by the caller; the other losses work on the logits directly (last activation
+# identity). Each takes an optional ``sample_weight`` of shape (B,): the batch mean is then weighted.
 # --------------------------------------------------------------------------------------------------------
 
 
-def log_softmax(z):
-    """Row-wise log-softmax, stable: the largest logit of each row is subtracted first."""
-    shifted = z - z.max(axis=1, keepdims=True)
-    return shifted - np.log(np.exp(shifted).sum(axis=1, keepdims=True))
+def _weighted(per_example, gradient, sample_weight):
+    """The weighted batch mean ``sum_i w_i l_i / sum_i w_i`` and its gradient.
+
+    ``per_example`` holds each example's loss ``l_i`` and ``gradient`` each row's ``dl_i/dz`` (no batch
+    mean yet): both are scaled by ``w_i / sum_i w_i``.
+    """
+    total = float(np.sum(sample_weight, dtype=np.float64))
+    factor = (sample_weight / total).astype(gradient.dtype)
+    return float(np.dot(sample_weight.astype(np.float64), per_example.astype(np.float64))) / total, \
+        gradient * factor[:, None]
 
 
-def half_sse(output, Y):
-    """``L = sum((yhat - y)^2) / (2B)`` and ``dL/dyhat = (yhat - y) / B``."""
+def half_sse(output, Y, sample_weight=None):
+    """``L = sum((yhat - y)^2) / (2B)`` and ``dL/dyhat = (yhat - y) / B``.
+
+    Per example ``l_i = sum_k (yhat_ik - y_ik)^2 / 2``; with ``sample_weight`` the batch mean is weighted.
+    """
     batch = output.shape[0]
     difference = output - Y
+    if sample_weight is not None:
+        return _weighted(0.5 * np.sum(difference * difference, axis=1), difference, sample_weight)
     return float(np.sum(difference * difference)) / (2 * batch), difference / batch
 
 
-def mse(output, Y):
-    """``L = sum((yhat - y)^2) / (B K)`` and ``dL/dyhat = 2 (yhat - y) / (B K)``, as ``torch.nn.MSELoss``."""
+def mse(output, Y, sample_weight=None):
+    """``L = sum((yhat - y)^2) / (B K)`` and ``dL/dyhat = 2 (yhat - y) / (B K)``, as ``torch.nn.MSELoss``.
+
+    Per example ``l_i = sum_k (yhat_ik - y_ik)^2 / K``.
+    """
     count = output.shape[0] * output.shape[1]
     difference = output - Y
+    if sample_weight is not None:
+        K = output.shape[1]
+        return _weighted(np.sum(difference * difference, axis=1) / K, 2 * difference / K, sample_weight)
     return float(np.sum(difference * difference)) / count, 2 * difference / count
 
 
-def cross_entropy(logits, Y):
+def cross_entropy(logits, Y, sample_weight=None):
     """``L = -sum(y * log_softmax(z)) / B`` and ``dL/dz = (softmax(z) * sum_k y - y) / B``.
 
     ``Y`` holds one-hot or probability rows; the gradient is torch's formula, also right for soft targets.
+    Per example ``l_i = -sum_k y_ik log softmax(z_i)_k``.
     """
     batch = logits.shape[0]
     log_probabilities = log_softmax(logits)
     # Where a target is 0 its term is 0 even if the log-probability underflowed to -inf (0 * -inf is NaN).
-    loss = 0.0 - float(np.sum(np.where(Y != 0, Y * log_probabilities, 0))) / batch  # 0.0 - : never -0.0
+    terms = np.where(Y != 0, Y * log_probabilities, 0)
     softmax = np.exp(log_probabilities)
-    return loss, (softmax * Y.sum(axis=1, keepdims=True) - Y) / batch
+    gradient = softmax * Y.sum(axis=1, keepdims=True) - Y
+    if sample_weight is not None:
+        return _weighted(0.0 - np.sum(terms, axis=1), gradient, sample_weight)
+    loss = 0.0 - float(np.sum(terms)) / batch  # 0.0 - : never -0.0
+    return loss, gradient / batch
 
 
-LOSS_FUNCTIONS = {"half_sse": half_sse, "mse": mse, "cross_entropy": cross_entropy}
+def binary_cross_entropy(logits, Y, sample_weight=None):
+    """``torch.nn.BCEWithLogitsLoss``: the mean over all ``B K`` elements of
+    ``max(z, 0) - z y + log(1 + exp(-|z|))`` (stable for any logit), and ``dL/dz = (sigmoid(z) - y) / (B K)``.
+
+    Per example ``l_i`` is the mean over its ``K`` outputs (so multilabel targets work).
+    """
+    count = logits.shape[0] * logits.shape[1]
+    elements = np.maximum(logits, 0) - logits * Y + np.log1p(np.exp(-np.abs(logits)))
+    gradient = sigmoid(logits) - Y
+    if sample_weight is not None:
+        K = logits.shape[1]
+        return _weighted(np.sum(elements, axis=1) / K, gradient / K, sample_weight)
+    return float(np.sum(elements)) / count, gradient / count
+
+
+def poisson(logits, Y, sample_weight=None):
+    """``torch.nn.PoissonNLLLoss(log_input=True, full=False)``: the mean of ``exp(z) - y z`` over all
+    ``B K`` elements, and ``dL/dz = (exp(z) - y) / (B K)``. ``z`` is the log of the predicted rate.
+    """
+    count = logits.shape[0] * logits.shape[1]
+    rate = np.exp(logits)
+    elements = rate - Y * logits
+    gradient = rate - Y
+    if sample_weight is not None:
+        K = logits.shape[1]
+        return _weighted(np.sum(elements, axis=1) / K, gradient / K, sample_weight)
+    return float(np.sum(elements)) / count, gradient / count
+
+
+LOSS_FUNCTIONS = {"half_sse": half_sse, "mse": mse, "cross_entropy": cross_entropy,
+                  "binary_cross_entropy": binary_cross_entropy, "poisson": poisson}
 
 
 # --------------------------------------------------------------------------------------------------------
@@ -192,11 +239,11 @@ def dense_backward(ws, params, X, activations, last_delta, grad):
     return deltas
 
 
-def output_delta(ws, zs, activations, Y):
+def output_delta(ws, zs, activations, Y, sample_weight=None):
     """The batch loss and ``dL/dz`` of the last layer (chain rule through its activation)."""
-    if ws.loss_name == "cross_entropy":      # last activation is identity: the logits are z_L
-        return cross_entropy(zs[-1], Y)
-    loss, d_output = LOSS_FUNCTIONS[ws.loss_name](activations[-1], Y)
+    loss, d_output = LOSS_FUNCTIONS[ws.loss_name](activations[-1], Y, sample_weight)
+    if ws.loss_name in _layout.LOGIT_LOSSES:  # last activation identity: the gradient is wrt the logits z_L
+        return loss, d_output
     return loss, d_output * ACTIVATION_DERIVATIVES_FROM_OUTPUT[ws.activations[-1]](activations[-1])
 
 
@@ -217,13 +264,17 @@ def predict(ws, params, X, out):
         out[start:start + step] = activations[-1]
 
 
-def loss_and_gradient(ws, params, X, Y):
-    """Return the loss of one batch (``n <= ws.max_batch`` rows) and leave its gradient in ``ws.grad``."""
+def loss_and_gradient(ws, params, X, Y, sample_weight=None):
+    """Return the loss of one batch (``n <= ws.max_batch`` rows) and leave its gradient in ``ws.grad``.
+
+    ``sample_weight``: None (the plain mean over the rows) or shape ``(n,)`` with a positive sum (the
+    weighted mean ``sum_i w_i l_i / sum_i w_i``).
+    """
     # A diverging run overflows to inf/NaN here; that is reported through the returned loss (and the
     # caller's finiteness checks), not through NumPy warnings.
     with np.errstate(over="ignore", invalid="ignore"):
         zs, activations = dense_forward(ws, params, X)
-        loss, last_delta = output_delta(ws, zs, activations, Y)
+        loss, last_delta = output_delta(ws, zs, activations, Y, sample_weight)
         dense_backward(ws, params, X, activations, last_delta, ws.grad)
     return loss
 
@@ -240,43 +291,75 @@ def sgd_update(params, grad, lr, momentum, weight_decay, nesterov, velocity):
     params -= lr * g
 
 
-def train_epoch(ws, params, X, Y, batch_size, lr, momentum, weight_decay, nesterov, velocity, shuffle_key):
-    """One epoch of mini-batch SGD; return ``(loss_sum, examples_done, status)``.
+def train_epoch(ws, params, X, Y, sample_weight, batch_size, lr, momentum, weight_decay, nesterov, velocity,
+                shuffle_key):
+    """One epoch of mini-batch SGD; return ``(loss_sum, weight_sum, examples_done, status)``.
 
-    The rows are visited in order (``shuffle_key < 0``) or in ``_layout.permutation(n, shuffle_key)``;
-    each consecutive run of ``batch_size`` rows (the last one shorter) makes one update with the gradient
-    of its batch loss. ``loss_sum`` adds up each batch loss (before its update) times its row count.
+    The rows are visited in order (``shuffle_key < 0``) or in ``_layout.permutation(n, shuffle_key)``
+    (``sample_weight``, None or shape ``(n,)``, goes with its rows); each consecutive run of ``batch_size``
+    rows (the last one shorter) makes one update with the gradient of its batch loss. ``loss_sum`` adds
+    up each batch loss (before its update) times the batch's weight sum (its row count when unweighted),
+    and ``weight_sum`` those weights, so that ``loss_sum / weight_sum`` is the epoch's loss. A batch
+    whose weights sum to 0 makes no update.
     Status 0: finished. Status 1: a batch loss was not finite; stopped before updating with it.
     Status 2: interrupted (Ctrl-C); the parameters are as after the last completed update.
     """
     n = X.shape[0]
     order = None if shuffle_key < 0 else _layout.permutation(n, shuffle_key)
-    loss_sum, examples_done = 0.0, 0
+    loss_sum, weight_sum, examples_done = 0.0, 0.0, 0
     snapshot = None
     try:
         for start in range(0, n, batch_size):
-            if order is None:
-                X_batch, Y_batch = X[start:start + batch_size], Y[start:start + batch_size]
-            else:
-                rows = order[start:start + batch_size]
-                X_batch, Y_batch = X[rows], Y[rows]
-            loss = loss_and_gradient(ws, params, X_batch, Y_batch)
+            rows = slice(start, start + batch_size) if order is None else order[start:start + batch_size]
+            X_batch, Y_batch = X[rows], Y[rows]
+            w_batch = None if sample_weight is None else sample_weight[rows]
+            batch_weight = float(X_batch.shape[0]) if w_batch is None else float(np.sum(w_batch, dtype=np.float64))
+            if batch_weight == 0:
+                examples_done += X_batch.shape[0]   # nothing to learn from: no update
+                continue
+            loss = loss_and_gradient(ws, params, X_batch, Y_batch, w_batch)
             if not math.isfinite(loss):
-                return loss_sum, examples_done, 1
+                return loss_sum, weight_sum, examples_done, 1
             # Keep the pre-update state so that a Ctrl-C landing inside the update cannot half-apply it
             # (the compiled kernel gets this for free: it checks for signals only between updates).
             snapshot = (params.copy(), velocity.copy())
             with np.errstate(over="ignore", invalid="ignore"):
                 sgd_update(params, ws.grad, lr, momentum, weight_decay, nesterov, velocity)
             snapshot = None
-            loss_sum += loss * X_batch.shape[0]
+            loss_sum += loss * batch_weight
+            weight_sum += batch_weight
             examples_done += X_batch.shape[0]
     except KeyboardInterrupt:
         if snapshot is not None:
             params[...] = snapshot[0]
             velocity[...] = snapshot[1]
-        return loss_sum, examples_done, 2
-    return loss_sum, examples_done, 0
+        return loss_sum, weight_sum, examples_done, 2
+    return loss_sum, weight_sum, examples_done, 0
+
+
+def train_rows(ws, params, X, Y, lr, order=None):
+    """Per-example plain SGD (batch size 1, no momentum, no decay, unweighted), one update per row.
+
+    The twin of the compiled kernel's fused per-example loops (``fastbp_train_rows`` and, for networks of
+    one hidden layer with at most 4 units per layer and a squared-error loss, ``fastbp_train_rows_small``
+    in ``_kernels_rows.h``): the same arithmetic as ``train_epoch`` with ``batch_size=1``, written as the
+    loop those functions fuse. Returns ``(loss_sum, rows_done, status)`` like ``train_epoch``.
+    """
+    n = X.shape[0]
+    order = range(n) if order is None else order
+    loss_sum, done = 0.0, 0
+    for row in order:
+        x, y = X[row:row + 1], Y[row:row + 1]
+        with np.errstate(over="ignore", invalid="ignore"):
+            zs, activations = dense_forward(ws, params, x)          # forward, one example
+            loss, last_delta = output_delta(ws, zs, activations, y)  # its loss and dL/dz
+            if not math.isfinite(loss):
+                return loss_sum, done, 1
+            dense_backward(ws, params, x, activations, last_delta, ws.grad)
+            params -= lr * ws.grad                                   # the update, with the old deltas
+        loss_sum += loss
+        done += 1
+    return loss_sum, done, 0
 
 
 def trace(ws, params, X, Y):

@@ -35,8 +35,11 @@ class Network:
         ``[n_in, n_hidden_1, ..., n_out]``: at least two positive integers.
     activations : str or sequence of str
         One name for every layer, or one per layer: ``"identity"``, ``"sigmoid"``, ``"relu"``, ``"tanh"``.
-    loss : {"half_sse", "mse", "cross_entropy"}
-        ``cross_entropy`` takes logits: the last activation must be ``"identity"``.
+    loss : {"half_sse", "mse", "cross_entropy", "binary_cross_entropy", "poisson"}
+        ``cross_entropy`` (softmax, as ``torch.nn.CrossEntropyLoss``), ``binary_cross_entropy``
+        (``torch.nn.BCEWithLogitsLoss``: targets in [0, 1], multilabel allowed) and ``poisson``
+        (``torch.nn.PoissonNLLLoss(log_input=True)``: targets >= 0, the output is the log rate) take
+        logits: the last activation must be ``"identity"``.
     dtype : {"float64", "float32"} or numpy dtype
     seed : int, numpy Generator or None
         Seeds PyTorch's default ``nn.Linear`` initialisation: weights and biases from
@@ -92,9 +95,9 @@ class Network:
 
         if not isinstance(loss, str) or loss not in _layout.LOSS_CODES:
             raise ValueError(f"loss must be one of {_layout.LOSSES!r}; got {loss!r}")
-        if loss == "cross_entropy" and names[-1] != "identity":
-            raise ValueError(f"loss='cross_entropy' applies the softmax itself, so the last activation must "
-                             f"be 'identity' (logits); got activations[{n_layers - 1}] = {names[-1]!r}")
+        if loss in _layout.LOGIT_LOSSES and names[-1] != "identity":
+            raise ValueError(f"loss={loss!r} takes logits (it applies its own link), so the last activation "
+                             f"must be 'identity'; got activations[{n_layers - 1}] = {names[-1]!r}")
 
         try:
             resolved = np.dtype(dtype)
@@ -294,7 +297,9 @@ class Network:
             if Y.shape not in ((n_out,),) and not (n_out == 1 and Y.ndim == 0):
                 raise ValueError(f"{name} for a single example must have shape ({n_out},) (layer_sizes[-1] "
                                  f"= {n_out}); got shape {Y.shape}")
-            return Y.reshape(1, n_out)
+            Y = Y.reshape(1, n_out)
+            self._check_target_range(Y, name)
+            return Y
         if Y.ndim <= 1 and n_out == 1:
             Y = Y.reshape(-1, 1)  # a column of targets given flat, as scikit-learn users write it
         if Y.ndim != 2 or Y.shape[1] != n_out:
@@ -302,7 +307,18 @@ class Network:
                              f"{Y.shape}")
         if Y.shape[0] != n:
             raise ValueError(f"{name} must have one row per example of X ({n}); got {Y.shape[0]} rows")
+        self._check_target_range(Y, name)
         return Y
+
+    def _check_target_range(self, Y, name):
+        """binary_cross_entropy takes targets in [0, 1], poisson counts (or rates) >= 0."""
+        if Y.size == 0:
+            return
+        if self.loss_name == "binary_cross_entropy" and (Y.min() < 0 or Y.max() > 1):
+            raise ValueError(f"{name} for binary_cross_entropy must lie in [0, 1]; got values from {Y.min()} "
+                             f"to {Y.max()}")
+        if self.loss_name == "poisson" and Y.min() < 0:
+            raise ValueError(f"{name} for poisson must be non-negative; got a minimum of {Y.min()}")
 
     def _prepare_classes(self, Y, n, single, name):
         n_classes = self.layer_sizes[-1]
@@ -337,6 +353,22 @@ class Network:
         if (rows < 0).any():
             raise ValueError(f"{name} probability rows must be non-negative; got a minimum of {rows.min()}")
         return rows.reshape(n, n_classes)
+
+    def _prepare_sample_weight(self, sample_weight, n, single=False):
+        """None, or a C-contiguous ``(n,)`` array of the net's dtype: finite, >= 0, with a positive sum."""
+        if sample_weight is None:
+            return None
+        weights = _as_real_array(sample_weight, "sample_weight", self.dtype, self._module.all_finite)
+        if single and weights.ndim == 0:
+            weights = weights.reshape(1)
+        if weights.shape != (n,):
+            raise ValueError(f"sample_weight must have shape ({n},), one weight per example of X; got shape "
+                             f"{weights.shape}")
+        if n and weights.min() < 0:
+            raise ValueError(f"sample_weight must be non-negative; got a minimum of {weights.min()}")
+        if n and not weights.sum(dtype=np.float64) > 0:
+            raise ValueError("sample_weight must not be all zero (the weighted mean would be 0/0)")
+        return weights
 
     def _prepare(self, X, Y, allow_empty=False):
         X2, single = self._prepare_X(X)
@@ -382,15 +414,38 @@ class Network:
             self._module.predict(ws, self.params, X2, out)
         return out[0] if single else out
 
-    def _loss_prepared(self, X2, Y2):
+    def predict_proba(self, X):
+        """Probabilities from the output logits: softmax for ``cross_entropy``, the elementwise sigmoid
+        for ``binary_cross_entropy``.
+
+        Parameters
+        ----------
+        X : array_like, shape (n, n_in) or (n_in,)
+
+        Returns
+        -------
+        ndarray of shape (n, n_out), or (n_out,) for a single example
+
+        Raises
+        ------
+        ValueError
+            For a loss whose outputs are not probabilities (``half_sse``, ``mse``, ``poisson``).
+        """
+        probability = _layout.PROBABILITY_MAPS.get(self.loss_name)
+        if probability is None:
+            raise ValueError(f"predict_proba needs loss='cross_entropy' or 'binary_cross_entropy'; this network's "
+                             f"loss is {self.loss_name!r}, whose outputs are not probabilities")
+        logits = self.predict(X)
+        with np.errstate(over="ignore", invalid="ignore"):
+            return probability(logits.reshape(-1, logits.shape[-1])).reshape(logits.shape)
+
+    def _loss_prepared(self, X2, Y2, sample_weight=None):
         out = np.empty((X2.shape[0], self.layer_sizes[-1]), dtype=self.dtype)
         self._module.predict(self._workspace(min(X2.shape[0], _PREDICT_CHUNK)), self.params, X2, out)
         with np.errstate(over="ignore", invalid="ignore"):  # a loss beyond float's range is inf, silently
-            if self.loss_name == "cross_entropy":
-                return _reference.cross_entropy(out, Y2)[0]
-            return _reference.LOSS_FUNCTIONS[self.loss_name](out, Y2)[0]
+            return _reference.LOSS_FUNCTIONS[self.loss_name](out, Y2, sample_weight)[0]
 
-    def loss(self, X, Y):
+    def loss(self, X, Y, sample_weight=None):
         """The loss (a float) over the batch ``X``, ``Y`` (a single example is a batch of one).
 
         Parameters
@@ -399,21 +454,26 @@ class Network:
         Y : array_like
             Targets of shape (n, n_out) (or (n,) when n_out is 1); for ``cross_entropy`` class indices of
             shape (n,) or probability rows (n, n_out).
+        sample_weight : array_like of shape (n,) or None
+            Per-example factors (finite, >= 0, not all zero): the batch mean becomes
+            ``sum_i w_i l_i / sum_i w_i``, as in scikit-learn. None weighs every example 1.
         """
-        X2, Y2, _ = self._prepare(X, Y)
-        return float(self._loss_prepared(X2, Y2))
+        X2, Y2, single = self._prepare(X, Y)
+        weights = self._prepare_sample_weight(sample_weight, X2.shape[0], single)
+        return float(self._loss_prepared(X2, Y2, weights))
 
-    def gradients(self, X, Y):
-        """The gradient of the batch loss.
+    def gradients(self, X, Y, sample_weight=None):
+        """The gradient of the batch loss (weighted by ``sample_weight`` as in :meth:`loss`).
 
         Returns
         -------
         Gradients
             ``.loss`` and ``.weights``/``.biases`` lists shaped like the parameters (fresh copies).
         """
-        X2, Y2, _ = self._prepare(X, Y)
+        X2, Y2, single = self._prepare(X, Y)
+        weights = self._prepare_sample_weight(sample_weight, X2.shape[0], single)
         ws = self._workspace(X2.shape[0])
-        loss = self._module.loss_and_gradient(ws, self.params, X2, Y2)
+        loss = self._module.loss_and_gradient(ws, self.params, X2, Y2, weights)
         flat = ws.grad.copy()
         views = _reference.layer_views(self.layer_sizes, flat)
         return Gradients(loss, [W for W, _ in views], [b for _, b in views])
@@ -442,7 +502,7 @@ class Network:
     def fit(self, X, Y, *, epochs=1, batch_size=32, lr=0.01, optimizer=None, shuffle=True, seed=None,
             progress=False, record_gradients=False, verbose=0, validation_data=None, validation_split=0.0,
             callbacks=None, early_stopping=False, patience=5, min_delta=0.0, restore_best_weights=True,
-            lr_schedule=None, threads=None):
+            lr_schedule=None, threads=None, sample_weight=None):
         """Train by mini-batch SGD; the loop over mini-batches of an epoch runs inside the backend.
 
         Parameters
@@ -488,6 +548,11 @@ class Network:
             At most this many BLAS threads during this call (``fastbp.num_threads``; needs threadpoolctl);
             None leaves the process's setting. ``threads=1`` is faster on a machine whose other cores are
             busy. Batch size 1 uses no BLAS.
+        sample_weight : array_like of shape (n,) or None
+            Per-example factors (finite, >= 0, not all zero), shuffled with their rows: each mini-batch
+            minimises ``sum_i w_i l_i / sum_i w_i`` and the epoch loss in the History is the weighted mean
+            over the epoch's batches. A batch whose weights are all zero makes no update. With
+            ``validation_split`` the held-out rows' weights are dropped (the validation loss is unweighted).
 
         Returns
         -------
@@ -538,6 +603,7 @@ class Network:
         if single:
             raise ValueError(f"fit needs X of shape (n, {self.layer_sizes[0]}); got a single example of "
                              f"shape {X2.shape[1:]}")
+        weights = self._prepare_sample_weight(sample_weight, X2.shape[0])
         validation = None
         if validation_data is not None:
             if not isinstance(validation_data, (tuple, list)) or len(validation_data) != 2:
@@ -552,17 +618,22 @@ class Network:
                                  f"{X2.shape[0]}; need at least one for each side")
             validation = (X2[-n_val:], Y2[-n_val:])
             X2, Y2 = X2[:-n_val], Y2[:-n_val]
+            if weights is not None:
+                weights = weights[:-n_val]
+                if not weights.sum(dtype=np.float64) > 0:
+                    raise ValueError("sample_weight is all zero on the rows validation_split leaves for "
+                                     "training")
 
         optimizer = SGD(self, lr) if optimizer is None else optimizer
         schedule = make_schedule(lr_schedule, optimizer.lr)
         with self._exclusive("fit"), limit_threads:
             return self._fit_loop(X2, Y2, epochs, batch_size, optimizer, shuffle, seed, progress, verbose,
                                   record_gradients, validation, callbacks, early_stopping, patience,
-                                  min_delta, restore_best_weights, schedule)
+                                  min_delta, restore_best_weights, schedule, weights)
 
     def _fit_loop(self, X, Y, epochs, batch_size, optimizer, shuffle, seed, progress, verbose,
                   record_gradients, validation, callbacks, early_stopping, patience, min_delta,
-                  restore_best_weights, schedule):
+                  restore_best_weights, schedule, weights=None):
         n = X.shape[0]
         batch_size = min(batch_size, n)  # the same batches; and a huge int would overflow the kernel's size_t
         module = self._module
@@ -582,27 +653,27 @@ class Network:
                 np.copyto(velocity_start, velocity)
                 key = _layout.epoch_key(seed, epoch) if shuffle else -1
                 started = time.perf_counter()
-                loss_sum, done, status = module.train_epoch(
-                    ws, params, X, Y, batch_size, lr, optimizer.momentum, optimizer.weight_decay,
+                loss_sum, weight_sum, done, status = module.train_epoch(
+                    ws, params, X, Y, weights, batch_size, lr, optimizer.momentum, optimizer.weight_decay,
                     optimizer.nesterov, velocity, key)
                 elapsed = time.perf_counter() - started
-                if status == 2:
+                if status == _layout.STATUS_INTERRUPTED:
                     raise KeyboardInterrupt
-                if status == 1 or not module.all_finite(params):
-                    batch, what = self._unwind(ws, optimizer, X, Y, batch_size, lr, key, params_start,
-                                               velocity_start, status, done)
+                if status == _layout.STATUS_NONFINITE or not module.all_finite(params):
+                    batch, what = self._unwind(ws, optimizer, X, Y, weights, batch_size, lr, key,
+                                               params_start, velocity_start, status, done)
                     error = FloatingPointError(
                         f"training diverged: {what} became NaN or infinite at epoch {epoch + 1} of {epochs}, "
                         f"batch {batch + 1} of {-(-n // batch_size)} (lr={lr}); the parameters are restored "
                         "to their last finite values")
                     error.epoch, error.batch, error.history = epoch, batch, history
                     raise error
-                history.loss.append(loss_sum / n)
+                history.loss.append(loss_sum / weight_sum if weight_sum > 0 else math.nan)
                 history.epoch_time.append(elapsed)
                 history.lr.append(lr)
                 logs = {"loss": history.loss[-1], "lr": lr, "epoch_time": elapsed}
                 if record_gradients:
-                    history.gradient_norms.append(self._gradient_norms(ws, X, Y))
+                    history.gradient_norms.append(self._gradient_norms(ws, X, Y, weights))
                 if validation is not None:
                     history.val_loss.append(float(self._loss_prepared(*validation)))
                     logs["val_loss"] = history.val_loss[-1]
@@ -631,14 +702,15 @@ class Network:
             reporter.close()
         return history
 
-    def _unwind(self, ws, optimizer, X, Y, batch_size, lr, key, params_start, velocity_start, status, done):
+    def _unwind(self, ws, optimizer, X, Y, weights, batch_size, lr, key, params_start, velocity_start, status,
+                done):
         """After divergence: find the first bad batch and leave the parameters as just before it.
 
         Replays the epoch from its starting state one batch at a time (the backend is deterministic, so
         the replay makes the same updates). Returns ``(batch index, what diverged)``.
         """
         module, params, velocity = self._module, self.params, optimizer.velocity
-        if status == 1 and np.isfinite(params).all():
+        if status == _layout.STATUS_NONFINITE and np.isfinite(params).all():
             return done // batch_size, "the loss"      # stopped before updating: already the last finite state
         np.copyto(params, params_start)
         np.copyto(velocity, velocity_start)
@@ -648,12 +720,13 @@ class Network:
         for batch, start in enumerate(range(0, n, batch_size)):
             rows = order[start:start + batch_size]
             X_batch, Y_batch = np.ascontiguousarray(X[rows]), np.ascontiguousarray(Y[rows])
+            w_batch = None if weights is None else np.ascontiguousarray(weights[rows])
             np.copyto(before, params)
             np.copyto(velocity_before, velocity)
-            _, _, replay_status = module.train_epoch(
-                ws, params, X_batch, Y_batch, batch_size, lr, optimizer.momentum, optimizer.weight_decay,
-                optimizer.nesterov, velocity, -1)
-            if replay_status == 1:
+            _, _, _, replay_status = module.train_epoch(
+                ws, params, X_batch, Y_batch, w_batch, batch_size, lr, optimizer.momentum,
+                optimizer.weight_decay, optimizer.nesterov, velocity, -1)
+            if replay_status == _layout.STATUS_NONFINITE:
                 return batch, "the loss"
             if not np.isfinite(params).all():
                 np.copyto(params, before)
@@ -661,14 +734,20 @@ class Network:
                 return batch, "a parameter"
         return done // batch_size, "the loss"  # not reproduced: the start-of-epoch state is kept
 
-    def _gradient_norms(self, ws, X, Y):
+    def _gradient_norms(self, ws, X, Y, weights=None):
         """Per-layer norm of the weight gradient of the loss over all of ``X``, chunked by the workspace."""
         n = X.shape[0]
         total = np.zeros(ws.grad.shape, dtype=np.float64)
+        weight_total = n if weights is None else float(weights.sum(dtype=np.float64))
         for start in range(0, n, ws.max_batch):
             X_chunk, Y_chunk = X[start:start + ws.max_batch], Y[start:start + ws.max_batch]
-            self._module.loss_and_gradient(ws, self.params, X_chunk, Y_chunk)
-            total += ws.grad * (X_chunk.shape[0] / n)  # the batch losses are means: weight by rows
+            w_chunk = None if weights is None else weights[start:start + ws.max_batch]
+            chunk_weight = X_chunk.shape[0] if w_chunk is None else float(w_chunk.sum(dtype=np.float64))
+            if chunk_weight == 0:
+                continue
+            self._module.loss_and_gradient(ws, self.params, X_chunk, Y_chunk, w_chunk)
+            # the batch losses are (weighted) means: weight each by its share of the total
+            total += ws.grad * (chunk_weight / weight_total)
         return [float(np.linalg.norm(W)) for W, _ in _reference.layer_views(self.layer_sizes, total)]
 
     # -- persistence and interop ------------------------------------------------------------------------

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from fastbp import _reference
+from fastbp import _layout, _reference
 from fastbp._results import Gradients
 from fastbp._validation import _as_real_array, _check_bool, _check_real, _describe
 
@@ -111,8 +111,16 @@ class SGD:
                 error.epoch, error.batch = 0, 0
                 raise error
 
-    def train_step(self, X, Y):
+    def train_step(self, X, Y, sample_weight=None):
         """Forward, backward and update on one batch in one backend call.
+
+        Parameters
+        ----------
+        X, Y : array_like
+            One batch, as for :meth:`Network.loss`.
+        sample_weight : array_like of shape (n,) or None
+            Per-example factors (finite, >= 0, not all zero): the step minimises
+            ``sum_i w_i l_i / sum_i w_i``.
 
         Returns
         -------
@@ -125,8 +133,9 @@ class SGD:
             When the loss or an updated parameter is not finite; the parameters are left unchanged.
         """
         net = self.net
-        X2, Y2, _ = net._prepare(X, Y)
+        X2, Y2, single = net._prepare(X, Y)
         n = X2.shape[0]
+        weights = net._prepare_sample_weight(sample_weight, n, single)
         params, velocity = net.params, self.velocity
         with net._exclusive("SGD.train_step"):
             ws = self._workspace(n)
@@ -134,17 +143,18 @@ class SGD:
             uses_velocity = self.momentum != 0  # the backends leave the velocity alone without momentum
             if uses_velocity:
                 np.copyto(self._velocity_backup, velocity)
-            loss_sum, done, status = net._module.train_epoch(
-                ws, params, X2, Y2, n, self.lr, self.momentum, self.weight_decay, self.nesterov, velocity, -1)
-            if status == 2:
+            loss_sum, weight_sum, done, status = net._module.train_epoch(
+                ws, params, X2, Y2, weights, n, self.lr, self.momentum, self.weight_decay, self.nesterov,
+                velocity, -1)
+            if status == _layout.STATUS_INTERRUPTED:
                 raise KeyboardInterrupt
-            if status == 1 or not net._module.all_finite(params):
+            if status == _layout.STATUS_NONFINITE or not net._module.all_finite(params):
                 np.copyto(params, self._backup)
                 if uses_velocity:
                     np.copyto(velocity, self._velocity_backup)
-                what = "the loss" if status == 1 else "a parameter"
+                what = "the loss" if status == _layout.STATUS_NONFINITE else "a parameter"
                 error = FloatingPointError(f"train_step diverged: {what} became NaN or infinite (lr="
                                            f"{self.lr}); the parameters are left unchanged")
                 error.epoch, error.batch = 0, 0
                 raise error
-        return loss_sum / n
+        return loss_sum / weight_sum
