@@ -7,6 +7,8 @@ import numpy.typing as npt
 
 _Floats = npt.NDArray[np.floating]
 
+__all__ = ["Workspace", "predict", "loss_and_gradient", "train_epoch", "all_finite"]
+
 class Workspace:
     dtype: np.dtype
     max_batch: int

@@ -75,12 +75,15 @@ cdef extern from "_kernels.h" nogil:
     void fastbp_times_derivative_f32(float *delta, const float *a, Py_ssize_t n, int act)
     void fastbp_times_derivative_f64(double *delta, const double *a, Py_ssize_t n, int act)
 
-# The codes as Python sees them (tests/test_conformance.py compares them with fastbp._layout).
+# The codes as Python sees them (tests/test_conformance.py compares them with fastbp._spec).
 ACTIVATION_CODES = {"identity": ACT_IDENTITY, "sigmoid": ACT_SIGMOID, "relu": ACT_RELU, "tanh": ACT_TANH}
 LOSS_CODES = {"half_sse": LOSS_HALF_SSE, "mse": LOSS_MSE, "cross_entropy": LOSS_CROSS_ENTROPY,
               "binary_cross_entropy": LOSS_BINARY_CROSS_ENTROPY, "poisson": LOSS_POISSON}
 STATUS_CODES = {"STATUS_OK": STATUS_OK, "STATUS_NONFINITE": STATUS_NONFINITE,
                 "STATUS_INTERRUPTED": STATUS_INTERRUPTED}
+
+# The backend interface (fastbp._backend.INTERFACE), the same names as the twin fastbp._reference.
+__all__ = ["Workspace", "predict", "loss_and_gradient", "train_epoch", "all_finite"]
 
 # A layer uses BLAS for a mini-batch when the batch has at least BLAS_MIN_BATCH rows and the product
 # has at least BLAS_MIN_WORK multiply-adds; below that the call overhead costs more than it saves.
@@ -92,6 +95,9 @@ cdef Py_ssize_t BLAS_MIN_WORK = 512
 
 # How many multiply-adds of training pass between two checks for Ctrl-C (each check takes the GIL).
 cdef double SIGNAL_CHECK_WORK = 2.0e7
+
+# all_finite releases the GIL from this many elements: below it the release costs more than the test.
+cdef Py_ssize_t ALL_FINITE_NOGIL_MIN = 65536
 
 cdef uint64_t GOLDEN_GAMMA = 0x9E3779B97F4A7C15ULL
 
@@ -469,7 +475,7 @@ cdef void sgd_update(floating *params, const floating *grad, floating *velocity,
 
 
 # ---------------------------------------------------------------------------------------------------
-# The shuffle permutation (specification: fastbp/_layout.py)
+# The shuffle permutation (specification: fastbp/_spec.py)
 
 
 cdef inline uint64_t mix64(uint64_t z) noexcept nogil:
@@ -554,7 +560,7 @@ cdef object _train_epoch(Workspace ws, floating[::1] params, const floating[:, :
     cdef Py_ssize_t n_in = p.sizes[0], K = p.sizes[p.n_layers]
     cdef Py_ssize_t half = p.max_batch * p.max_width
     cdef Py_ssize_t start, batch, r, row, batches_since_check = 0, check_every, l
-    # shuffle_key: a key in [0, 2**64) from _layout.epoch_key, or a negative number / None for no shuffle
+    # shuffle_key: a key in [0, 2**64) from _spec.epoch_key, or a negative number / None for no shuffle
     cdef bint shuffle = shuffle_key is not None and shuffle_key >= 0
     cdef uint64_t key = <uint64_t>shuffle_key if shuffle else 0
     cdef bint in_place = momentum == 0 and weight_decay == 0
@@ -699,13 +705,13 @@ def all_finite(values):
         return True
     if values.dtype == np.float32:
         v32 = flat
-        if v32.shape[0] < 65536:
+        if v32.shape[0] < ALL_FINITE_NOGIL_MIN:
             return fastbp_all_finite_f32(&v32[0], v32.shape[0]) != 0
         with nogil:  # a training set: let other threads run meanwhile
             ok = fastbp_all_finite_f32(&v32[0], v32.shape[0])
         return ok != 0
     v64 = flat
-    if v64.shape[0] < 65536:
+    if v64.shape[0] < ALL_FINITE_NOGIL_MIN:
         return fastbp_all_finite_f64(&v64[0], v64.shape[0]) != 0
     with nogil:
         ok = fastbp_all_finite_f64(&v64[0], v64.shape[0])

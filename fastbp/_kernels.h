@@ -46,7 +46,7 @@ typedef struct {
 } fastbp_plan;
 
 /* The codes, declared once for C and Cython (_core.pyx brings them in with `cdef extern`); the Python
- * names are the tuples of fastbp/_layout.py, in the same order (tests/test_conformance.py checks). */
+ * names are the tuples of fastbp/_spec.py, in the same order (tests/test_conformance.py checks). */
 enum { FASTBP_IDENTITY = 0, FASTBP_SIGMOID = 1, FASTBP_RELU = 2, FASTBP_TANH = 3 };
 enum { FASTBP_HALF_SSE = 0, FASTBP_MSE = 1, FASTBP_CROSS_ENTROPY = 2, FASTBP_BINARY_CROSS_ENTROPY = 3,
        FASTBP_POISSON = 4 };

@@ -22,129 +22,14 @@ import math
 
 import numpy as np
 
-from fastbp import _layout
-from fastbp._layout import log_softmax, sigmoid  # noqa: F401 (part of the twin's vocabulary)
+from fastbp import _spec
+# The math tables live in fastbp/_spec.py (one home for every formula); the twin reads them from there.
+from fastbp._spec import (  # noqa: F401 (the twin's vocabulary, importable from here too)
+    ACTIVATION_FUNCTIONS, DERIVATIVES_FROM_OUTPUT, LOSS_FUNCTIONS, layer_views, log_softmax, sigmoid,
+)
 
-# --------------------------------------------------------------------------------------------------------
-# Activations: the function, and its derivative written in terms of the function's OUTPUT a = f(z).
-# Computing f' from a is what makes backprop cheap: the forward pass already stored a.
-# --------------------------------------------------------------------------------------------------------
-
-
-def relu(z):
-    return np.maximum(z, 0)
-
-
-ACTIVATION_FUNCTIONS = {
-    "identity": lambda z: z.copy(),
-    "sigmoid": sigmoid,
-    "relu": relu,
-    "tanh": np.tanh,
-}
-
-ACTIVATION_DERIVATIVES_FROM_OUTPUT = {
-    "identity": lambda a: np.ones_like(a),
-    "sigmoid": lambda a: a * (1 - a),
-    "relu": lambda a: (a > 0).astype(a.dtype),  # derivative 0 at exactly 0, as in PyTorch
-    "tanh": lambda a: 1 - a * a,
-}
-
-
-# --------------------------------------------------------------------------------------------------------
-# Losses over a batch of B rows and K outputs: the value, and dL/d(output pre-activation z_L).
-# For half_sse and mse the derivative wrt the output a_L is returned and the chain rule through the last
-# activation is applied by the caller; the other losses work on the logits directly (last activation
-# identity). Each takes an optional ``sample_weight`` of shape (B,): the batch mean is then weighted.
-# --------------------------------------------------------------------------------------------------------
-
-
-def _weighted(per_example, gradient, sample_weight):
-    """The weighted batch mean ``sum_i w_i l_i / sum_i w_i`` and its gradient.
-
-    ``per_example`` holds each example's loss ``l_i`` and ``gradient`` each row's ``dl_i/dz`` (no batch
-    mean yet): both are scaled by ``w_i / sum_i w_i``.
-    """
-    total = float(np.sum(sample_weight, dtype=np.float64))
-    factor = (sample_weight / total).astype(gradient.dtype)
-    return float(np.dot(sample_weight.astype(np.float64), per_example.astype(np.float64))) / total, \
-        gradient * factor[:, None]
-
-
-def half_sse(output, Y, sample_weight=None):
-    """``L = sum((yhat - y)^2) / (2B)`` and ``dL/dyhat = (yhat - y) / B``.
-
-    Per example ``l_i = sum_k (yhat_ik - y_ik)^2 / 2``; with ``sample_weight`` the batch mean is weighted.
-    """
-    batch = output.shape[0]
-    difference = output - Y
-    if sample_weight is not None:
-        return _weighted(0.5 * np.sum(difference * difference, axis=1), difference, sample_weight)
-    return float(np.sum(difference * difference)) / (2 * batch), difference / batch
-
-
-def mse(output, Y, sample_weight=None):
-    """``L = sum((yhat - y)^2) / (B K)`` and ``dL/dyhat = 2 (yhat - y) / (B K)``, as ``torch.nn.MSELoss``.
-
-    Per example ``l_i = sum_k (yhat_ik - y_ik)^2 / K``.
-    """
-    count = output.shape[0] * output.shape[1]
-    difference = output - Y
-    if sample_weight is not None:
-        K = output.shape[1]
-        return _weighted(np.sum(difference * difference, axis=1) / K, 2 * difference / K, sample_weight)
-    return float(np.sum(difference * difference)) / count, 2 * difference / count
-
-
-def cross_entropy(logits, Y, sample_weight=None):
-    """``L = -sum(y * log_softmax(z)) / B`` and ``dL/dz = (softmax(z) * sum_k y - y) / B``.
-
-    ``Y`` holds one-hot or probability rows; the gradient is torch's formula, also right for soft targets.
-    Per example ``l_i = -sum_k y_ik log softmax(z_i)_k``.
-    """
-    batch = logits.shape[0]
-    log_probabilities = log_softmax(logits)
-    # Where a target is 0 its term is 0 even if the log-probability underflowed to -inf (0 * -inf is NaN).
-    terms = np.where(Y != 0, Y * log_probabilities, 0)
-    softmax = np.exp(log_probabilities)
-    gradient = softmax * Y.sum(axis=1, keepdims=True) - Y
-    if sample_weight is not None:
-        return _weighted(0.0 - np.sum(terms, axis=1), gradient, sample_weight)
-    loss = 0.0 - float(np.sum(terms)) / batch  # 0.0 - : never -0.0
-    return loss, gradient / batch
-
-
-def binary_cross_entropy(logits, Y, sample_weight=None):
-    """``torch.nn.BCEWithLogitsLoss``: the mean over all ``B K`` elements of
-    ``max(z, 0) - z y + log(1 + exp(-|z|))`` (stable for any logit), and ``dL/dz = (sigmoid(z) - y) / (B K)``.
-
-    Per example ``l_i`` is the mean over its ``K`` outputs (so multilabel targets work).
-    """
-    count = logits.shape[0] * logits.shape[1]
-    elements = np.maximum(logits, 0) - logits * Y + np.log1p(np.exp(-np.abs(logits)))
-    gradient = sigmoid(logits) - Y
-    if sample_weight is not None:
-        K = logits.shape[1]
-        return _weighted(np.sum(elements, axis=1) / K, gradient / K, sample_weight)
-    return float(np.sum(elements)) / count, gradient / count
-
-
-def poisson(logits, Y, sample_weight=None):
-    """``torch.nn.PoissonNLLLoss(log_input=True, full=False)``: the mean of ``exp(z) - y z`` over all
-    ``B K`` elements, and ``dL/dz = (exp(z) - y) / (B K)``. ``z`` is the log of the predicted rate.
-    """
-    count = logits.shape[0] * logits.shape[1]
-    rate = np.exp(logits)
-    elements = rate - Y * logits
-    gradient = rate - Y
-    if sample_weight is not None:
-        K = logits.shape[1]
-        return _weighted(np.sum(elements, axis=1) / K, gradient / K, sample_weight)
-    return float(np.sum(elements)) / count, gradient / count
-
-
-LOSS_FUNCTIONS = {"half_sse": half_sse, "mse": mse, "cross_entropy": cross_entropy,
-                  "binary_cross_entropy": binary_cross_entropy, "poisson": poisson}
-
+# The backend interface (fastbp._backend.INTERFACE); everything else here is the readable specification.
+__all__ = ["Workspace", "predict", "loss_and_gradient", "train_epoch", "all_finite"]
 
 # --------------------------------------------------------------------------------------------------------
 # Workspace
@@ -159,9 +44,9 @@ class Workspace:
     layer_sizes : sequence of int
         ``[n_in, ..., n_out]``.
     activation_codes : sequence of int
-        One code per layer (``_layout.ACTIVATIONS`` index).
+        One code per layer (``_spec.ACTIVATIONS`` index).
     loss_code : int
-        ``_layout.LOSSES`` index.
+        ``_spec.LOSSES`` index.
     dtype : numpy dtype
         float32 or float64.
     max_batch : int
@@ -180,9 +65,9 @@ class Workspace:
         self.loss_code = int(loss_code)
         self.dtype = np.dtype(dtype)
         self.max_batch = int(max_batch)
-        self.activations = tuple(_layout.ACTIVATIONS[code] for code in self.activation_codes)
-        self.loss_name = _layout.LOSSES[self.loss_code]
-        self.offsets, self.n_params = _layout.param_offsets(self.layer_sizes)
+        self.activations = tuple(_spec.ACTIVATIONS[code] for code in self.activation_codes)
+        self.loss_name = _spec.LOSSES[self.loss_code]
+        self.offsets, self.n_params = _spec.param_offsets(self.layer_sizes)
         self.grad = np.zeros(self.n_params, dtype=self.dtype)
 
     def __repr__(self):
@@ -192,16 +77,7 @@ class Workspace:
 
 def all_finite(values):
     """Whether every element of ``values`` is finite (no NaN, no infinity)."""
-    return _layout.all_finite_chunked(np.asarray(values))
-
-
-def layer_views(layer_sizes, flat):
-    """``[(W_0, b_0), (W_1, b_1), ...]``: views into a flat buffer laid out like ``params``."""
-    offsets, _ = _layout.param_offsets(layer_sizes)
-    views = []
-    for (w_offset, b_offset), n_in, n_out in zip(offsets, layer_sizes[:-1], layer_sizes[1:]):
-        views.append((flat[w_offset:b_offset].reshape(n_out, n_in), flat[b_offset:b_offset + n_out]))
-    return views
+    return _spec.all_finite_chunked(np.asarray(values))
 
 
 # --------------------------------------------------------------------------------------------------------
@@ -235,16 +111,16 @@ def dense_backward(ws, params, X, activations, last_delta, grad):
         grad_b[...] = delta.sum(axis=0)
         if l > 0:
             W = layers[l][0]
-            delta = (delta @ W) * ACTIVATION_DERIVATIVES_FROM_OUTPUT[ws.activations[l - 1]](a_prev)
+            delta = (delta @ W) * DERIVATIVES_FROM_OUTPUT[ws.activations[l - 1]](a_prev)
     return deltas
 
 
 def output_delta(ws, zs, activations, Y, sample_weight=None):
     """The batch loss and ``dL/dz`` of the last layer (chain rule through its activation)."""
     loss, d_output = LOSS_FUNCTIONS[ws.loss_name](activations[-1], Y, sample_weight)
-    if ws.loss_name in _layout.LOGIT_LOSSES:  # last activation identity: the gradient is wrt the logits z_L
+    if ws.loss_name in _spec.LOGIT_LOSSES:  # last activation identity: the gradient is wrt the logits z_L
         return loss, d_output
-    return loss, d_output * ACTIVATION_DERIVATIVES_FROM_OUTPUT[ws.activations[-1]](activations[-1])
+    return loss, d_output * DERIVATIVES_FROM_OUTPUT[ws.activations[-1]](activations[-1])
 
 
 # --------------------------------------------------------------------------------------------------------
@@ -295,7 +171,7 @@ def train_epoch(ws, params, X, Y, sample_weight, batch_size, lr, momentum, weigh
                 shuffle_key):
     """One epoch of mini-batch SGD; return ``(loss_sum, weight_sum, examples_done, status)``.
 
-    The rows are visited in order (``shuffle_key < 0``) or in ``_layout.permutation(n, shuffle_key)``
+    The rows are visited in order (``shuffle_key < 0``) or in ``_spec.permutation(n, shuffle_key)``
     (``sample_weight``, None or shape ``(n,)``, goes with its rows); each consecutive run of ``batch_size``
     rows (the last one shorter) makes one update with the gradient of its batch loss. ``loss_sum`` adds
     up each batch loss (before its update) times the batch's weight sum (its row count when unweighted),
@@ -305,7 +181,7 @@ def train_epoch(ws, params, X, Y, sample_weight, batch_size, lr, momentum, weigh
     Status 2: interrupted (Ctrl-C); the parameters are as after the last completed update.
     """
     n = X.shape[0]
-    order = None if shuffle_key < 0 else _layout.permutation(n, shuffle_key)
+    order = None if shuffle_key < 0 else _spec.permutation(n, shuffle_key)
     loss_sum, weight_sum, examples_done = 0.0, 0.0, 0
     snapshot = None
     try:

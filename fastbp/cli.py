@@ -27,7 +27,7 @@ from typing import Any, List, Optional
 
 import numpy as np
 
-from fastbp._layout import ACTIVATIONS, LOGIT_LOSSES, LOSSES
+from fastbp._spec import ACTIVATIONS, LOGIT_LOSSES, LOSSES
 
 EXIT_OK = 0
 EXIT_FAILED = 1

@@ -25,8 +25,7 @@ from typing import Any, Dict, List, Optional, Union
 
 import numpy as np
 
-from fastbp._layout import LOGIT_LOSSES
-from fastbp._reference import LOSS_FUNCTIONS
+from fastbp._spec import DERIVATIVES_FROM_OUTPUT, LOGIT_LOSSES, LOSS_FUNCTIONS, softmax
 from fastbp._validation import _as_real_array
 
 __all__ = [
@@ -867,20 +866,12 @@ def _batch(net, x, y):
 
 def _softmax(logits: np.ndarray) -> np.ndarray:
     with np.errstate(over="ignore", invalid="ignore"):  # overflowed (inf) logits give NaN, not warnings
-        shifted = logits - logits.max(axis=1, keepdims=True)
-        e = np.exp(shifted)
-        return e / e.sum(axis=1, keepdims=True)
+        return softmax(logits)
 
 
 def _derivative(activation: str, z: np.ndarray, a: np.ndarray) -> np.ndarray:
-    """f'(z) from the layer's output, as both backends compute it (DESIGN.md)."""
-    if activation == "sigmoid":
-        return a * (1 - a)
-    if activation == "tanh":
-        return 1 - a * a
-    if activation == "relu":
-        return (z > 0).astype(a.dtype)
-    return np.ones_like(a)
+    """f'(z) from the layer's output, as both backends compute it (the table in fastbp/_spec.py)."""
+    return DERIVATIVES_FROM_OUTPUT[activation](a)
 
 
 def _output_gradient(loss_name: str, output: np.ndarray, targets: np.ndarray) -> np.ndarray:

@@ -16,7 +16,7 @@ import time
 
 import numpy as np
 
-from fastbp import _backend, _layout, _threads
+from fastbp import _backend, _spec, _threads
 from fastbp import _reference
 from fastbp._results import Gradients, History, Trace
 from fastbp._validation import _as_real_array, _check_bool, _check_int, _check_real, _describe
@@ -88,14 +88,14 @@ class Network:
         else:
             raise TypeError(f"activations must be a name or a list of names; got {_describe(activations)}")
         for index, name in enumerate(names):
-            if not isinstance(name, str) or name not in _layout.ACTIVATION_CODES:
-                raise ValueError(f"activations[{index}] must be one of {_layout.ACTIVATIONS!r}; got "
+            if not isinstance(name, str) or name not in _spec.ACTIVATION_CODES:
+                raise ValueError(f"activations[{index}] must be one of {_spec.ACTIVATIONS!r}; got "
                                  f"{name!r}")
         names = tuple(str(name) for name in names)
 
-        if not isinstance(loss, str) or loss not in _layout.LOSS_CODES:
-            raise ValueError(f"loss must be one of {_layout.LOSSES!r}; got {loss!r}")
-        if loss in _layout.LOGIT_LOSSES and names[-1] != "identity":
+        if not isinstance(loss, str) or loss not in _spec.LOSS_CODES:
+            raise ValueError(f"loss must be one of {_spec.LOSSES!r}; got {loss!r}")
+        if loss in _spec.LOGIT_LOSSES and names[-1] != "identity":
             raise ValueError(f"loss={loss!r} takes logits (it applies its own link), so the last activation "
                              f"must be 'identity'; got activations[{n_layers - 1}] = {names[-1]!r}")
 
@@ -118,19 +118,19 @@ class Network:
         self._dtype = resolved
         self._backend = backend
         self._module = module
-        self._activation_codes = tuple(_layout.ACTIVATION_CODES[name] for name in names)
-        self._loss_code = _layout.LOSS_CODES[loss]
+        self._activation_codes = tuple(_spec.ACTIVATION_CODES[name] for name in names)
+        self._loss_code = _spec.LOSS_CODES[loss]
         self._busy = threading.Lock()
         self._local = threading.local()
 
     def _allocate(self):
-        offsets, total = _layout.param_offsets(self.layer_sizes)
+        offsets, total = _spec.param_offsets(self.layer_sizes)
         try:
             self._params = np.zeros(total, dtype=self.dtype)
         except (MemoryError, ValueError) as error:
             raise ValueError(f"layer_sizes {list(self.layer_sizes)} needs {total} parameters, which could "
                              f"not be allocated ({error})") from None
-        views = _reference.layer_views(self.layer_sizes, self.params)
+        views = _spec.layer_views(self.layer_sizes, self.params)
         self._weights = tuple(W for W, _ in views)
         self._biases = tuple(b for _, b in views)
 
@@ -431,7 +431,7 @@ class Network:
         ValueError
             For a loss whose outputs are not probabilities (``half_sse``, ``mse``, ``poisson``).
         """
-        probability = _layout.PROBABILITY_MAPS.get(self.loss_name)
+        probability = _spec.PROBABILITY_MAPS.get(self.loss_name)
         if probability is None:
             raise ValueError(f"predict_proba needs loss='cross_entropy' or 'binary_cross_entropy'; this network's "
                              f"loss is {self.loss_name!r}, whose outputs are not probabilities")
@@ -443,7 +443,7 @@ class Network:
         out = np.empty((X2.shape[0], self.layer_sizes[-1]), dtype=self.dtype)
         self._module.predict(self._workspace(min(X2.shape[0], _PREDICT_CHUNK)), self.params, X2, out)
         with np.errstate(over="ignore", invalid="ignore"):  # a loss beyond float's range is inf, silently
-            return _reference.LOSS_FUNCTIONS[self.loss_name](out, Y2, sample_weight)[0]
+            return _spec.LOSS_FUNCTIONS[self.loss_name](out, Y2, sample_weight)[0]
 
     def loss(self, X, Y, sample_weight=None):
         """The loss (a float) over the batch ``X``, ``Y`` (a single example is a batch of one).
@@ -475,7 +475,7 @@ class Network:
         ws = self._workspace(X2.shape[0])
         loss = self._module.loss_and_gradient(ws, self.params, X2, Y2, weights)
         flat = ws.grad.copy()
-        views = _reference.layer_views(self.layer_sizes, flat)
+        views = _spec.layer_views(self.layer_sizes, flat)
         return Gradients(loss, [W for W, _ in views], [b for _, b in views])
 
     def trace(self, X, Y):
@@ -651,15 +651,15 @@ class Network:
                 # The start-of-epoch state: the fallback when divergence must be unwound.
                 np.copyto(params_start, params)
                 np.copyto(velocity_start, velocity)
-                key = _layout.epoch_key(seed, epoch) if shuffle else -1
+                key = _spec.epoch_key(seed, epoch) if shuffle else -1
                 started = time.perf_counter()
                 loss_sum, weight_sum, done, status = module.train_epoch(
                     ws, params, X, Y, weights, batch_size, lr, optimizer.momentum, optimizer.weight_decay,
                     optimizer.nesterov, velocity, key)
                 elapsed = time.perf_counter() - started
-                if status == _layout.STATUS_INTERRUPTED:
+                if status == _spec.STATUS_INTERRUPTED:
                     raise KeyboardInterrupt
-                if status == _layout.STATUS_NONFINITE or not module.all_finite(params):
+                if status == _spec.STATUS_NONFINITE or not module.all_finite(params):
                     batch, what = self._unwind(ws, optimizer, X, Y, weights, batch_size, lr, key,
                                                params_start, velocity_start, status, done)
                     error = FloatingPointError(
@@ -710,12 +710,12 @@ class Network:
         the replay makes the same updates). Returns ``(batch index, what diverged)``.
         """
         module, params, velocity = self._module, self.params, optimizer.velocity
-        if status == _layout.STATUS_NONFINITE and np.isfinite(params).all():
+        if status == _spec.STATUS_NONFINITE and np.isfinite(params).all():
             return done // batch_size, "the loss"      # stopped before updating: already the last finite state
         np.copyto(params, params_start)
         np.copyto(velocity, velocity_start)
         n = X.shape[0]
-        order = _layout.permutation(n, key) if key >= 0 else np.arange(n)
+        order = _spec.permutation(n, key) if key >= 0 else np.arange(n)
         before, velocity_before = np.empty_like(params), np.empty_like(velocity)
         for batch, start in enumerate(range(0, n, batch_size)):
             rows = order[start:start + batch_size]
@@ -726,7 +726,7 @@ class Network:
             _, _, _, replay_status = module.train_epoch(
                 ws, params, X_batch, Y_batch, w_batch, batch_size, lr, optimizer.momentum,
                 optimizer.weight_decay, optimizer.nesterov, velocity, -1)
-            if replay_status == _layout.STATUS_NONFINITE:
+            if replay_status == _spec.STATUS_NONFINITE:
                 return batch, "the loss"
             if not np.isfinite(params).all():
                 np.copyto(params, before)
@@ -748,7 +748,7 @@ class Network:
             self._module.loss_and_gradient(ws, self.params, X_chunk, Y_chunk, w_chunk)
             # the batch losses are (weighted) means: weight each by its share of the total
             total += ws.grad * (chunk_weight / weight_total)
-        return [float(np.linalg.norm(W)) for W, _ in _reference.layer_views(self.layer_sizes, total)]
+        return [float(np.linalg.norm(W)) for W, _ in _spec.layer_views(self.layer_sizes, total)]
 
     # -- persistence and interop ------------------------------------------------------------------------
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from fastbp import _layout, _reference
+from fastbp import _spec, _reference
 from fastbp._results import Gradients
 from fastbp._validation import _as_real_array, _check_bool, _check_real, _describe
 
@@ -93,7 +93,7 @@ class SGD:
             raise TypeError(f"grads must be a fastbp.Gradients; got {_describe(grads)}")
         net = self.net
         new_weights, new_biases = net._check_params(grads.weights, grads.biases)
-        for (W, b), value_W, value_b in zip(_reference.layer_views(net.layer_sizes, self._grad),
+        for (W, b), value_W, value_b in zip(_spec.layer_views(net.layer_sizes, self._grad),
                                             new_weights, new_biases):
             W[...] = value_W
             b[...] = value_b
@@ -146,13 +146,13 @@ class SGD:
             loss_sum, weight_sum, done, status = net._module.train_epoch(
                 ws, params, X2, Y2, weights, n, self.lr, self.momentum, self.weight_decay, self.nesterov,
                 velocity, -1)
-            if status == _layout.STATUS_INTERRUPTED:
+            if status == _spec.STATUS_INTERRUPTED:
                 raise KeyboardInterrupt
-            if status == _layout.STATUS_NONFINITE or not net._module.all_finite(params):
+            if status == _spec.STATUS_NONFINITE or not net._module.all_finite(params):
                 np.copyto(params, self._backup)
                 if uses_velocity:
                     np.copyto(velocity, self._velocity_backup)
-                what = "the loss" if status == _layout.STATUS_NONFINITE else "a parameter"
+                what = "the loss" if status == _spec.STATUS_NONFINITE else "a parameter"
                 error = FloatingPointError(f"train_step diverged: {what} became NaN or infinite (lr="
                                            f"{self.lr}); the parameters are left unchanged")
                 error.epoch, error.batch = 0, 0
