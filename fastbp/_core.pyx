@@ -13,7 +13,7 @@ The kernel trusts its inputs: ``fastbp/network.py`` has checked dtypes, contigui
 """
 
 from cython cimport floating
-from libc.math cimport log, tanh, tanhf, isfinite
+from libc.math cimport isfinite
 from libc.stdlib cimport malloc, free
 from libc.string cimport memcpy, memset
 from libc.stdint cimport uint64_t
@@ -37,8 +37,8 @@ cdef extern from "_kernels.h" nogil:
         Py_ssize_t *act_off    # n_layers: start of layer l's outputs in the activation buffer
     float fastbp_dot_f32(const float *a, const float *b, Py_ssize_t n)
     double fastbp_dot_f64(const double *a, const double *b, Py_ssize_t n)
-    float fastbp_exp_nonpositive_f32(float x)
-    double fastbp_exp_nonpositive_f64(double x)
+    float fastbp_activate_f32(float z, int act)
+    double fastbp_activate_f64(double z, int act)
     int fastbp_all_finite_f32(const float *values, Py_ssize_t n)
     int fastbp_all_finite_f64(const double *values, Py_ssize_t n)
     int fastbp_train_rows_f32(const Plan *p, float *params, const float *X, const float *Y,
@@ -206,28 +206,13 @@ cdef class Workspace:
 # Elementwise pieces
 
 
-cdef inline floating sigmoid(floating z) noexcept nogil:
-    # Stable on both sides: exp only ever sees -|z|, so it never overflows.
-    cdef floating e
-    if z >= 0:
-        return 1 / (1 + exp_nonpositive(-z))
-    e = exp_nonpositive(z)
-    return e / (1 + e)
-
-
-cdef inline floating tanh_(floating z) noexcept nogil:
+cdef inline floating activate(floating z, int act) noexcept nogil:
+    """f(z), written once in _kernels_rows.h (fastbp_activate); called with a constant code, so the
+    compiler folds the switch away."""
     if floating is float:
-        return tanhf(z)
+        return fastbp_activate_f32(z, act)
     else:
-        return tanh(z)
-
-
-cdef inline floating exp_nonpositive(floating z) noexcept nogil:
-    """exp(z) for z <= 0 (sigmoid and softmax need no more), inlined from _kernels.h."""
-    if floating is float:
-        return fastbp_exp_nonpositive_f32(z)
-    else:
-        return fastbp_exp_nonpositive_f64(z)
+        return fastbp_activate_f64(z, act)
 
 
 cdef inline void bias_activate(floating *row, const floating *bias, Py_ssize_t n, int act) noexcept nogil:
@@ -240,10 +225,10 @@ cdef inline void bias_activate(floating *row, const floating *bias, Py_ssize_t n
             row[j] = 0 if v < 0 else v
     elif act == ACT_SIGMOID:
         for j in range(n):
-            row[j] = sigmoid(row[j] + bias[j])
+            row[j] = activate(row[j] + bias[j], ACT_SIGMOID)
     elif act == ACT_TANH:
         for j in range(n):
-            row[j] = tanh_(row[j] + bias[j])
+            row[j] = activate(row[j] + bias[j], ACT_TANH)
     else:
         for j in range(n):
             row[j] = row[j] + bias[j]

@@ -7,6 +7,11 @@
  * call overhead per example: each weight row is read once in the backward sweep, which both propagates
  * the delta to the layer below (with the old weight) and applies the update.
  * fastbp_train_rows_small: tiny one-hidden-layer networks, the same updates regrouped for latency.
+ *
+ * The elementwise layer is written here once per precision and shared with _core.pyx's mini-batch path:
+ * fastbp_activate (f(z)), fastbp_times_derivative (delta *= f'(z) from the output a) and
+ * fastbp_output_delta_row (one row's loss and dL/dz, every loss). The tiny-network loop keeps its own
+ * branch-free sigmoid (fastbp_activate_tiny), written for the latency of its chain.
  */
 
 static inline REAL FN(fastbp_activate)(REAL z, int act)
