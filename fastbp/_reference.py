@@ -25,7 +25,8 @@ import numpy as np
 from fastbp import _spec
 # The math tables live in fastbp/_spec.py (one home for every formula); the twin reads them from there.
 from fastbp._spec import (  # noqa: F401 (the twin's vocabulary, importable from here too)
-    ACTIVATION_FUNCTIONS, DERIVATIVES_FROM_OUTPUT, LOSS_FUNCTIONS, layer_views, log_softmax, sigmoid,
+    ACTIVATION_FUNCTIONS, DERIVATIVES_FROM_OUTPUT, LOSS_FUNCTIONS, binary_cross_entropy, cross_entropy,
+    half_sse, layer_views, log_softmax, mse, poisson, relu, sigmoid,
 )
 
 # The backend interface (fastbp._backend.INTERFACE); everything else here is the readable specification.
