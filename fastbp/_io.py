@@ -16,7 +16,7 @@ import zipfile
 
 import numpy as np
 
-from fastbp import _layout
+from fastbp import _spec
 from fastbp._version import __version__
 
 FORMAT_VERSION = 1
@@ -157,7 +157,7 @@ def load(path):
                 raise ValueError(f"{path}: layer_sizes must be at least two positive integers; got "
                                  f"{sizes.tolist()}")
             sizes = tuple(int(size) for size in sizes)
-            _, total = _layout.param_offsets(sizes)
+            _, total = _spec.param_offsets(sizes)
             if total > _MAX_PARAMS:
                 raise ValueError(f"{path}: layer_sizes {list(sizes)} imply {total} parameters, more than "
                                  f"allowed ({_MAX_PARAMS})")

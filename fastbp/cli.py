@@ -27,7 +27,7 @@ from typing import Any, List, Optional
 
 import numpy as np
 
-from fastbp._layout import ACTIVATIONS, LOSSES
+from fastbp._spec import ACTIVATIONS, LOGIT_LOSSES, LOSSES
 
 EXIT_OK = 0
 EXIT_FAILED = 1
@@ -145,10 +145,10 @@ def load_spec(path: str, *, need_lr: bool) -> dict:
     loss = required("loss")
     if loss not in LOSSES:
         raise SpecError("loss", f"must be one of {', '.join(LOSSES)}; got {_describe(loss)}")
-    if loss == "cross_entropy" and activations[-1] != "identity":
+    if loss in LOGIT_LOSSES and activations[-1] != "identity":
         raise SpecError(
             "activations",
-            f"must end with identity for loss cross_entropy (the outputs are logits); got {activations[-1]!r}",
+            f"must end with identity for loss {loss} (the outputs are logits); got {activations[-1]!r}",
         )
 
     dtype = raw.get("dtype", "float64")

@@ -28,6 +28,8 @@ import warnings
 
 import numpy as np
 
+from fastbp import _spec
+
 try:
     from sklearn.base import BaseEstimator, ClassifierMixin, RegressorMixin
     from sklearn.exceptions import ConvergenceWarning
@@ -321,9 +323,7 @@ class _BaseMLP(BaseEstimator):
         return self
 
     def _restore_params(self, params):
-        from ._layout import param_offsets
-
-        offsets, _ = param_offsets(self.network_.layer_sizes)
+        offsets, _ = _spec.param_offsets(self.network_.layer_sizes)
         weights, biases = [], []
         for (w_offset, b_offset), n_in, n_out in zip(
             offsets, self.network_.layer_sizes[:-1], self.network_.layer_sizes[1:]
@@ -608,17 +608,11 @@ class MLPClassifier(ClassifierMixin, _BaseMLP):
 
     def predict_proba(self, X):
         """Class probabilities (softmax of the logits): shape (n_samples, n_classes), ``classes_`` order."""
-        logits = self._forward(X).astype(np.float64)
-        logits -= logits.max(axis=1, keepdims=True)
-        probabilities = np.exp(logits)
-        probabilities /= probabilities.sum(axis=1, keepdims=True)
-        return probabilities
+        return _spec.softmax(self._forward(X).astype(np.float64))
 
     def predict_log_proba(self, X):
         """Logarithm of ``predict_proba`` (computed stably from the logits)."""
-        logits = self._forward(X).astype(np.float64)
-        logits -= logits.max(axis=1, keepdims=True)
-        return logits - np.log(np.exp(logits).sum(axis=1, keepdims=True))
+        return _spec.log_softmax(self._forward(X).astype(np.float64))
 
     def __sklearn_tags__(self):
         tags = super().__sklearn_tags__()

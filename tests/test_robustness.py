@@ -169,15 +169,15 @@ def test_no_overflow_warnings_at_large_pre_activations(backend, dtype, activatio
 
 @pytest.mark.parametrize("dtype", ["float64", "float32"])
 def test_reference_sigmoid_and_log_softmax_are_stable(dtype):
-    from fastbp import _reference
+    from fastbp import _spec
     z = np.array([-1e4, -1e3, -100, -1, 0, 1, 100, 1e3, 1e4], dtype=dtype)
     with warnings.catch_warnings():
         warnings.simplefilter("error")
         with np.errstate(over="warn", invalid="warn", divide="warn", under="ignore"):
-            s = _reference.sigmoid(z)
+            s = _spec.sigmoid(z)
             logits = np.array([[1e4, -1e4, 0], [-1e4, -1e4, -1e4]], dtype=dtype)
-            log_p = _reference.log_softmax(logits)
-            loss, delta = _reference.cross_entropy(logits, np.eye(3, dtype=dtype)[[1, 2]])
+            log_p = _spec.log_softmax(logits)
+            loss, delta = _spec.cross_entropy(logits, np.eye(3, dtype=dtype)[[1, 2]])
     assert s[0] == 0 and s[-1] == 1 and s[4] == 0.5 and np.isfinite(s).all()
     assert np.isfinite(log_p).all() and np.isclose(log_p[0, 0], 0)
     assert np.isclose(loss, (2e4 + np.log(3)) / 2, rtol=1e-6) and np.isfinite(delta).all()
@@ -828,9 +828,9 @@ def test_load_refuses_hostile_files(backend, tmp_path):
 @needs_proc
 def test_load_refuses_a_zip_bomb_without_inflating_it(tmp_path):
     """A deflated params member of 256 MiB zeros (about 256 KiB on disk) for a net that needs that many."""
-    from fastbp import _layout
+    from fastbp import _spec
     sizes = [4096, 8191, 1]
-    count = _layout.param_offsets(sizes)[1]  # 33,566,719 parameters: 256 MiB of float64
+    count = _spec.param_offsets(sizes)[1]  # 33,566,719 parameters: 256 MiB of float64
     header = "{'descr': '<f8', 'fortran_order': False, 'shape': (%d,), }" % count
     header = header + " " * (64 - (10 + len(header) + 1) % 64) + "\n"
     path = tmp_path / "bomb.npz"
