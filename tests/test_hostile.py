@@ -340,3 +340,114 @@ def test_a_huge_header_length_or_bad_version_is_refused_naming_the_member(tmp_pa
         with pytest.raises(ValueError) as info:
             fastbp.Network.load(path)
         assert str(path) in str(info.value) and "layer_sizes.npy" in str(info.value), str(info.value)
+
+
+# --------------------------------------------------------------------------------------------------------
+# The command line
+# --------------------------------------------------------------------------------------------------------
+
+
+SCALAR = REPO / "tests" / "data" / "worked-examples" / "scalar-1-1-1.json"
+
+
+def _limit_memory():  # pragma: no cover - runs in the child
+    import resource
+    resource.setrlimit(resource.RLIMIT_AS, (4 * 2**30, 4 * 2**30))
+
+
+def _run_cli(*args, timeout=60):
+    """``python -m fastbp ARGS`` with 4 GiB of address space; returns (status, stdout, stderr)."""
+    env = dict(os.environ)
+    env["PYTHONPATH"] = str(REPO) + os.pathsep + env.get("PYTHONPATH", "")
+    try:
+        result = subprocess.run([sys.executable, "-m", "fastbp", *map(str, args)], capture_output=True,
+                                text=True, env=env, timeout=timeout, cwd=tempfile.gettempdir(),
+                                preexec_fn=_limit_memory if sys.platform.startswith("linux") else None)
+    except subprocess.TimeoutExpired:
+        pytest.fail(f"fastbp {' '.join(map(str, args))} did not finish in {timeout} s (blocked?)")
+    return result.returncode, result.stdout, result.stderr
+
+
+def _assert_usage_error(status, out, err, *words):
+    assert "Traceback" not in out + err, err
+    assert status == 2, (status, err)
+    lines = [line for line in err.splitlines() if line.strip()]
+    assert lines and all(word in lines[-1] for word in words), err
+
+
+@pytest.mark.parametrize("special", ["/dev/zero", "fifo", "directory"])
+def test_cli_refuses_special_files_with_exit_2(tmp_path, special):
+    if special == "/dev/zero":
+        if not os.path.exists("/dev/zero"):
+            pytest.skip("no /dev/zero")
+        path = "/dev/zero"
+    elif special == "fifo":
+        if not hasattr(os, "mkfifo"):
+            pytest.skip("needs os.mkfifo")
+        path = tmp_path / "spec.json"
+        os.mkfifo(path)
+    else:
+        path = tmp_path
+    for command in ("explain", "diagnose"):
+        status, out, err = _run_cli(command, path)
+        _assert_usage_error(status, out, err, str(path))
+
+
+def test_cli_refuses_a_spec_larger_than_the_limit_without_reading_it(tmp_path, monkeypatch, capsys):
+    from fastbp import cli
+    path = tmp_path / "big.json"
+    path.write_text(SCALAR.read_text())
+    monkeypatch.setattr(cli, "MAX_SPEC_BYTES", 100)
+    assert cli.main(["diagnose", str(path)]) == 2
+    err = capsys.readouterr().err
+    assert "larger than a spec may be" in err and "Traceback" not in err
+
+
+def _spec_with(tmp_path, name, **changes):
+    import json
+    spec = json.loads(SCALAR.read_text())
+    spec.update(changes)
+    path = tmp_path / f"{name}.json"
+    path.write_text(json.dumps(spec))
+    return path
+
+
+HUGE = 10**400
+
+
+@pytest.mark.parametrize("field", ["lr", "weight", "x", "y", "class index", "layer size", "deep", "digits"])
+def test_cli_hostile_specs_exit_2_with_a_message(tmp_path, capsys, field):
+    from fastbp import cli
+    if field == "lr":
+        path = _spec_with(tmp_path, field, lr=HUGE)
+    elif field == "weight":
+        path = _spec_with(tmp_path, field, weights=[[[HUGE]], [[1.0]]])
+    elif field == "x":
+        path = _spec_with(tmp_path, field, x=[-HUGE])
+    elif field == "y":
+        path = _spec_with(tmp_path, field, y=[HUGE])
+    elif field == "class index":
+        path = _spec_with(tmp_path, field, loss="cross_entropy", layer_sizes=[1, 1, 2],
+                          weights=[[[0.5]], [[1.0], [1.0]]], biases=[[0.0], [0.0, 0.0]], x=[[1.0]], y=[HUGE])
+    elif field == "layer size":
+        path = _spec_with(tmp_path, field, layer_sizes=[1, HUGE, 1])
+    elif field == "deep":
+        path = tmp_path / "deep.json"
+        path.write_text("[" * 100_000 + "]" * 100_000)
+    else:
+        path = tmp_path / "digits.json"
+        path.write_text('{"lr": ' + "9" * 5000 + "}")
+    for command in ("explain", "diagnose", "check-gradients"):
+        status = cli.main([command, str(path)])
+        err = capsys.readouterr().err
+        assert status == 2, (command, err)
+        assert err.count("\n") == 1 and str(path) in err, err
+        assert len(err) < 400, err  # the 400-digit number is not echoed
+
+
+@pytest.mark.parametrize("option", [["--epochs", "0"], ["--epochs", "-3"], ["--batch-size", "0"],
+                                    ["--lr", "nan"], ["--lr", "-1"], ["--lr", "inf"], ["--seed", "-1"],
+                                    ["--seed", str(10**400)], ["--epochs", str(10**400)]])
+def test_demo_refuses_out_of_range_options_with_exit_2(option):
+    status, out, err = _run_cli("demo", *option)
+    _assert_usage_error(status, out, err, option[0])
