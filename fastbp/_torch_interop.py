@@ -100,15 +100,63 @@ def to_torch(net):
     return nn.Sequential(*modules)
 
 
+# Nested Sequentials deeper than this are refused: no real model nests so deep, and a cycle (a Sequential
+# that contains itself) would otherwise never end.
+_MAX_NESTING = 100
+
+
 def _flatten(module, prefix=""):
-    """Yield ``(position, module)`` for the leaves of a (possibly nested) ``nn.Sequential``."""
+    """``[(position, module), ...]`` for the leaves of a (possibly nested) ``nn.Sequential``.
+
+    Walked with an explicit stack, not recursion, so that depth is refused with a ValueError (naming where)
+    instead of a RecursionError.
+    """
     torch = _import_torch()
-    for name, child in module.named_children():
-        position = f"{prefix}{name}"
+    leaves = []
+    stack = [(iter(module.named_children()), prefix)]
+    while stack:
+        children, where = stack[-1]
+        step = next(children, None)
+        if step is None:
+            stack.pop()
+            continue
+        name, child = step
+        position = f"{where}{name}"
         if isinstance(child, torch.nn.Sequential):
-            yield from _flatten(child, prefix=position + ".")
+            if len(stack) >= _MAX_NESTING:
+                raise ValueError(f"from_torch: Sequential modules nested more than {_MAX_NESTING} deep (at "
+                                 f"{position[:120]}{'...' if len(position) > 120 else ''}); flatten the model")
+            stack.append((iter(child.named_children()), position + "."))
         else:
-            yield position, child
+            leaves.append((position, child))
+    return leaves
+
+
+def _check_tensor(torch, tensor, what):
+    """Refuse a tensor that cannot become real float numbers: complex (TypeError: converting would drop the
+    imaginary part), meta (no data), not floating point, or sparse/quantized layouts (ValueError)."""
+    if tensor.is_complex():
+        raise TypeError(f"{what} is a complex tensor ({tensor.dtype}); fastbp networks are real-valued and "
+                        "converting would drop the imaginary parts")
+    if getattr(tensor, "is_meta", False) or tensor.device.type == "meta":
+        raise ValueError(f"{what} is a meta tensor (a shape without data): materialise it first "
+                         "(for example module.to_empty(device='cpu') and initialise it)")
+    if tensor.layout != torch.strided or getattr(tensor, "is_quantized", False):
+        raise ValueError(f"{what} has layout {tensor.layout}; a dense (strided) tensor is required")
+    if not tensor.is_floating_point():
+        raise ValueError(f"{what} has dtype {tensor.dtype}; a floating-point tensor is required")
+
+
+def _to_dtype(array, dtype, what):
+    """``array`` converted to ``dtype``: a ValueError, never an overflow warning, when a value is not finite
+    or does not fit (1e300 into float32, a longdouble 1e400 into float64)."""
+    if array.dtype.kind in "fc" and not np.all(np.isfinite(array)):
+        raise ValueError(f"{what} contains NaN or infinity")
+    with np.errstate(over="ignore", invalid="ignore"):
+        converted = np.ascontiguousarray(array, dtype=dtype)
+    if not np.all(np.isfinite(converted)):
+        raise ValueError(f"{what} holds values beyond the range of {np.dtype(dtype).name}")
+    return converted
 
 
 def from_torch(module, *, dtype=None, backend=None, loss="mse"):
@@ -150,7 +198,7 @@ def from_torch(module, *, dtype=None, backend=None, loss="mse"):
             f"got {type(module).__module__}.{type(module).__qualname__}"
         )
     if isinstance(module, nn.Sequential):
-        leaves = list(_flatten(module))
+        leaves = _flatten(module)
     elif not list(module.children()):
         # A single leaf module (nn.Linear, or something unsupported that is then named below).
         leaves = [("0", module)]
@@ -206,6 +254,12 @@ def from_torch(module, *, dtype=None, backend=None, loss="mse"):
     if not linears:
         raise ValueError("from_torch: the Sequential has no Linear layer")
 
+    for position, linear in linears:
+        for kind in ("weight", "bias"):
+            tensor = getattr(linear, kind)
+            if tensor is not None:
+                _check_tensor(torch, tensor, f"from_torch: module {position} ({type(linear).__qualname__}) {kind}")
+
     if dtype is None:
         weight_dtype = linears[0][1].weight.dtype
         if weight_dtype == torch.float64:
@@ -219,13 +273,17 @@ def from_torch(module, *, dtype=None, backend=None, loss="mse"):
             )
     dtype = np.dtype(dtype)
 
-    def as_array(tensor):
-        return np.array(tensor.detach().cpu().to(torch.float64).numpy(), dtype=dtype)
+    if dtype not in (np.dtype(np.float32), np.dtype(np.float64)):
+        raise ValueError(f"from_torch: dtype must be float32 or float64; got {dtype}")
 
-    weights = [as_array(linear.weight) for _, linear in linears]
+    def as_array(tensor, what):
+        return _to_dtype(tensor.detach().cpu().to(torch.float64).numpy(), dtype, what)
+
+    weights = [as_array(linear.weight, f"from_torch: module {position} weight") for position, linear in linears]
     biases = [
-        as_array(linear.bias) if linear.bias is not None else np.zeros(linear.out_features, dtype=dtype)
-        for _, linear in linears
+        as_array(linear.bias, f"from_torch: module {position} bias") if linear.bias is not None
+        else np.zeros(linear.out_features, dtype=dtype)
+        for position, linear in linears
     ]
     layer_sizes = [linears[0][1].in_features] + [linear.out_features for _, linear in linears]
 
@@ -263,14 +321,23 @@ def state_dict(net):
 def _as_numpy(key, value):
     """A state dict entry (tensor, array or nested list) as a NumPy array."""
     if hasattr(value, "detach") and hasattr(value, "cpu"):  # a torch.Tensor, without importing torch
-        value = value.detach().cpu()
-        if str(value.dtype) in ("torch.bfloat16",):
-            value = value.float()
-        value = value.numpy()
+        torch = _import_torch()
+        if isinstance(value, torch.Tensor):
+            _check_tensor(torch, value, f"load_state_dict: {key!r}")
+        try:
+            value = value.detach().cpu()
+            if str(value.dtype) in ("torch.bfloat16",):
+                value = value.float()
+            value = value.numpy()
+        except (RuntimeError, TypeError, NotImplementedError) as error:
+            raise ValueError(f"load_state_dict: {key!r} cannot be read as an array ({error})") from None
     try:
         array = np.asarray(value)
-    except (TypeError, ValueError) as error:
+    except (TypeError, ValueError, OverflowError) as error:
         raise ValueError(f"load_state_dict: {key!r} is not an array ({type(value).__name__})") from error
+    if array.dtype.kind == "c":
+        raise TypeError(f"load_state_dict: {key!r} is complex ({array.dtype}); fastbp networks are "
+                        "real-valued and converting would drop the imaginary parts")
     if array.dtype.kind not in "fiu":
         raise ValueError(f"load_state_dict: {key!r} has dtype {array.dtype}; a real number array is required")
     return array
@@ -315,7 +382,5 @@ def load_state_dict(net, state):
                     f"load_state_dict: {key!r} has shape {tuple(array.shape)}, the network expects "
                     f"{tuple(target.shape)}"
                 )
-            if not np.all(np.isfinite(array)):
-                raise ValueError(f"load_state_dict: {key!r} contains NaN or infinity")
-            out.append(np.ascontiguousarray(array, dtype=net.dtype))
+            out.append(_to_dtype(array, net.dtype, f"load_state_dict: {key!r}"))
     net.set_params(weights, biases)

@@ -451,3 +451,93 @@ def test_cli_hostile_specs_exit_2_with_a_message(tmp_path, capsys, field):
 def test_demo_refuses_out_of_range_options_with_exit_2(option):
     status, out, err = _run_cli("demo", *option)
     _assert_usage_error(status, out, err, option[0])
+
+
+# --------------------------------------------------------------------------------------------------------
+# PyTorch interop
+# --------------------------------------------------------------------------------------------------------
+
+
+def _torch():
+    return pytest.importorskip("torch")
+
+
+def test_meta_tensors_are_refused_with_value_error():
+    torch = _torch()
+    net = fastbp.Network([2, 3], "identity", seed=0)
+    state = net.state_dict()
+    state["0.weight"] = torch.empty(3, 2, device="meta", dtype=torch.float64)
+    before = net.params.tobytes()
+    with pytest.raises(ValueError, match="meta"):
+        net.load_state_dict(state)
+    assert net.params.tobytes() == before
+    with pytest.raises(ValueError, match="meta"):
+        fastbp.Network.from_torch(torch.nn.Sequential(torch.nn.Linear(2, 3, device="meta")))
+    with pytest.raises(ValueError, match="meta"):
+        fastbp.Network.from_torch(torch.nn.Linear(2, 3, device="meta"), dtype="float64")
+
+
+def test_deeply_nested_and_cyclic_sequentials_are_refused_with_value_error():
+    torch = _torch()
+    module = torch.nn.Sequential(torch.nn.Linear(2, 1))
+    for _ in range(3000):
+        module = torch.nn.Sequential(module)
+    with pytest.raises(ValueError, match="nested"):
+        fastbp.Network.from_torch(module)
+    cyclic = torch.nn.Sequential(torch.nn.Linear(2, 2))
+    cyclic.append(cyclic)
+    with pytest.raises(ValueError, match="nested"):
+        fastbp.Network.from_torch(cyclic)
+    shallow = torch.nn.Linear(2, 1)
+    for _ in range(50):  # a nesting real code might have still converts
+        shallow = torch.nn.Sequential(shallow)
+    assert fastbp.Network.from_torch(shallow).layer_sizes == (2, 1)
+
+
+@pytest.mark.parametrize("dtype", ["float64", "float32"])
+def test_values_beyond_the_networks_range_are_refused_without_a_warning(dtype):
+    net = fastbp.Network([2, 3], "identity", seed=0, dtype=dtype)
+    state = {key: np.asarray(value) for key, value in net.state_dict().items()}
+    before = net.params.tobytes()
+    huge_value = np.longdouble("1e400")
+    huge = np.full((3, 2), huge_value) if np.isfinite(huge_value) else None
+    cases = [np.full((3, 2), 1e300)] if dtype == "float32" else []
+    cases += [huge] if huge is not None else []
+    if not cases:
+        pytest.skip("longdouble is float64 here")
+    for value in cases:
+        state["0.weight"] = value
+        with warnings.catch_warnings():
+            warnings.simplefilter("error")
+            with pytest.raises(ValueError, match="range"):
+                net.load_state_dict(state)
+        assert net.params.tobytes() == before
+
+
+def test_from_torch_refuses_values_beyond_float32_without_a_warning():
+    torch = _torch()
+    linear = torch.nn.Linear(2, 1, dtype=torch.float64)
+    with torch.no_grad():
+        linear.weight.fill_(1e300)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        with pytest.raises(ValueError, match="range"):
+            fastbp.Network.from_torch(linear, dtype="float32")
+
+
+@pytest.mark.parametrize("dtype", [None, "float64", "float32"])
+def test_complex_modules_and_tensors_are_refused_with_type_error(dtype):
+    torch = _torch()
+    linear = torch.nn.Linear(2, 1, dtype=torch.complex128)
+    with torch.no_grad():
+        linear.weight.copy_(torch.tensor([[1 + 2j, 3 - 1j]]))
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        with pytest.raises(TypeError, match="complex"):
+            fastbp.Network.from_torch(torch.nn.Sequential(linear), dtype=dtype)
+        net = fastbp.Network([2, 1], "identity", seed=0, dtype=dtype or "float64")
+        before = net.params.tobytes()
+        for value in (linear.weight.detach(), linear.weight.detach().numpy()):
+            with pytest.raises(TypeError, match="complex"):
+                net.load_state_dict({"0.weight": value, "0.bias": np.zeros(1)})
+        assert net.params.tobytes() == before
