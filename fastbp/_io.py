@@ -172,6 +172,35 @@ def save(net, path):
         raise
 
 
+def _open_regular(path):
+    """An open binary file for ``path``, refused unless the opened descriptor is a regular file.
+
+    ``O_NONBLOCK`` keeps the open of a FIFO (one swapped in after any check on the name) from blocking;
+    the type is then checked on the descriptor itself, so no race between a check and the open remains.
+    Returns ``(file, size)``.
+    """
+    shown = _shown(path)
+    flags = os.O_RDONLY | getattr(os, "O_NONBLOCK", 0) | getattr(os, "O_CLOEXEC", 0) | getattr(os, "O_BINARY", 0)
+    try:
+        descriptor = os.open(path, flags)
+    except FileNotFoundError:
+        raise FileNotFoundError(f"no such model file: {shown!r}") from None
+    except IsADirectoryError:
+        raise ValueError(f"{shown}: is a directory, not a fastbp model file") from None
+    except ValueError as error:  # an embedded NUL character
+        raise ValueError(f"path {shown!r} is not a valid file name ({error})") from None
+    try:
+        info = os.fstat(descriptor)
+        if not stat.S_ISREG(info.st_mode):  # a device (/dev/zero reads forever), a FIFO (blocks), a directory
+            raise ValueError(f"{shown}: not a regular file, so not a fastbp model file")
+        if hasattr(os, "set_blocking"):
+            os.set_blocking(descriptor, True)
+        return os.fdopen(descriptor, "rb"), info.st_size
+    except BaseException:
+        os.close(descriptor)
+        raise
+
+
 def _parse_header(handle, where):
     """``(shape, fortran_order, dtype)`` of a .npy header, or a ValueError naming ``where`` and why."""
     try:
@@ -237,35 +266,6 @@ class _Archive:
         return array.reshape(found_shape, order="F" if fortran_order else "C").copy()
 
 
-def _open_regular(path):
-    """An open binary file for ``path``, refused unless the opened descriptor is a regular file.
-
-    ``O_NONBLOCK`` keeps the open of a FIFO (one swapped in after any check on the name) from blocking;
-    the type is then checked on the descriptor itself, so no race between a check and the open remains.
-    Returns ``(file, size)``.
-    """
-    shown = _shown(path)
-    flags = os.O_RDONLY | getattr(os, "O_NONBLOCK", 0) | getattr(os, "O_CLOEXEC", 0) | getattr(os, "O_BINARY", 0)
-    try:
-        descriptor = os.open(path, flags)
-    except FileNotFoundError:
-        raise FileNotFoundError(f"no such model file: {shown!r}") from None
-    except IsADirectoryError:
-        raise ValueError(f"{shown}: is a directory, not a fastbp model file") from None
-    except ValueError as error:  # an embedded NUL character
-        raise ValueError(f"path {shown!r} is not a valid file name ({error})") from None
-    try:
-        info = os.fstat(descriptor)
-        if not stat.S_ISREG(info.st_mode):  # a device (/dev/zero reads forever), a FIFO (blocks), a directory
-            raise ValueError(f"{shown}: not a regular file, so not a fastbp model file")
-        if hasattr(os, "set_blocking"):
-            os.set_blocking(descriptor, True)
-        return os.fdopen(descriptor, "rb"), info.st_size
-    except BaseException:
-        os.close(descriptor)
-        raise
-
-
 def load(path, *, backend=None):
     """Read a network written by :func:`save`; restores every parameter bit for bit.
 
@@ -274,62 +274,62 @@ def load(path, *, backend=None):
     ValueError
         When the file is not a valid fastbp model file (corrupted, truncated, edited, wrong version,
         inconsistent shapes, non-finite parameters, object arrays, compressed members, a hostile ``.npy``
-        header), or is not a regular file.
-    TypeError
-        When ``path`` is not a str, bytes or os.PathLike.
+        header), or is not a regular file. ``TypeError`` when ``path`` is not a str, bytes or os.PathLike.
     FileNotFoundError
         When ``path`` does not exist.
     """
     from fastbp.network import Network
 
     path = _check_path(path)
-    shown = _shown(path)
-    handle, file_size = _open_regular(path)
+    path, given = _shown(path), path  # str for messages; the name as given (str or bytes) for opening
+    # The opened descriptor is checked, not the name (a FIFO swapped in after a check on the name would
+    # block the open): see _open_regular.
+    handle, file_size = _open_regular(given)
     try:
         with handle, zipfile.ZipFile(handle) as zf:
-            archive = _Archive(zf, shown, file_size)
+            archive = _Archive(zf, path, file_size)
             version = archive.read("format_version", "iu", 1, shape=())
             if int(version) != FORMAT_VERSION:
-                raise ValueError(f"{shown}: format version {int(version)} is not supported (this fastbp "
+                raise ValueError(f"{path}: format version {int(version)} is not supported (this fastbp "
                                  f"reads version {FORMAT_VERSION})")
             sizes = archive.read("layer_sizes", "iu", _MAX_LAYERS)
             if sizes.ndim != 1 or sizes.size < 2 or (sizes < 1).any():
-                raise ValueError(f"{shown}: layer_sizes must be at least two positive integers; got "
+                raise ValueError(f"{path}: layer_sizes must be at least two positive integers; got "
                                  f"{sizes.tolist()[:10]}")
             sizes = tuple(int(size) for size in sizes)
             _, total = _layout.param_offsets(sizes)
             if total > _MAX_PARAMS:
-                raise ValueError(f"{shown}: layer_sizes imply {total} parameters, more than allowed "
+                raise ValueError(f"{path}: layer_sizes imply {total} parameters, more than allowed "
                                  f"({_MAX_PARAMS})")
             activations = archive.read("activations", "U", _MAX_LAYERS, shape=(len(sizes) - 1,))
             activations = [str(name) for name in activations]
             loss = str(archive.read("loss", "U", 1, shape=()))
             dtype_name = str(archive.read("dtype", "U", 1, shape=()))
             if dtype_name not in ("float32", "float64"):
-                raise ValueError(f"{shown}: dtype must be float32 or float64; got {dtype_name[:40]!r}")
+                raise ValueError(f"{path}: dtype must be float32 or float64; got {dtype_name[:40]!r}")
             dtype = np.dtype(dtype_name)
             params = archive.read("params", "f", total, shape=(total,))
             if params.dtype.itemsize != dtype.itemsize:
-                raise ValueError(f"{shown}: params have dtype {params.dtype}, expected {dtype_name}")
+                raise ValueError(f"{path}: params have dtype {params.dtype}, expected {dtype_name}")
             checksum = str(archive.read("checksum", "U", 1, shape=()))
     except ValueError:
         raise
     except MemoryError:
-        raise ValueError(f"{shown}: not a valid fastbp model file (its declared sizes do not fit in "
+        raise ValueError(f"{path}: not a valid fastbp model file (its declared sizes do not fit in "
                          "memory)") from None
     except Exception as error:
         # What a damaged archive raises from zipfile (BadZipFile, EOFError, struct.error, OSError, zlib and
         # LZMA errors, NotImplementedError for unknown methods, RuntimeError for encrypted members...).
-        raise ValueError(f"{shown}: not a valid fastbp model file ({type(error).__name__}: {error})") from None
+        raise ValueError(f"{path}: not a valid fastbp model file ({type(error).__name__}: {error})") from None
     if checksum != _checksum(sizes, activations, loss, dtype_name, params):
-        raise ValueError(f"{shown}: checksum mismatch: the file is corrupted or was modified")
+        raise ValueError(f"{path}: checksum mismatch: the file is corrupted or was modified")
     if not np.isfinite(params).all():
-        raise ValueError(f"{shown}: params contain NaN or infinity")
+        raise ValueError(f"{path}: params contain NaN or infinity")
     net = Network.__new__(Network)
     try:
         net._configure(sizes, activations, loss, dtype, backend)
     except (ValueError, TypeError) as error:
-        raise ValueError(f"{shown}: invalid model description: {error}") from None
+        raise ValueError(f"{path}: invalid model description: {error}") from None
     net._allocate()
     np.copyto(net.params, params)  # exact: same dtype (a byte order change is lossless)
     return net
