@@ -541,3 +541,129 @@ def test_complex_modules_and_tensors_are_refused_with_type_error(dtype):
             with pytest.raises(TypeError, match="complex"):
                 net.load_state_dict({"0.weight": value, "0.bias": np.zeros(1)})
         assert net.params.tobytes() == before
+
+
+# --------------------------------------------------------------------------------------------------------
+# Every public attribute of every public object, assigned hostile values between calls
+# --------------------------------------------------------------------------------------------------------
+
+
+def _hostile_values():
+    big = fastbp.Network([5, 7, 2], ["relu", "identity"], seed=3)
+    return [None, True, 0, -1, 2**63, 10**400, -10**400, 0.5, -0.5, float("nan"), float("inf"), -float("inf"),
+            1e308, 1j, "x", b"x", "", [], [1, 2], (3,), {}, object(), np.nan, np.float32(2.0),
+            np.array([np.nan]), np.zeros(3), np.zeros((2, 2)), np.zeros(10**4), np.array(["a"]),
+            np.zeros(1, dtype=complex), np.ones(13), np.ones(13, dtype=np.float32), big, big.params,
+            lambda *args: 1e300, lambda *args: -1.0, lambda *args: float("nan"), fastbp.StepDecay(0.1)]
+
+
+ASSIGN_ERRORS = (ValueError, TypeError, AttributeError)
+CALL_ERRORS = (ValueError, TypeError, FloatingPointError)
+
+# Attributes that other branches of this round lock or check (the optimizer's attributes, the parameters'
+# lock). Until those land, an accepted hostile value here would let a call crash the process (SGD.net set
+# to a bigger network overflows the velocity buffer), so the calls are skipped for them and the open doors
+# are printed; once the checks land, the assignment raises and this test covers them fully.
+OWNED_ELSEWHERE = {("SGD", "net"), ("SGD", "momentum"), ("SGD", "weight_decay"), ("SGD", "nesterov")}
+
+
+def _public_data_attributes(obj):
+    names = []
+    for name in dir(obj):
+        if name.startswith("_"):
+            continue
+        try:
+            value = getattr(obj, name)
+        except Exception:  # pragma: no cover - a property that needs state
+            continue
+        if callable(value) and not isinstance(value, (np.ndarray, fastbp.Network)):
+            if not isinstance(getattr(type(obj), name, None), property):
+                continue
+        names.append(name)
+    return names
+
+
+def _problem(backend):
+    rng = np.random.default_rng(0)
+    net = fastbp.Network([2, 3, 1], ["tanh", "identity"], seed=0, backend=backend)
+    return net, rng.normal(size=(8, 2)), rng.normal(size=(8, 1))
+
+
+def _calls(kind, obj, context, tmp_path):
+    """The calls that use ``obj`` after its attribute was assigned: (name, thunk)."""
+    net, X, Y = context["net"], context["X"], context["Y"]
+    if kind == "Network":
+        return [("predict", lambda: obj.predict(X)), ("loss", lambda: obj.loss(X, Y)),
+                ("gradients", lambda: obj.gradients(X, Y)), ("trace", lambda: obj.trace(X[:2], Y[:2])),
+                ("fit", lambda: obj.fit(X, Y, epochs=2, batch_size=3)),
+                ("train_step", lambda: fastbp.SGD(obj, 0.01, momentum=0.9).train_step(X, Y)),
+                ("save/load", lambda: fastbp.Network.load(obj.save(tmp_path / "m.npz") or tmp_path / "m.npz")),
+                ("copy", lambda: obj.copy().predict(X)), ("repr", lambda: repr(obj)),
+                ("diagnose", lambda: str(fastbp.diagnose(obj, X, Y))),
+                ("state_dict", lambda: obj.state_dict())]
+    if kind == "SGD":
+        return [("train_step", lambda: obj.train_step(X, Y)), ("step", lambda: obj.step(net.gradients(X, Y))),
+                ("fit", lambda: net.fit(X, Y, epochs=2, batch_size=3, optimizer=obj)),
+                ("repr", lambda: repr(obj))]
+    if kind in ("StepDecay", "InverseScaling"):
+        return [("call", lambda: obj(3)), ("fit", lambda: net.fit(X, Y, epochs=3, batch_size=4, lr_schedule=obj))]
+    if kind == "Gradients":
+        return [("step", lambda: fastbp.SGD(net, 0.1).step(obj)), ("repr", lambda: repr(obj))]
+    if kind in ("History", "Trace"):
+        return [("repr", lambda: repr(obj)), ("epochs", lambda: getattr(obj, "epochs", None))]
+    raise AssertionError(kind)
+
+
+def _fresh(kind, context):
+    net, X, Y = context["net"], context["X"], context["Y"]
+    return {"Network": lambda: net.copy(), "SGD": lambda: fastbp.SGD(net, 0.01, momentum=0.5),
+            "StepDecay": lambda: fastbp.StepDecay(0.05, 0.5, 2),
+            "InverseScaling": lambda: fastbp.InverseScaling(0.05, 0.5),
+            "Gradients": lambda: net.gradients(X, Y), "Trace": lambda: net.trace(X[:2], Y[:2]),
+            "History": lambda: net.copy().fit(X, Y, epochs=1)}[kind]()
+
+
+@pytest.mark.parametrize("kind", ["Network", "SGD", "StepDecay", "InverseScaling", "Gradients", "Trace",
+                                  "History"])
+def test_assigning_every_public_attribute_hostile_values_never_crashes(backend, kind, tmp_path):
+    net, X, Y = _problem(backend)
+    context = {"net": net, "X": X, "Y": Y}
+    names = _public_data_attributes(_fresh(kind, context))
+    assert names, kind
+    values = _hostile_values()
+    open_doors, failures = set(), []
+    for name in names:
+        for value in values:
+            obj = _fresh(kind, context)
+            net_before = net.params.tobytes()
+            with warnings.catch_warnings():
+                warnings.simplefilter("error")
+                try:
+                    setattr(obj, name, value)
+                except ASSIGN_ERRORS:
+                    continue
+                except Exception as error:
+                    failures.append(f"{kind}.{name} = {value!r:.40}: {type(error).__name__}: {error}")
+                    continue
+                if (kind, name) in OWNED_ELSEWHERE:
+                    open_doors.add(f"{kind}.{name}")
+                    continue
+                for call, thunk in _calls(kind, obj, context, tmp_path):
+                    params_before = net.params.tobytes()
+                    try:
+                        thunk()
+                    except CALL_ERRORS as error:
+                        if not isinstance(error, FloatingPointError):
+                            touched = net.params.tobytes() != params_before and call not in ("fit", "step")
+                            if touched:
+                                failures.append(f"{kind}.{name} = {value!r:.40}; {call}: changed the "
+                                                "parameters and raised")
+                    except Exception as error:
+                        failures.append(f"{kind}.{name} = {value!r:.40}; {call}: "
+                                        f"{type(error).__name__}: {str(error)[:120]}")
+            if kind not in ("SGD", "StepDecay", "InverseScaling", "Gradients"):
+                assert net.params.tobytes() == net_before or kind == "History"
+            np.copyto(net.params, np.frombuffer(net_before, dtype=net.params.dtype))
+    if open_doors:
+        print(f"\n[{kind}] accepted hostile values, left to the branch that checks them: {sorted(open_doors)}")
+    assert not failures, "\n".join(failures[:40]) + f"\n({len(failures)} in all)"
