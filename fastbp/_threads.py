@@ -38,11 +38,16 @@ def _blas():
     return _controller.select(user_api="blas")
 
 
+_MAX_THREADS = 2**15
+
+
 def _check_threads(n: Any, name: str = "n") -> int:
     if isinstance(n, bool) or not isinstance(n, numbers.Integral):
         raise TypeError(f"{name} must be a positive int (threads for BLAS); got {type(n).__name__} {n!r}")
-    if n < 1:
-        raise ValueError(f"{name} must be a positive int (threads for BLAS); got {n}")
+    if not 1 <= n <= _MAX_THREADS:  # the BLAS takes a C int: 10**400 raised ctypes' ArgumentError
+        shown = n if abs(int(n)).bit_length() < 64 else f"an integer of {len(str(abs(int(n))))} digits"
+        raise ValueError(f"{name} must be a positive int of at most {_MAX_THREADS} (threads for BLAS); "
+                         f"got {shown}")
     return int(n)
 
 

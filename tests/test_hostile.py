@@ -667,3 +667,18 @@ def test_assigning_every_public_attribute_hostile_values_never_crashes(backend, 
     if open_doors:
         print(f"\n[{kind}] accepted hostile values, left to the branch that checks them: {sorted(open_doors)}")
     assert not failures, "\n".join(failures[:40]) + f"\n({len(failures)} in all)"
+
+
+@pytest.mark.parametrize("count", [10**400, 2**63, 2**40])
+def test_thread_counts_beyond_a_c_int_are_value_errors(count):
+    pytest.importorskip("threadpoolctl")
+    with pytest.raises(ValueError, match="at most"):
+        fastbp.set_num_threads(count)
+    with pytest.raises(ValueError, match="at most"):
+        with fastbp.num_threads(count):
+            pass
+    net, X, Y = _problem(fastbp.BACKEND)
+    before = net.params.tobytes()
+    with pytest.raises(ValueError, match="threads"):
+        net.fit(X, Y, threads=count)
+    assert net.params.tobytes() == before
