@@ -68,6 +68,14 @@ def _state_dict_keys(net):
     return [(f"{p}.weight", f"{p}.bias") for p in _linear_positions(net.activations)]
 
 
+def _layers(net):
+    """``[(W, b), ...]`` views of one consistent copy of the parameters (``_io._snapshot``): a state the
+    network really had, even while another thread trains it."""
+    from fastbp import _io, _reference
+
+    return _reference.layer_views(net.layer_sizes, _io._snapshot(net))
+
+
 def to_torch(net):
     """Return a ``torch.nn.Sequential`` that computes what ``net.predict`` computes.
 
@@ -87,12 +95,14 @@ def to_torch(net):
     nn = torch.nn
     dtype = _torch_dtype(torch, net.dtype)
     modules = []
+    layers = _layers(net)
     for layer, name in enumerate(net.activations):
         n_in, n_out = net.layer_sizes[layer], net.layer_sizes[layer + 1]
         linear = nn.Linear(n_in, n_out, bias=True, dtype=dtype)
+        W, b = layers[layer]
         with torch.no_grad():
-            linear.weight.copy_(torch.from_numpy(np.array(net.weights[layer], dtype=net.dtype, copy=True)))
-            linear.bias.copy_(torch.from_numpy(np.array(net.biases[layer], dtype=net.dtype, copy=True)))
+            linear.weight.copy_(torch.from_numpy(np.array(W, dtype=net.dtype, copy=True)))
+            linear.bias.copy_(torch.from_numpy(np.array(b, dtype=net.dtype, copy=True)))
         modules.append(linear)
         module_name = _MODULE_FOR_ACTIVATION[name]
         if module_name is not None:
@@ -311,8 +321,9 @@ def state_dict(net):
     if use_torch:
         import torch
     result = OrderedDict()
+    layers = _layers(net)
     for layer, (weight_key, bias_key) in enumerate(_state_dict_keys(net)):
-        for key, array in ((weight_key, net.weights[layer]), (bias_key, net.biases[layer])):
+        for key, array in ((weight_key, layers[layer][0]), (bias_key, layers[layer][1])):
             copied = np.array(array, dtype=net.dtype, copy=True)
             result[key] = torch.from_numpy(copied) if use_torch else copied
     return result

@@ -682,3 +682,32 @@ def test_thread_counts_beyond_a_c_int_are_value_errors(count):
     with pytest.raises(ValueError, match="threads"):
         net.fit(X, Y, threads=count)
     assert net.params.tobytes() == before
+
+
+def test_state_dict_while_another_thread_fits_gives_states_training_had(backend):
+    """The sibling readers of save: state_dict (and to_torch) copy the parameters once, consistently."""
+    rng = np.random.default_rng(2)
+    net = fastbp.Network([2, 3, 1], ["tanh", "identity"], loss="mse", seed=0, backend=backend)
+    X, Y = rng.normal(size=(3000, 2)), rng.normal(size=(3000, 1))
+    net.state_dict()  # imports torch (when installed) before the race, not during it
+    states = {net.params.tobytes()}
+    done = threading.Event()
+
+    def train():
+        try:
+            for _ in range(20):
+                net.fit(X, Y, epochs=1, batch_size=1, lr=1e-3, shuffle=False)
+                states.add(net.params.tobytes())
+        finally:
+            done.set()
+
+    trainer = threading.Thread(target=train)
+    trainer.start()
+    snapshots = []
+    while not done.is_set() or len(snapshots) < 5:
+        state = net.state_dict()
+        snapshots.append(np.concatenate([np.asarray(state[key]).ravel() for key in ("0.weight", "0.bias",
+                                                                                  "2.weight", "2.bias")]))
+    trainer.join()
+    for snapshot in snapshots:
+        assert snapshot.tobytes() in states
