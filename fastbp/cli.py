@@ -392,13 +392,17 @@ def _run_demo(argv: List[str]) -> int:
 # --------------------------------------------------------------------------------------------------------
 
 
+MAX_STEPS = 100_000  # --steps prints one table row per step
+
+
 def _positive_int(text: str) -> int:
     try:
         value = int(text)
     except ValueError:
-        raise argparse.ArgumentTypeError(f"must be a positive integer; got {text!r}") from None
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"must be a positive integer; got {value}")
+        raise argparse.ArgumentTypeError(f"must be a positive integer; got {text[:40]!r}") from None
+    if not 1 <= value <= MAX_STEPS:
+        shown = text if len(text) <= 40 else text[:40] + "..."
+        raise argparse.ArgumentTypeError(f"must be an integer from 1 to {MAX_STEPS}; got {shown}")
     return value
 
 
@@ -406,9 +410,9 @@ def _decimals(text: str) -> int:
     try:
         value = int(text)
     except ValueError:
-        raise argparse.ArgumentTypeError(f"must be an integer from 0 to 17; got {text!r}") from None
+        raise argparse.ArgumentTypeError(f"must be an integer from 0 to 17; got {text[:40]!r}") from None
     if not 0 <= value <= 17:
-        raise argparse.ArgumentTypeError(f"must be an integer from 0 to 17; got {value}")
+        raise argparse.ArgumentTypeError(f"must be an integer from 0 to 17; got {text[:40]}")
     return value
 
 
@@ -416,9 +420,9 @@ def _positive_float(text: str) -> float:
     try:
         value = float(text)
     except ValueError:
-        raise argparse.ArgumentTypeError(f"must be a positive number; got {text!r}") from None
+        raise argparse.ArgumentTypeError(f"must be a positive number; got {text[:40]!r}") from None
     if not (math.isfinite(value) and value > 0):
-        raise argparse.ArgumentTypeError(f"must be a finite positive number; got {text}")
+        raise argparse.ArgumentTypeError(f"must be a finite positive number; got {text[:40]}")
     return value
 
 

@@ -710,3 +710,13 @@ def test_state_dict_while_another_thread_fits_gives_states_training_had(backend)
     trainer.join()
     for snapshot in snapshots:
         assert snapshot.tobytes() in states
+
+
+@pytest.mark.parametrize("option", [["--steps", str(10**400)], ["--steps", "0"], ["--decimals", str(10**400)],
+                                    ["--eps", "1e400"]])
+def test_cli_out_of_range_options_exit_2_without_echoing_huge_numbers(option, capsys):
+    from fastbp import cli
+    command = "check-gradients" if option[0] == "--eps" else "explain"
+    assert cli.main([command, str(SCALAR), *option]) == 2
+    err = capsys.readouterr().err
+    assert option[0] in err and len(err.splitlines()[-1]) < 300, err
