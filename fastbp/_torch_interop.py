@@ -20,6 +20,8 @@ from collections import OrderedDict
 
 import numpy as np
 
+from fastbp import _io, _reference
+
 # fastbp activation name -> name of the torch.nn module class (None: no module is emitted).
 _MODULE_FOR_ACTIVATION = {"identity": None, "sigmoid": "Sigmoid", "relu": "ReLU", "tanh": "Tanh"}
 # torch.nn module class name -> fastbp activation name. nn.Identity is accepted and skipped.
@@ -71,8 +73,6 @@ def _state_dict_keys(net):
 def _layers(net):
     """``[(W, b), ...]`` views of one consistent copy of the parameters (``_io._snapshot``): a state the
     network really had, even while another thread trains it."""
-    from fastbp import _io, _reference
-
     return _reference.layer_views(net.layer_sizes, _io._snapshot(net))
 
 
