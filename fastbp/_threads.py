@@ -38,12 +38,18 @@ def _blas():
     return _controller.select(user_api="blas")
 
 
+_MAX_THREADS = 2**15
+
+
 def _check_threads(n: Any, name: str = "n") -> int:
     if isinstance(n, bool) or not isinstance(n, numbers.Integral):
         raise TypeError(f"{name} must be a positive int (threads for BLAS); got {type(n).__name__} {n!r}")
-    if n < 1:
-        raise ValueError(f"{name} must be a positive int (threads for BLAS); got {n}")
-    return int(n)
+    count = int(n)
+    if not 1 <= count <= _MAX_THREADS:  # the BLAS takes a C int: 10**400 raised ctypes' ArgumentError
+        shown = count if abs(count).bit_length() < 64 else f"an integer of {len(str(abs(count)))} digits"
+        raise ValueError(f"{name} must be a positive int of at most {_MAX_THREADS} (threads for BLAS); "
+                         f"got {shown}")
+    return count
 
 
 def get_num_threads() -> int:

@@ -130,6 +130,8 @@ class Network:
         self._activation_codes = tuple(_spec.ACTIVATION_CODES[name] for name in names)
         self._loss_code = _spec.LOSS_CODES[loss]
         self._busy = threading.Lock()
+        self._busy_owner = None  # the thread holding _busy (a callback of its own fit may read params)
+        self._writes = 0  # entries into and exits from _busy: odd while held (save's consistency check)
         self._local = threading.local()
 
     def _allocate(self):
@@ -810,8 +812,12 @@ class _Exclusive:
             raise RuntimeError(f"{self.what}: this network is being trained or modified by another call "
                                "(fit or train_step in another thread, or from a callback); wait for it "
                                "to finish or train a copy (net.copy())")
+        self.net._writes += 1
+        self.net._busy_owner = threading.get_ident()
         return self
 
     def __exit__(self, *exc):
+        self.net._busy_owner = None
+        self.net._writes += 1
         self.net._busy.release()
         return False
