@@ -6,6 +6,10 @@ those threads pay from a batch of about 32 rows of a few hundred units. On a mac
 busy they do not: OpenBLAS threads that wait for each other can make training many times slower (see the
 README's Performance section), and one thread is then the faster choice.
 
+``fit`` picks the thread count per call when none is given (``threads_for_call``): one thread where the
+products are too small to pay for the threads' synchronisation, or where other processes keep the other
+cores busy; otherwise the BLAS's own setting.
+
 The BLAS libraries are reached through threadpoolctl (``pip install "fastbp[threads]"``), the same
 mechanism scikit-learn uses; without it these functions raise ImportError saying so. The limits apply to
 every BLAS library loaded in the process, as ``threadpoolctl.threadpool_limits(user_api="blas")`` does.
@@ -15,10 +19,16 @@ from __future__ import annotations
 
 import contextlib
 import numbers
-from typing import Any, Iterator, Optional
+import os
+from typing import Any, ContextManager, Iterator, Optional, Sequence
 
 _INSTALL_HINT = ('fastbp\'s thread control needs threadpoolctl: pip install "fastbp[threads]" '
                  '(or pip install threadpoolctl)')
+
+# Below this many batch rows x units of the widest layer, one BLAS thread is faster than two even on an idle
+# machine: each product is a few microseconds, about the cost of waking and joining a second thread
+# (bench/threads.py --sweep on the development machine: batch 32 of 784 inputs, 25,088, is about even).
+SMALL_WORK = 32768
 
 _controller: Any = None
 _original: Any = None   # the limiter of the first set_num_threads call: restores the original limits
@@ -78,3 +88,91 @@ def num_threads(n: int) -> Iterator[None]:
         yield
     finally:
         limiter.restore_original_limits()
+
+
+def _usable_cores() -> int:
+    """The cores this process may run on (its affinity mask where the OS has one)."""
+    try:
+        return len(os.sched_getaffinity(0))
+    except (AttributeError, OSError):  # pragma: no cover - macOS, Windows
+        return os.cpu_count() or 1
+
+
+def _own_running() -> int:
+    """This process's threads that are running now (its BLAS workers may still be spinning)."""
+    try:
+        tasks = os.listdir("/proc/self/task")
+    except OSError:  # pragma: no cover - no /proc
+        return 1
+    running = 0
+    for tid in tasks:
+        try:
+            with open(f"/proc/self/task/{tid}/stat") as stat:
+                running += stat.read().rsplit(")", 1)[1].split()[0] == "R"
+        except (OSError, IndexError):
+            continue
+    return max(running, 1)
+
+
+def busy_cores() -> Optional[float]:
+    """How many cores other processes keep busy now, or None where the OS does not say.
+
+    Linux: the runnable tasks of the whole machine now (``/proc/loadavg``, fourth field) less this
+    process's own running threads. Elsewhere: the one-minute load average (``os.getloadavg``) less one,
+    for this process.
+    """
+    try:
+        with open("/proc/loadavg") as loadavg:
+            running = int(loadavg.read().split()[3].split("/")[0])
+        return float(max(0, running - _own_running()))
+    except (OSError, ValueError, IndexError):
+        pass
+    try:
+        return max(0.0, os.getloadavg()[0] - 1.0)
+    except (AttributeError, OSError):  # pragma: no cover - Windows
+        return None
+
+
+def threads_for_call(batch_size: int, layer_sizes: Sequence[int]) -> Optional[int]:
+    """The BLAS thread count for one training call when the caller chose none; None: leave the BLAS alone.
+
+    Parameters
+    ----------
+    batch_size : int
+        Rows per mini-batch of the call.
+    layer_sizes : sequence of int
+        The network's layer sizes, inputs first.
+
+    Returns
+    -------
+    int or None
+        1 when ``batch_size * max(layer_sizes)`` is below ``SMALL_WORK`` (the products are too small to pay
+        for synchronising threads); the cores left free by other processes (at least 1) when others are
+        busy; None when the machine is idle, when ``set_num_threads`` has set a process-wide limit (the
+        user's choice stands), or without threadpoolctl.
+    """
+    if _original is not None:
+        return None
+    try:
+        import threadpoolctl  # noqa: F401
+    except ImportError:
+        return None
+    if batch_size * max(layer_sizes) < SMALL_WORK:
+        return 1
+    cores = _usable_cores()
+    busy = busy_cores()
+    if busy is None or cores <= 1:
+        return None
+    free = int(cores - busy + 0.5)
+    return None if free >= cores else max(1, free)
+
+
+def limit_for_call(threads: Optional[int], batch_size: int, layer_sizes: Sequence[int]) -> ContextManager[Any]:
+    """The thread limit for one training call: ``threads`` when given (checked), else ``threads_for_call``.
+
+    ``with _threads.limit_for_call(threads, batch_size, net.layer_sizes): ...``
+    """
+    if threads is not None:
+        return num_threads(_check_threads(threads, "threads"))
+    chosen = threads_for_call(batch_size, layer_sizes)
+    return contextlib.nullcontext() if chosen is None else num_threads(chosen)
