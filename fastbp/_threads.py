@@ -3,8 +3,8 @@
 fastbp's own loops run on the calling thread; its only other threads are those of the BLAS it calls for
 mini-batch products (SciPy's OpenBLAS for the compiled kernel, NumPy's for the twin). On an idle machine
 those threads pay from a batch of about 32 rows of a few hundred units. On a machine whose other cores are
-busy they do not: OpenBLAS threads that wait for each other can make training many times slower (see the
-README's Performance section), and one thread is then the faster choice.
+busy they do not: OpenBLAS threads that wait for each other can make training many times slower (see
+docs/BENCHMARKS.md and bench/threads.py), and one thread is then the faster choice.
 
 ``fit`` picks the thread count per call when none is given (``threads_for_call``): one thread where the
 products are too small to pay for the threads' synchronisation, or where other processes keep the other
