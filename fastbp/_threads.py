@@ -175,4 +175,21 @@ def limit_for_call(threads: Optional[int], batch_size: int, layer_sizes: Sequenc
     if threads is not None:
         return num_threads(_check_threads(threads, "threads"))
     chosen = threads_for_call(batch_size, layer_sizes)
-    return contextlib.nullcontext() if chosen is None else num_threads(chosen)
+    return contextlib.nullcontext() if chosen is None else _at_most(chosen)
+
+
+@contextlib.contextmanager
+def _at_most(n: int) -> Iterator[None]:
+    """``num_threads(n)`` for every call of ``fit``: straight to each BLAS library's get/set functions, a few
+    microseconds, where building a threadpoolctl limiter costs about 100 times that."""
+    changed = []
+    for library in _blas().lib_controllers:
+        before = library.get_num_threads()
+        if before is not None and before > n:
+            library.set_num_threads(n)
+            changed.append((library, before))
+    try:
+        yield
+    finally:
+        for library, before in changed:
+            library.set_num_threads(before)

@@ -129,6 +129,8 @@ def test_cores_taken_by_other_processes_give_one_thread():
             time.sleep(0.01)
         assert _threads.busy_cores() >= cores
         assert _threads.threads_for_call(512, [1024, 2048, 2048, 10]) == 1
+        with _threads.limit_for_call(None, 512, [1024, 2048, 2048, 10]):
+            assert max(blas_threads()) == 1  # restored after the block: the autouse fixture checks
     finally:
         for spinner in spinners:
             spinner.kill()
