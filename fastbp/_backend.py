@@ -9,6 +9,7 @@ overrides it, and ``FASTBP_REQUIRE_COMPILED=1`` turns a missing compiled module 
 from __future__ import annotations
 
 import importlib
+import importlib.metadata
 import os
 import warnings
 
@@ -32,19 +33,16 @@ def _missing_kernel_reason(error):
     source tree (which has no compiled kernel) shadows the installed package.
     """
     here = os.path.dirname(os.path.abspath(__file__))
-    if not os.path.exists(os.path.join(here, "_core.pyx")):
-        return (f"the compiled extension fastbp._core does not import ({error}); reinstall fastbp with a C "
-                "compiler available (pip install .)")
+    built = [name for name in os.listdir(here) if name.startswith("_core.") and name.endswith((".so", ".pyd"))]
+    if built or not os.path.exists(os.path.join(here, "_core.pyx")):
+        return (f"the compiled extension fastbp._core does not import ({error}); rebuild it with a C "
+                "compiler available (pip install ., or python setup.py build_ext --inplace in a checkout)")
     installed = None
     try:
-        from importlib.metadata import PackageNotFoundError, distribution
-        try:
-            located = os.path.abspath(str(distribution("fastbp").locate_file("fastbp")))
-            if located != here and os.path.exists(os.path.join(located, "__init__.py")):
-                installed = located
-        except PackageNotFoundError:
-            pass
-    except ImportError:  # pragma: no cover - Python without importlib.metadata
+        located = os.path.abspath(str(importlib.metadata.distribution("fastbp").locate_file("fastbp")))
+        if located != here and os.path.exists(os.path.join(located, "__init__.py")):
+            installed = located
+    except importlib.metadata.PackageNotFoundError:
         pass
     where = f"running from a source tree without the compiled kernel ({here})"
     if installed is not None:
