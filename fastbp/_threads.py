@@ -25,10 +25,11 @@ from typing import Any, ContextManager, Iterator, Optional, Sequence
 _INSTALL_HINT = ('fastbp\'s thread control needs threadpoolctl: pip install "fastbp[threads]" '
                  '(or pip install threadpoolctl)')
 
-# Below this many batch rows x units of the widest layer, one BLAS thread is faster than two even on an idle
-# machine: each product is a few microseconds, about the cost of waking and joining a second thread
-# (bench/threads.py --sweep on the development machine: batch 32 of 784 inputs, 25,088, is about even).
-SMALL_WORK = 32768
+# Below this many batch rows x units of the widest layer, a second BLAS thread cannot pay: each product is a
+# few microseconds, about the cost of waking and joining the thread. Set below 32 x 784 = 25,088 (mnist-b32),
+# where docs/BENCHMARKS.md measured two threads on an idle machine at 316-501 k examples/s against 324 k for
+# one: from there up the idle machine keeps the BLAS's own count.
+SMALL_WORK = 8192
 
 _controller: Any = None
 _original: Any = None   # the limiter of the first set_num_threads call: restores the original limits
