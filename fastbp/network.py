@@ -9,7 +9,6 @@ training loop itself lives in ``fastbp._training``; saving and PyTorch conversio
 
 from __future__ import annotations
 
-import contextlib
 import math
 import secrets
 import sys
@@ -665,9 +664,10 @@ class Network:
             ``lr_schedule(epoch) -> lr`` before each epoch; the strings use :class:`StepDecay` /
             :class:`InverseScaling` starting from the optimizer's learning rate.
         threads : int or None
-            At most this many BLAS threads during this call (``fastbp.num_threads``; needs threadpoolctl);
-            None leaves the process's setting. ``threads=1`` is faster on a machine whose other cores are
-            busy. Batch size 1 uses no BLAS.
+            At most this many BLAS threads during this call (``fastbp.num_threads``; needs threadpoolctl).
+            None lets fastbp choose per call: one thread when the products are too small to pay for
+            synchronisation, or as many as the other processes leave free (see ``fastbp._threads``); the
+            process's own setting when ``set_num_threads`` was called. Batch size 1 uses no BLAS.
         metrics : list of {"loss", "accuracy", "r2"} or None
             Computed after each epoch on the training data (and, with validation data, as ``val_<name>``)
             into ``History.metrics`` and the progress line; ``"loss"`` is always recorded.
@@ -719,8 +719,7 @@ class Network:
         elif optimizer.net is not self:
             raise ValueError(f"optimizer was built for another network; create {type(optimizer).__name__}"
                              "(net, ...) for this one")
-        limit_threads = (contextlib.nullcontext() if threads is None
-                         else _threads.num_threads(_threads._check_threads(threads, "threads")))
+        limit_threads = _threads.limit_for_call(threads, batch_size, self.layer_sizes)
         callbacks = _training.check_callbacks(callbacks)
         metrics = () if metrics is None else _metrics.check_metrics(metrics, self.loss_name)
 

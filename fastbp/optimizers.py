@@ -121,7 +121,7 @@ class Optimizer:
         Updates made so far (Adam's bias correction counts them).
     """
 
-    rule = "sgd"
+    _RULE = "sgd"   # each subclass names its rule (fastbp/_spec.py RULES)
     # State rows that must stay >= 0 (square roots are taken of them, or they are step lengths).
     _non_negative_rows: tuple = ()
     lr = _Hyper(_spec.HYPER_LR, _positive, "The learning rate (settable; finite positive).")
@@ -129,13 +129,13 @@ class Optimizer:
     def __init__(self, net):
         _check_network(net)
         self._net = net
-        self._rule_code = _spec.RULE_CODES[self.rule]
+        self._rule_code = _spec.RULE_CODES[self._RULE]
         self._hyper = np.zeros(_spec.N_HYPER, dtype=np.float64)
 
     def _allocate(self):
         # Called by the subclasses once every hyper-parameter has passed its check.
         net = self._net
-        shape = (len(_spec.STATE_ROWS[self.rule]), net.params.size)
+        shape = (len(_spec.STATE_ROWS[self._RULE]), net.params.size)
         self._state = np.zeros(shape, dtype=net.params.dtype)
         self._steps = np.zeros(1, dtype=np.int64)
         self._ws = None
@@ -151,9 +151,14 @@ class Optimizer:
         return self._net
 
     @property
+    def rule(self):
+        """The kernel's update rule this optimizer runs (``"sgd"``, ``"adam"``, ...; read-only)."""
+        return self._RULE
+
+    @property
     def state_names(self):
         """The names of the rows of :attr:`state`, in order."""
-        return _spec.STATE_ROWS[self.rule]
+        return _spec.STATE_ROWS[self._RULE]
 
     @property
     def state(self):
@@ -189,7 +194,7 @@ class Optimizer:
     def _check_door(self):
         """Before the kernel runs: the state must still fit the network exactly (it reads raw pointers)."""
         params = self._net.params
-        expected = (len(_spec.STATE_ROWS[self.rule]), params.size)
+        expected = (len(_spec.STATE_ROWS[self._RULE]), params.size)
         if (self._state.shape != expected or self._state.dtype != params.dtype
                 or not self._state.flags.c_contiguous or self._steps.shape != (1,)
                 or self._steps.dtype != np.int64 or self._hyper.shape != (_spec.N_HYPER,)
@@ -241,7 +246,7 @@ class Optimizer:
             ``rule`` (str), ``hyper`` (float64 array of ``_spec.N_HYPER`` slots), ``state`` (array of
             shape ``(len(state_names), n_params)``) and ``steps`` (int).
         """
-        return {"rule": self.rule, "hyper": self._hyper.copy(), "state": self._state.copy(),
+        return {"rule": self._RULE, "hyper": self._hyper.copy(), "state": self._state.copy(),
                 "steps": int(self._steps[0])}
 
     def load_state_dict(self, state_dict):
@@ -260,8 +265,8 @@ class Optimizer:
             raise ValueError(f"state_dict lacks {sorted(missing)}")
         rule = state_dict["rule"]
         rule = rule.item() if isinstance(rule, np.ndarray) and rule.shape == () else rule
-        if rule != self.rule:
-            raise ValueError(f"state_dict is for rule {rule!r}; this optimizer is {self.rule!r}")
+        if rule != self._RULE:
+            raise ValueError(f"state_dict is for rule {rule!r}; this optimizer is {self._RULE!r}")
         hyper = _as_real_array(state_dict["hyper"], "state_dict['hyper']", np.float64)
         if hyper.shape != (_spec.N_HYPER,):
             raise ValueError(f"state_dict['hyper'] must have shape ({_spec.N_HYPER},); got {hyper.shape}")
@@ -431,7 +436,7 @@ class SGD(Optimizer):
     Nesterov, else ``g = v`` (when momentum is nonzero); ``theta -= lr * g``.
     """
 
-    rule = "sgd"
+    _RULE = "sgd"
     weight_decay = _Hyper(_spec.HYPER_WEIGHT_DECAY, _non_negative, "L2 coefficient added to the gradient (>= 0).")
     momentum = _Hyper(_spec.HYPER_SGD_MOMENTUM, _non_negative, "Momentum factor (>= 0).",
                       relation=_sgd_momentum_relation)
@@ -518,7 +523,7 @@ class Adam(_AdamBase):
     ``theta -= lr / (1 - beta1^t) * m / (sqrt(s) / sqrt(1 - beta2^t) + eps)``.
     """
 
-    rule = "adam"
+    _RULE = "adam"
 
     def __init__(self, net, lr=1e-3, betas=(0.9, 0.999), eps=1e-8, weight_decay=0.0, amsgrad=False):
         super().__init__(net, lr, betas, eps, weight_decay, amsgrad)
@@ -531,7 +536,7 @@ class AdamW(_AdamBase):
     ``1 - lr * weight_decay`` before each update instead of entering the gradient.
     """
 
-    rule = "adamw"
+    _RULE = "adamw"
 
     def __init__(self, net, lr=1e-3, betas=(0.9, 0.999), eps=1e-8, weight_decay=1e-2, amsgrad=False):
         super().__init__(net, lr, betas, eps, weight_decay, amsgrad)
@@ -564,7 +569,7 @@ class RMSprop(Optimizer):
         Divide by the estimated standard deviation of the gradient instead of its root mean square.
     """
 
-    rule = "rmsprop"
+    _RULE = "rmsprop"
     _non_negative_rows = (0,)
     alpha = _Hyper(_spec.HYPER_RMSPROP_ALPHA, _alpha, "Smoothing constant, in [0, 1].")
     eps = _Hyper(_spec.HYPER_RMSPROP_EPS, _positive, "Added to the denominator (> 0).")
@@ -606,7 +611,7 @@ class Rprop(Optimizer):
     it uses only the sign of the gradient.
     """
 
-    rule = "rprop"
+    _RULE = "rprop"
     _non_negative_rows = (1,)
     eta_minus = _Hyper(_spec.HYPER_RPROP_ETA_MINUS, _positive, "Step shrink factor, in (0, 1).")
     eta_plus = _Hyper(_spec.HYPER_RPROP_ETA_PLUS, _positive, "Step growth factor, > 1.")
