@@ -168,8 +168,9 @@ class Network:
     # -- copying, pickling ------------------------------------------------------------------------------
 
     def __getstate__(self):
+        # One consistent copy, as save takes it: never half of a step another thread's fit is making.
         return {"layer_sizes": self.layer_sizes, "activations": self.activations, "loss": self.loss_name,
-                "dtype": self.dtype.name, "backend": self.backend, "params": self.params.copy()}
+                "dtype": self.dtype.name, "backend": self.backend, "params": _io._snapshot(self)}
 
     def __setstate__(self, state):
         self._configure(state["layer_sizes"], list(state["activations"]), state["loss"], state["dtype"],
@@ -185,11 +186,16 @@ class Network:
         dtype : {"float64", "float32"}, numpy dtype or None
             The copy's dtype; None keeps this network's. Parameters are converted (rounded to nearest when
             narrowing).
+
+        Notes
+        -----
+        The parameters are read once, consistently, as :meth:`save` reads them: while another thread trains
+        this network, the copy holds a state training really had (between two updates).
         """
         config = self._config()
         if dtype is not None:
             config["dtype"] = dtype
-        return type(self)._from_parts(config, self.params, self.backend, check=False)
+        return type(self)._from_parts(config, _io._snapshot(self), self.backend, check=False)
 
     def _config(self):
         """The configuration as plain data: what :meth:`_from_parts` takes."""

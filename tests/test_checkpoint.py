@@ -167,3 +167,101 @@ def test_bad_optimizer_arguments_write_nothing(backend, tmp_path):
     net.save(path)
     with pytest.raises(TypeError, match="with_optimizer"):
         fastbp.Network.load(path, with_optimizer="yes")
+
+
+# ---- the other readers of the parameters, and History.plot's path -------------------------------------
+
+
+@pytest.mark.parametrize("reader", ["copy", "copy_float32", "getstate", "deepcopy", "save_with_optimizer"])
+def test_copy_and_getstate_while_another_thread_fits_give_states_training_had(reader, backend, tmp_path):
+    import copy
+    import threading
+
+    rng = np.random.default_rng(2)
+    net = fastbp.Network([2, 3, 1], ["tanh", "identity"], loss="mse", seed=0, backend=backend)
+    optimizer = fastbp.SGD(net, 1e-3, momentum=0.9)
+    X, Y = rng.normal(size=(3000, 2)), rng.normal(size=(3000, 1))
+    states = {net.params.tobytes() + optimizer.state.tobytes()}
+    done = threading.Event()
+
+    def train():
+        try:
+            for _ in range(15):
+                net.fit(X, Y, epochs=1, batch_size=1, optimizer=optimizer, shuffle=False)
+                states.add(net.params.tobytes() + optimizer.state.tobytes())
+        finally:
+            done.set()
+
+    def read():
+        if reader == "copy":
+            return net.copy().params, None
+        if reader == "copy_float32":
+            return net.copy(dtype="float32").params, None
+        if reader == "getstate":
+            return net.__getstate__()["params"], None
+        if reader == "deepcopy":
+            return copy.deepcopy(net).params, None
+        path = tmp_path / "live.npz"
+        net.save(path, optimizer=optimizer)
+        loaded, resumed = fastbp.Network.load(path, with_optimizer=True)
+        return loaded.params, resumed.state
+
+    trainer = threading.Thread(target=train)
+    trainer.start()
+    snapshots = []
+    while not done.is_set() or len(snapshots) < 5:
+        snapshots.append(read())
+    trainer.join()
+    params_states = [np.frombuffer(state[:net.params.nbytes], dtype=net.params.dtype) for state in states]
+    for params, optimizer_state in snapshots:
+        if reader == "copy_float32":
+            assert any(np.array_equal(params, p.astype(np.float32)) for p in params_states)
+        elif optimizer_state is None:
+            assert any(params.tobytes() == p.tobytes() for p in params_states)
+        else:
+            assert params.tobytes() + optimizer_state.tobytes() in states
+
+
+def history():
+    return fastbp.History(loss=[1.0, 0.5, 0.4], loss_name="mse")
+
+
+@pytest.mark.parametrize("path", [12, 1.5, ["a.png"], object()])
+def test_plot_path_of_the_wrong_type_is_a_type_error(path):
+    with pytest.raises(TypeError, match="path must be a str"):
+        history().plot(path)
+
+
+def test_plot_refuses_a_fifo_or_a_directory_without_blocking(tmp_path):
+    import threading
+
+    fifo = tmp_path / "plot.png"
+    os.mkfifo(fifo)
+    outcome = []
+
+    def attempt(target):
+        try:
+            history().plot(target)
+            outcome.append("written")
+        except ValueError as error:
+            outcome.append(str(error))
+
+    for target in (fifo, tmp_path):
+        worker = threading.Thread(target=attempt, args=(target,), daemon=True)
+        worker.start()
+        worker.join(30)
+        assert not worker.is_alive(), f"plot blocked on {target}"
+    assert len(outcome) == 2 and all("not a regular file" in text for text in outcome), outcome
+
+
+def test_plot_writes_a_regular_file_and_refuses_an_unknown_extension(tmp_path):
+    pytest.importorskip("matplotlib")
+    path = tmp_path / "loss.png"
+    path.write_bytes(b"x" * 100000)  # replaced, not appended to
+    history().plot(path)
+    assert path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and path.stat().st_size < 100000
+    history().plot(str(tmp_path / "loss.svg"))
+    assert (tmp_path / "loss.svg").read_text().lstrip().startswith("<?xml")
+    with pytest.raises(ValueError, match="cannot write 'nope'"):
+        history().plot(tmp_path / "loss.nope")
+    assert not (tmp_path / "loss.nope").exists()
