@@ -34,7 +34,7 @@ from fastbp._version import __version__
 FORMAT_VERSION = 1
 _MAX_LAYERS = 100_000
 _MAX_PARAMS = 2**31 - 1
-_MAX_COMPRESSED_MEMBER = 64 * 2**20  # kept for callers that read it; compressed members are now refused
+_MAX_COMPRESSED_MEMBER = 64 * 2**20  # a public-looking name callers may read; load refuses compressed members
 _MAX_HEADER = 10_000  # bytes of a .npy header (NumPy's own default limit)
 _REQUIRED = ("format_version", "layer_sizes", "activations", "loss", "dtype", "params", "checksum")
 _OPTIMIZER_MEMBERS = ("optimizer_class", "optimizer_rule", "optimizer_hyper", "optimizer_state",
