@@ -7,7 +7,7 @@ import numpy.typing as npt
 
 _Floats = npt.NDArray[np.floating]
 
-__all__ = ["Workspace", "predict", "loss_and_gradient", "train_epoch", "all_finite"]
+__all__ = ["Workspace", "predict", "loss_and_gradient", "train_epoch", "optimizer_step", "all_finite"]
 
 class Workspace:
     dtype: np.dtype

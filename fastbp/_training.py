@@ -21,7 +21,6 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from fastbp import _metrics, _spec
-from fastbp import _reference
 from fastbp._results import History
 from fastbp._validation import _check_bool, _check_int, _check_real, _describe
 

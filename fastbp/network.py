@@ -756,7 +756,7 @@ class Network:
 
         if isinstance(optimizer, LBFGS):
             with self._exclusive("fit"), limit_threads:
-                return optimizer._run(X2, Y2)
+                return optimizer._run(X2, Y2, weights)
         optimizer = SGD(self, lr) if optimizer is None else optimizer
         if early_stopping:
             callbacks.append(_training.EarlyStopping(patience, min_delta, restore_best_weights,

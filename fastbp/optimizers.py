@@ -15,7 +15,7 @@ import time
 
 import numpy as np
 
-from fastbp import _reference, _spec, _training
+from fastbp import _spec, _training
 from fastbp._results import Gradients, History
 from fastbp._validation import _as_real_array, _check_bool, _check_int, _check_real, _describe
 
@@ -722,29 +722,38 @@ class LBFGS:
     def __repr__(self):
         return f"LBFGS(max_iter={self.max_iter}, max_fun={self.max_fun}, tol={self.tol})"
 
-    def _objective(self, X, Y):
+    def _objective(self, X, Y, sample_weight=None):
         """Return ``f(x) -> (loss, gradient)`` over all of X, both in float64 as scipy wants."""
         net = self._net
         module, params = net._module, net.params
         n = X.shape[0]
         ws = net._new_workspace(min(n, self._CHUNK))
         gradient = np.zeros(params.size, dtype=np.float64)
+        total_weight = n if sample_weight is None else float(sample_weight.sum(dtype=np.float64))
 
         def f(x):
             params[...] = x            # float32 networks: rounded to their dtype
             gradient[...] = 0
             total = 0.0
             for start in range(0, n, ws.max_batch):
-                X_chunk, Y_chunk = X[start:start + ws.max_batch], Y[start:start + ws.max_batch]
-                weight = X_chunk.shape[0] / n          # every loss is a mean over rows
-                total += module.loss_and_gradient(ws, params, X_chunk, Y_chunk) * weight
+                stop = start + ws.max_batch
+                X_chunk, Y_chunk = X[start:stop], Y[start:stop]
+                w_chunk = None if sample_weight is None else sample_weight[start:stop]
+                chunk_weight = X_chunk.shape[0] if w_chunk is None else float(w_chunk.sum(dtype=np.float64))
+                if chunk_weight == 0:
+                    continue
+                # every loss is a (weighted) mean over rows: weight each chunk by its share of the total
+                weight = chunk_weight / total_weight
+                total += module.loss_and_gradient(ws, params, X_chunk, Y_chunk, w_chunk) * weight
                 gradient[...] += ws.grad * weight
             return total, gradient.copy()
 
         return f
 
-    def minimize(self, X, Y):
+    def minimize(self, X, Y, sample_weight=None):
         """Train on all of ``(X, Y)``; return a :class:`History` with the loss after each iteration.
+
+        ``sample_weight`` (None or shape (n,)) weights each example's loss as in ``Network.fit``.
 
         Raises
         ------
@@ -755,16 +764,17 @@ class LBFGS:
         X2, Y2, single = net._prepare(X, Y)
         if single:
             raise ValueError(f"LBFGS needs X of shape (n, {net.layer_sizes[0]}); got a single example")
+        weights = net._prepare_sample_weight(sample_weight, X2.shape[0])
         with net._exclusive("LBFGS.minimize"):
-            return self._run(X2, Y2)
+            return self._run(X2, Y2, weights)
 
-    def _run(self, X, Y):
+    def _run(self, X, Y, sample_weight=None):
         """The minimisation on prepared arrays; the caller holds the network's lock."""
         from scipy.optimize import minimize  # scipy is a dependency; imported here to keep import light
 
         net = self._net
         start = net.params.copy()
-        objective = self._objective(X, Y)
+        objective = self._objective(X, Y, sample_weight)
         history = History()
         last = {"time": time.perf_counter()}
 

@@ -38,6 +38,8 @@ def test_the_stub_lists_the_interface():
     stub = (pathlib.Path(fastbp.__file__).parent / "_core.pyi").read_text()
     declared = set(re.findall(r"^(?:def|class) (\w+)", stub, flags=re.M))
     assert set(_backend.INTERFACE) <= declared
+    exported = re.search(r"^__all__ = \[(.*?)\]", stub, flags=re.M | re.S).group(1)
+    assert tuple(re.findall(r'"(\w+)"', exported)) == _backend.INTERFACE
 
 
 def test_the_kernel_codes_are_the_specs():

@@ -1,4 +1,4 @@
-"""Property-based fuzzing of every public entry point (issue 6, part 1).
+"""Property-based fuzzing of every public entry point.
 
 The invariant, for every call with arbitrary arguments: either a correct result, or ``ValueError`` /
 ``TypeError`` (``FloatingPointError`` where the API documents divergence), never a crash, a hang, a warning

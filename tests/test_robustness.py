@@ -1,4 +1,4 @@
-"""Never crash, never lose work (issue 6): divergence, overflow, Ctrl-C, threads, leaks, hostile model files.
+"""Never crash, never lose work: divergence, overflow, Ctrl-C, threads, leaks, hostile model files.
 
 Every test runs on both backends (the ``backend`` fixture) unless it is about the compiled kernel alone.
 Measured figures (interrupt latency, memory growth, thread speed-up) are printed; run with ``-s`` to see them.

@@ -160,3 +160,17 @@ def test_bad_sample_weights_are_refused(backend, bad, message):
         with pytest.raises((ValueError, TypeError), match=message):
             call()
     np.testing.assert_array_equal(net.params, before)
+
+
+def test_lbfgs_with_integer_weights_equals_lbfgs_on_repeated_examples(backend):
+    rng = np.random.default_rng(11)
+    X = rng.normal(size=(7, 3))
+    Y = rng.normal(size=(7, 2))
+    counts = np.array([1, 3, 0, 2, 1, 1, 4])
+    nets = [fastbp.Network([3, 4, 2], ["tanh", "identity"], seed=2, backend=backend) for _ in range(2)]
+    nets[0].fit(X, Y, optimizer=fastbp.LBFGS(nets[0], max_iter=30), sample_weight=counts.astype(float))
+    nets[1].fit(np.repeat(X, counts, axis=0), np.repeat(Y, counts, axis=0), optimizer=fastbp.LBFGS(nets[1], max_iter=30))
+    unweighted = fastbp.Network([3, 4, 2], ["tanh", "identity"], seed=2, backend=backend)
+    unweighted.fit(X, Y, optimizer=fastbp.LBFGS(unweighted, max_iter=30))
+    np.testing.assert_allclose(nets[0].params, nets[1].params, rtol=1e-7, atol=1e-9)
+    assert not np.allclose(nets[0].params, unweighted.params, rtol=1e-3)
