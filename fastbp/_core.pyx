@@ -58,6 +58,16 @@ cdef extern from "_kernels.h" nogil:
                          double *max_exp_avg_sq, Py_ssize_t n, double param_scale, double coupled_decay,
                          double one_minus_beta1, double beta2, double one_minus_beta2, double eps,
                          double step_size, double bias2_sqrt, int amsgrad)
+    void fastbp_rmsprop_f32(float *params, const float *grad, float *square_avg, float *momentum_buffer,
+                            float *grad_avg, Py_ssize_t n, float neg_lr, float weight_decay, float alpha,
+                            float one_minus_alpha, float eps, float momentum, int centered)
+    void fastbp_rmsprop_f64(double *params, const double *grad, double *square_avg, double *momentum_buffer,
+                            double *grad_avg, Py_ssize_t n, double neg_lr, double weight_decay, double alpha,
+                            double one_minus_alpha, double eps, double momentum, int centered)
+    void fastbp_rprop_f32(float *params, const float *grad, float *prev, float *step_size, Py_ssize_t n,
+                          float eta_minus, float eta_plus, float step_min, float step_max)
+    void fastbp_rprop_f64(double *params, const double *grad, double *prev, double *step_size, Py_ssize_t n,
+                          double eta_minus, double eta_plus, double step_min, double step_max)
     # Update rules and the slots of their hyper-parameter array, declared once in _kernels.h.
     enum:
         FASTBP_SGD
@@ -499,7 +509,7 @@ cdef void optimizer_update(int rule, const double *hyper, floating *params, cons
     double, like torch's Python floats. The readable version is fastbp/_reference.py's optimizer_step.
     """
     cdef Py_ssize_t k
-    cdef floating g, p, v, m, s, d, f
+    cdef floating g, v, f
     cdef floating lr = <floating>hyper[FASTBP_HYPER_LR]
     cdef floating weight_decay = <floating>hyper[FASTBP_HYPER_WEIGHT_DECAY]
     cdef floating momentum, beta2, one_minus_beta1, one_minus_beta2, eps, step_size, bias2_sqrt, decay
@@ -547,32 +557,21 @@ cdef void optimizer_update(int rule, const double *hyper, floating *params, cons
             fastbp_adam_f64(params, grad, row0, row1, row2, n, decay, f, one_minus_beta1, beta2,
                             one_minus_beta2, eps, step_size, bias2_sqrt, flag)
     elif rule == FASTBP_RMSPROP:
-        # rows: square_avg s, momentum_buffer, grad_avg
+        # rows: square_avg s, momentum_buffer, grad_avg; the sweep is _kernels.h's fastbp_rmsprop
         alpha = <floating>hyper[FASTBP_HYPER_RMSPROP_ALPHA]
         one_minus_alpha = <floating>(1 - hyper[FASTBP_HYPER_RMSPROP_ALPHA])
         eps = <floating>hyper[FASTBP_HYPER_RMSPROP_EPS]
         momentum = <floating>hyper[FASTBP_HYPER_RMSPROP_MOMENTUM]
         flag = hyper[FASTBP_HYPER_RMSPROP_CENTERED] != 0
-        for k in range(n):
-            g = grad[k]
-            if weight_decay != 0:
-                g = g + weight_decay * params[k]
-            s = row0[k] * alpha + one_minus_alpha * g * g
-            row0[k] = s
-            if flag:
-                m = lerp(row2[k], g, one_minus_alpha)
-                row2[k] = m
-                d = sqrt_(s + (-1) * m * m) + eps
-            else:
-                d = sqrt_(s) + eps
-            if momentum > 0:
-                v = row1[k] * momentum + g / d
-                row1[k] = v
-                params[k] = params[k] + (-lr) * v
-            else:
-                params[k] = params[k] + (-lr) * g / d
+        if floating is float:
+            fastbp_rmsprop_f32(params, grad, row0, row1, row2, n, -lr, weight_decay, alpha, one_minus_alpha,
+                               eps, momentum, flag)
+        else:
+            fastbp_rmsprop_f64(params, grad, row0, row1, row2, n, -lr, weight_decay, alpha, one_minus_alpha,
+                               eps, momentum, flag)
     elif rule == FASTBP_RPROP:
-        # rows: prev (the last gradient used), step_size (filled with lr at the first step, as torch)
+        # rows: prev (the last gradient used), step_size (filled with lr at the first step, as torch); the
+        # sweep is _kernels.h's fastbp_rprop
         eta_minus = <floating>hyper[FASTBP_HYPER_RPROP_ETA_MINUS]
         eta_plus = <floating>hyper[FASTBP_HYPER_RPROP_ETA_PLUS]
         step_min = <floating>hyper[FASTBP_HYPER_RPROP_STEP_MIN]
@@ -580,27 +579,10 @@ cdef void optimizer_update(int rule, const double *hyper, floating *params, cons
         if steps[0] == 0:
             for k in range(n):
                 row1[k] = lr
-        for k in range(n):
-            g = grad[k]
-            s = g * row0[k]
-            if s > 0:
-                f = eta_plus
-            elif s < 0:
-                f = eta_minus
-                g = 0          # a sign change: no step now, and no eta_minus again at the next step
-            else:
-                f = 1
-            d = row1[k] * f
-            if d < step_min:
-                d = step_min
-            if d > step_max:
-                d = step_max
-            row1[k] = d
-            if g > 0:
-                params[k] = params[k] - d
-            elif g < 0:
-                params[k] = params[k] + d
-            row0[k] = g
+        if floating is float:
+            fastbp_rprop_f32(params, grad, row0, row1, n, eta_minus, eta_plus, step_min, step_max)
+        else:
+            fastbp_rprop_f64(params, grad, row0, row1, n, eta_minus, eta_plus, step_min, step_max)
     steps[0] += 1
 
 
