@@ -50,6 +50,19 @@ cdef extern from "_kernels.h" nogil:
                               const Py_ssize_t *order, Py_ssize_t start, Py_ssize_t count, double lr,
                               double *activations, double *delta_a, double *delta_b,
                               double *loss_sum, Py_ssize_t *done)
+    ctypedef struct AdamRows "fastbp_adam_rows":
+        double lr, beta1, beta2, eps, weight_decay
+        int adamw, amsgrad
+        long long step
+        Py_ssize_t n_params
+    int fastbp_train_rows_adam_f32(const Plan *p, float *params, const float *X, const float *Y,
+                                   const Py_ssize_t *order, Py_ssize_t start, Py_ssize_t count,
+                                   const AdamRows *adam, float *state, float *activations, float *delta_a,
+                                   float *delta_b, double *loss_sum, Py_ssize_t *done)
+    int fastbp_train_rows_adam_f64(const Plan *p, double *params, const double *X, const double *Y,
+                                   const Py_ssize_t *order, Py_ssize_t start, Py_ssize_t count,
+                                   const AdamRows *adam, double *state, double *activations, double *delta_a,
+                                   double *delta_b, double *loss_sum, Py_ssize_t *done)
     void fastbp_adam_f32(float *params, const float *grad, float *exp_avg, float *exp_avg_sq,
                          float *max_exp_avg_sq, Py_ssize_t n, float param_scale, float coupled_decay,
                          float one_minus_beta1, float beta2, float one_minus_beta2, float eps,
@@ -402,6 +415,20 @@ cdef inline void axpy(floating *y, const floating *x, floating alpha, Py_ssize_t
         y[i] += alpha * x[i]
 
 
+cdef inline int train_rows_adam(const Plan *p, floating *params, const floating *X, const floating *Y,
+                                const Py_ssize_t *order, Py_ssize_t start, Py_ssize_t count,
+                                const AdamRows *adam, floating *state, floating *activations,
+                                floating *delta_a, floating *delta_b, double *loss_sum,
+                                Py_ssize_t *done) noexcept nogil:
+    """Per-example Adam/AdamW over `count` rows, fused in C (fastbp/_kernels_rows.h)."""
+    if floating is float:
+        return fastbp_train_rows_adam_f32(p, params, X, Y, order, start, count, adam, state, activations,
+                                          delta_a, delta_b, loss_sum, done)
+    else:
+        return fastbp_train_rows_adam_f64(p, params, X, Y, order, start, count, adam, state, activations,
+                                          delta_a, delta_b, loss_sum, done)
+
+
 cdef void dense_backward(const Plan *p, floating *params, const floating *inputs, Py_ssize_t batch,
                          const floating *activations, floating *delta, floating *delta_other,
                          floating *grad, floating lr, bint update_in_place) noexcept nogil:
@@ -690,6 +717,17 @@ cdef object _train_epoch(Workspace ws, floating[::1] params, const floating[:, :
     cdef floating *state_ptr = &state[0, 0]
     cdef int64_t *steps_ptr = &steps[0]
     cdef Py_ssize_t done_before
+    # Adam and AdamW at batch size 1 (unweighted): the update fused into the per-example backward sweep.
+    cdef bint fused_adam = rule == FASTBP_ADAM or rule == FASTBP_ADAMW
+    cdef AdamRows adam
+    adam.lr = hyper[FASTBP_HYPER_LR]
+    adam.beta1 = hyper[FASTBP_HYPER_ADAM_BETA1]
+    adam.beta2 = hyper[FASTBP_HYPER_ADAM_BETA2]
+    adam.eps = hyper[FASTBP_HYPER_ADAM_EPS]
+    adam.weight_decay = hyper[FASTBP_HYPER_WEIGHT_DECAY]
+    adam.adamw = rule == FASTBP_ADAMW
+    adam.amsgrad = hyper[FASTBP_HYPER_ADAM_AMSGRAD] != 0
+    adam.n_params = p.n_params
 
     if batch_size < 1 or min(batch_size, n) > p.max_batch:
         raise ValueError(f"batch_size {batch_size} does not fit the workspace ({p.max_batch} rows)")
@@ -709,15 +747,22 @@ cdef object _train_epoch(Workspace ws, floating[::1] params, const floating[:, :
         if shuffle:
             fill_permutation(order_ptr, n, key)
         start = 0
-        if batch_size == 1 and in_place and weights == NULL:
-            # Per-example SGD: the fused C loop, entered once per `check_every` examples. It serves the
-            # unweighted case only; weighted batches of one take the general loop below.
+        if batch_size == 1 and (in_place or fused_adam) and weights == NULL:
+            # Per-example SGD or Adam: the fused C loop, entered once per `check_every` examples. It serves
+            # the unweighted case only; weighted batches of one take the general loop below.
             while start < n and status == STATUS_OK:
                 batch = min(check_every, n - start)
                 done_before = done
-                if train_rows(p, &params[0], &X[0, 0], &Y[0, 0], order_ptr, start, batch, lr_,
-                              activations, deltas, deltas + half, &loss_sum, &done) != 0:
-                    status = STATUS_NONFINITE
+                if in_place:
+                    if train_rows(p, &params[0], &X[0, 0], &Y[0, 0], order_ptr, start, batch, lr_,
+                                  activations, deltas, deltas + half, &loss_sum, &done) != 0:
+                        status = STATUS_NONFINITE
+                else:
+                    adam.step = steps_ptr[0]
+                    if train_rows_adam(p, &params[0], &X[0, 0], &Y[0, 0], order_ptr, start, batch, &adam,
+                                       state_ptr, activations, deltas, deltas + half, &loss_sum,
+                                       &done) != 0:
+                        status = STATUS_NONFINITE
                 steps_ptr[0] += done - done_before   # one update per example trained
                 start += batch
                 weight_sum = <double>done

@@ -377,6 +377,15 @@ FASTBP_DEFINE_RPROP(double, f64)
 #undef FASTBP_RMSPROP_BODY
 #undef FASTBP_DEFINE_RPROP
 
+/* The Adam/AdamW hyper-parameters of the fused per-example loop (fastbp_train_rows_adam), as the float64
+ * slots of the hyper array; the loop forms the per-step scalars of each example from them and `step`. */
+typedef struct {
+    double lr, beta1, beta2, eps, weight_decay;
+    int adamw, amsgrad;
+    long long step;         /* updates made before the first row of the call */
+    Py_ssize_t n_params;    /* the length of each state row (exp_avg, exp_avg_sq, max_exp_avg_sq) */
+} fastbp_adam_rows;
+
 /* One body, two precisions: _kernels_rows.h is included once per floating type. */
 #define REAL float
 #define FASTBP_UINT unsigned int /* the integer of the same width */
@@ -384,6 +393,7 @@ FASTBP_DEFINE_RPROP(double, f64)
 #define EXP fastbp_exp_nonpositive_f32
 #define EXP1P fastbp_exp_nonpositive_1p_f32
 #define TANH tanhf
+#define SQRT sqrtf
 #define FABS fabsf
 #define DOT fastbp_dot_f32
 #define DOT4 fastbp_dot4_f32
@@ -394,6 +404,7 @@ FASTBP_DEFINE_RPROP(double, f64)
 #undef EXP
 #undef EXP1P
 #undef TANH
+#undef SQRT
 #undef FABS
 #undef DOT
 #undef DOT4
@@ -404,6 +415,7 @@ FASTBP_DEFINE_RPROP(double, f64)
 #define EXP fastbp_exp_nonpositive_f64
 #define EXP1P fastbp_exp_nonpositive_1p_f64
 #define TANH tanh
+#define SQRT sqrt
 #define FABS fabs
 #define DOT fastbp_dot_f64
 #define DOT4 fastbp_dot4_f64
@@ -414,6 +426,7 @@ FASTBP_DEFINE_RPROP(double, f64)
 #undef EXP
 #undef EXP1P
 #undef TANH
+#undef SQRT
 #undef FABS
 #undef DOT
 #undef DOT4
