@@ -160,6 +160,7 @@ static inline double FN(fastbp_output_delta_row)(const REAL *out, const REAL *y,
 typedef struct {
     REAL param_scale, coupled_decay, w, one_minus_w, beta2, one_minus_beta2, eps, step_size, bias2_sqrt;
     int lerp_low, amsgrad;
+    int settled; /* beta1^t and beta2^t <= 2^-54: 1 - beta^t rounds to 1 now and at every later step */
 } FN(fastbp_adam_scalars);
 
 static inline void FN(fastbp_adam_scalars_at)(const fastbp_adam_rows *a, long long t,
@@ -174,8 +175,12 @@ static inline void FN(fastbp_adam_scalars_at)(const fastbp_adam_rows *a, long lo
     c->one_minus_beta2 = (REAL)(1 - a->beta2);
     c->eps = (REAL)a->eps;
     c->amsgrad = a->amsgrad;
-    c->step_size = (REAL)(-(a->lr / (1 - pow(a->beta1, (double)t))));
-    c->bias2_sqrt = (REAL)sqrt(1 - pow(a->beta2, (double)t));
+    const double beta1_t = pow(a->beta1, (double)t), beta2_t = pow(a->beta2, (double)t);
+    c->step_size = (REAL)(-(a->lr / (1 - beta1_t)));
+    c->bias2_sqrt = (REAL)sqrt(1 - beta2_t);
+    /* the bias corrections are exactly 1 from here on (beta^t only decreases), so the scalars stop
+     * changing: the per-example loop skips the two pow calls, which on tiny nets cost as much as the rest */
+    c->settled = beta1_t <= 0x1p-54 && beta2_t <= 0x1p-54;
 }
 
 /* One weight row's Adam update from the gradient d * in (one example's outer product: never stored),
@@ -228,6 +233,7 @@ int FN(fastbp_train_rows_body)(const fastbp_plan *p, REAL *params, const REAL *X
 {
     const int L = p->n_layers;
     FN(fastbp_adam_scalars) c;
+    c.settled = 0;
     REAL *const m_row = adam ? state : NULL;
     REAL *const s_row = adam ? state + adam->n_params : NULL;
     REAL *const s_max_row = adam ? state + 2 * adam->n_params : NULL;
@@ -283,7 +289,8 @@ int FN(fastbp_train_rows_body)(const fastbp_plan *p, REAL *params, const REAL *X
         if (adam) {
             /* each weight row's gradient is d_j * in (bias: d_j); its Adam update reads and writes the
              * row's moments once, in the sweep that also propagates d_j through the old row */
-            FN(fastbp_adam_scalars_at)(adam, adam->step + rows_done + 1, &c);
+            if (!c.settled)
+                FN(fastbp_adam_scalars_at)(adam, adam->step + rows_done + 1, &c);
             for (int l = L - 1; l >= 0; l--) {
                 const Py_ssize_t n_in = p->sizes[l], n_out = p->sizes[l + 1];
                 const Py_ssize_t wo = p->w_off[l], bo = p->b_off[l];

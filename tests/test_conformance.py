@@ -164,7 +164,7 @@ def test_train_epoch_agrees(hidden, last, loss, batch_size, momentum, shuffle, d
     np.testing.assert_allclose(vel_c, vel_n, **tol)
 
 
-@pytest.mark.parametrize("rule", ["sgd", "adam", "adamw"])
+@pytest.mark.parametrize("rule", ["sgd", "adam", "adamw", "adam-short-memory"])
 @pytest.mark.parametrize("dtype", [np.float64, np.float32])
 @pytest.mark.parametrize("sizes,loss", [([3, 4, 2], "mse"), ([3, 4, 2], "half_sse"),   # the tiny-network loop
                                         ([6, 7, 3], "mse"), ([4, 5, 3], "cross_entropy"),
@@ -184,12 +184,18 @@ def test_train_rows_is_the_per_example_path(sizes, loss, dtype, rule):
     Y = (np.eye(sizes[-1])[rng.integers(0, sizes[-1], size=n)] if loss == "cross_entropy"
          else rng.uniform(0, 1, size=(n, sizes[-1]))).astype(dtype)
     key = _spec.epoch_key(1, 0)
-    # two epochs: the second starts from a non-zero state and step count
-    settings = {"sgd": dict(lr=0.1), "adam": RULE_SETTINGS["adam"], "adamw": RULE_SETTINGS["adamw"]}[rule]
+    # two epochs: the second starts from a non-zero state and step count. With betas (0.3, 0.6) both
+    # bias corrections reach exactly 1 within the 12 epochs (108 steps), after which the kernel stops
+    # recomputing them.
+    settings = {"sgd": dict(lr=0.1), "adam": RULE_SETTINGS["adam"], "adamw": RULE_SETTINGS["adamw"],
+                "adam-short-memory": dict(lr=0.01, adam_beta1=0.3, adam_beta2=0.6, adam_eps=1e-8,
+                                          weight_decay=0.01)}[rule]
+    epochs = 12 if rule == "adam-short-memory" else 2
+    rule = rule.split("-")[0]
     ws = _reference.Workspace(sizes, codes, _spec.LOSS_CODES[loss], dtype, 1)
     params_rows = params0.copy()
     arguments_rows = _optimizer_arguments(rule, params_rows, **settings)
-    for _ in range(2):
+    for _ in range(epochs):
         loss_sum, done, status = _reference.train_rows(
             ws, params_rows, X, Y, dtype(settings["lr"]), _spec.permutation(n, key),
             adam=None if rule == "sgd" else arguments_rows)
@@ -199,13 +205,13 @@ def test_train_rows_is_the_per_example_path(sizes, loss, dtype, rule):
         ws = module.Workspace(sizes, codes, _spec.LOSS_CODES[loss], dtype, 1)
         params = params0.copy()
         arguments = _optimizer_arguments(rule, params, **settings)
-        for _ in range(2):
+        for _ in range(epochs):
             returned = module.train_epoch(ws, params, X, Y, None, 1, *arguments, key)
         np.testing.assert_allclose(params, params_rows, **tol)
         np.testing.assert_allclose(returned[0], loss_sum, **tol)
         np.testing.assert_allclose(arguments[2], arguments_rows[2], **tol)   # the state
         if rule != "sgd":   # (plain SGD's train_rows keeps no state)
-            assert arguments[3][0] == arguments_rows[3][0] == 2 * n
+            assert arguments[3][0] == arguments_rows[3][0] == epochs * n
 
 
 @pytest.mark.parametrize("dtype", [np.float64, np.float32])
