@@ -293,7 +293,8 @@ FASTBP_DEFINE_ADAM(double, f64, sqrt)
 
 /* One RMSprop update over n values: torch.optim.RMSprop's single-tensor step, the scalars from the caller:
  *   g += weight_decay * p (0: g unchanged);  s = s alpha + (1 - alpha) g^2
- *   centered: a = lerp(a, g, 1 - alpha) (from the nearer end), d = sqrt(s - a^2) + eps; else d = sqrt(s) + eps
+ *   centered: a = lerp(a, g, 1 - alpha) (from the nearer end), d = sqrt(s - a^2) + eps;
+ *   else d = sqrt(s) + eps
  *   momentum > 0: v = v momentum + g / d, p -= lr v;  else p -= lr g / d
  * One branch-free body per (centered, lerp end, momentum), each vectorised; runtime-dispatched. */
 #define FASTBP_RMSPROP_BODY(CENTERED, LERP, MOMENTUM)                                                 \

@@ -1,6 +1,6 @@
 /* Per-example training (mini-batches of one row, plain SGD or Adam/AdamW): forward, loss, backward and
- * update fused, for one precision. Included twice by _kernels.h with REAL, FASTBP_UINT, FN, EXP, EXP1P, TANH, FABS, DOT and
- * DOT4 defined.
+ * update fused, for one precision. Included twice by _kernels.h with REAL, FASTBP_UINT, FN, EXP, EXP1P,
+ * TANH, FABS, SQRT, DOT and DOT4 defined.
  *
  * fastbp_train_rows_body: the same arithmetic as the general path of _core.pyx (dense_forward,
  * output_delta, dense_backward with update_in_place), written as one loop so that small networks pay no

@@ -298,10 +298,10 @@ def train_rows(ws, params, X, Y, lr, order=None, adam=None):
     decay), or with ``adam = (rule, hyper, state, steps)`` Adam or AdamW (``rule`` their code; the other
     three as for ``train_epoch``).
 
-    The twin of the compiled kernel's fused per-example loops (``fastbp_train_rows``, ``fastbp_train_rows_adam``
-    and, for plain SGD on networks of one hidden layer with at most 4 units per layer and a squared-error
-    loss, ``fastbp_train_rows_small`` in ``_kernels_rows.h``): the same arithmetic as ``train_epoch`` with
-    ``batch_size=1``, written as the loop those functions fuse. Returns ``(loss_sum, rows_done, status)``
+    The twin of the compiled kernel's fused per-example loops (``fastbp_train_rows``,
+    ``fastbp_train_rows_adam`` and, for plain SGD on networks of one hidden layer with at most 4 units per
+    layer and a squared-error loss, ``fastbp_train_rows_small`` in ``_kernels_rows.h``): the same
+    arithmetic as ``train_epoch`` with ``batch_size=1``, written as the loop those functions fuse. Returns ``(loss_sum, rows_done, status)``
     like ``train_epoch``.
     """
     n = X.shape[0]
