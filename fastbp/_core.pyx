@@ -50,6 +50,19 @@ cdef extern from "_kernels.h" nogil:
                               const Py_ssize_t *order, Py_ssize_t start, Py_ssize_t count, double lr,
                               double *activations, double *delta_a, double *delta_b,
                               double *loss_sum, Py_ssize_t *done)
+    ctypedef struct AdamRows "fastbp_adam_rows":
+        double lr, beta1, beta2, eps, weight_decay
+        int adamw, amsgrad
+        long long step
+        Py_ssize_t n_params
+    int fastbp_train_rows_adam_f32(const Plan *p, float *params, const float *X, const float *Y,
+                                   const Py_ssize_t *order, Py_ssize_t start, Py_ssize_t count,
+                                   const AdamRows *adam, float *state, float *activations, float *delta_a,
+                                   float *delta_b, double *loss_sum, Py_ssize_t *done)
+    int fastbp_train_rows_adam_f64(const Plan *p, double *params, const double *X, const double *Y,
+                                   const Py_ssize_t *order, Py_ssize_t start, Py_ssize_t count,
+                                   const AdamRows *adam, double *state, double *activations, double *delta_a,
+                                   double *delta_b, double *loss_sum, Py_ssize_t *done)
     void fastbp_adam_f32(float *params, const float *grad, float *exp_avg, float *exp_avg_sq,
                          float *max_exp_avg_sq, Py_ssize_t n, float param_scale, float coupled_decay,
                          float one_minus_beta1, float beta2, float one_minus_beta2, float eps,
@@ -58,6 +71,16 @@ cdef extern from "_kernels.h" nogil:
                          double *max_exp_avg_sq, Py_ssize_t n, double param_scale, double coupled_decay,
                          double one_minus_beta1, double beta2, double one_minus_beta2, double eps,
                          double step_size, double bias2_sqrt, int amsgrad)
+    void fastbp_rmsprop_f32(float *params, const float *grad, float *square_avg, float *momentum_buffer,
+                            float *grad_avg, Py_ssize_t n, float neg_lr, float weight_decay, float alpha,
+                            float one_minus_alpha, float eps, float momentum, int centered)
+    void fastbp_rmsprop_f64(double *params, const double *grad, double *square_avg, double *momentum_buffer,
+                            double *grad_avg, Py_ssize_t n, double neg_lr, double weight_decay, double alpha,
+                            double one_minus_alpha, double eps, double momentum, int centered)
+    void fastbp_rprop_f32(float *params, const float *grad, float *prev, float *step_size, Py_ssize_t n,
+                          float eta_minus, float eta_plus, float step_min, float step_max)
+    void fastbp_rprop_f64(double *params, const double *grad, double *prev, double *step_size, Py_ssize_t n,
+                          double eta_minus, double eta_plus, double step_min, double step_max)
     # Update rules and the slots of their hyper-parameter array, declared once in _kernels.h.
     enum:
         FASTBP_SGD
@@ -392,6 +415,20 @@ cdef inline void axpy(floating *y, const floating *x, floating alpha, Py_ssize_t
         y[i] += alpha * x[i]
 
 
+cdef inline int train_rows_adam(const Plan *p, floating *params, const floating *X, const floating *Y,
+                                const Py_ssize_t *order, Py_ssize_t start, Py_ssize_t count,
+                                const AdamRows *adam, floating *state, floating *activations,
+                                floating *delta_a, floating *delta_b, double *loss_sum,
+                                Py_ssize_t *done) noexcept nogil:
+    """Per-example Adam/AdamW over `count` rows, fused in C (fastbp/_kernels_rows.h)."""
+    if floating is float:
+        return fastbp_train_rows_adam_f32(p, params, X, Y, order, start, count, adam, state, activations,
+                                          delta_a, delta_b, loss_sum, done)
+    else:
+        return fastbp_train_rows_adam_f64(p, params, X, Y, order, start, count, adam, state, activations,
+                                          delta_a, delta_b, loss_sum, done)
+
+
 cdef void dense_backward(const Plan *p, floating *params, const floating *inputs, Py_ssize_t batch,
                          const floating *activations, floating *delta, floating *delta_other,
                          floating *grad, floating lr, bint update_in_place) noexcept nogil:
@@ -499,7 +536,7 @@ cdef void optimizer_update(int rule, const double *hyper, floating *params, cons
     double, like torch's Python floats. The readable version is fastbp/_reference.py's optimizer_step.
     """
     cdef Py_ssize_t k
-    cdef floating g, p, v, m, s, d, f
+    cdef floating g, v, f
     cdef floating lr = <floating>hyper[FASTBP_HYPER_LR]
     cdef floating weight_decay = <floating>hyper[FASTBP_HYPER_WEIGHT_DECAY]
     cdef floating momentum, beta2, one_minus_beta1, one_minus_beta2, eps, step_size, bias2_sqrt, decay
@@ -547,32 +584,21 @@ cdef void optimizer_update(int rule, const double *hyper, floating *params, cons
             fastbp_adam_f64(params, grad, row0, row1, row2, n, decay, f, one_minus_beta1, beta2,
                             one_minus_beta2, eps, step_size, bias2_sqrt, flag)
     elif rule == FASTBP_RMSPROP:
-        # rows: square_avg s, momentum_buffer, grad_avg
+        # rows: square_avg s, momentum_buffer, grad_avg; the sweep is _kernels.h's fastbp_rmsprop
         alpha = <floating>hyper[FASTBP_HYPER_RMSPROP_ALPHA]
         one_minus_alpha = <floating>(1 - hyper[FASTBP_HYPER_RMSPROP_ALPHA])
         eps = <floating>hyper[FASTBP_HYPER_RMSPROP_EPS]
         momentum = <floating>hyper[FASTBP_HYPER_RMSPROP_MOMENTUM]
         flag = hyper[FASTBP_HYPER_RMSPROP_CENTERED] != 0
-        for k in range(n):
-            g = grad[k]
-            if weight_decay != 0:
-                g = g + weight_decay * params[k]
-            s = row0[k] * alpha + one_minus_alpha * g * g
-            row0[k] = s
-            if flag:
-                m = lerp(row2[k], g, one_minus_alpha)
-                row2[k] = m
-                d = sqrt_(s + (-1) * m * m) + eps
-            else:
-                d = sqrt_(s) + eps
-            if momentum > 0:
-                v = row1[k] * momentum + g / d
-                row1[k] = v
-                params[k] = params[k] + (-lr) * v
-            else:
-                params[k] = params[k] + (-lr) * g / d
+        if floating is float:
+            fastbp_rmsprop_f32(params, grad, row0, row1, row2, n, -lr, weight_decay, alpha, one_minus_alpha,
+                               eps, momentum, flag)
+        else:
+            fastbp_rmsprop_f64(params, grad, row0, row1, row2, n, -lr, weight_decay, alpha, one_minus_alpha,
+                               eps, momentum, flag)
     elif rule == FASTBP_RPROP:
-        # rows: prev (the last gradient used), step_size (filled with lr at the first step, as torch)
+        # rows: prev (the last gradient used), step_size (filled with lr at the first step, as torch); the
+        # sweep is _kernels.h's fastbp_rprop
         eta_minus = <floating>hyper[FASTBP_HYPER_RPROP_ETA_MINUS]
         eta_plus = <floating>hyper[FASTBP_HYPER_RPROP_ETA_PLUS]
         step_min = <floating>hyper[FASTBP_HYPER_RPROP_STEP_MIN]
@@ -580,27 +606,10 @@ cdef void optimizer_update(int rule, const double *hyper, floating *params, cons
         if steps[0] == 0:
             for k in range(n):
                 row1[k] = lr
-        for k in range(n):
-            g = grad[k]
-            s = g * row0[k]
-            if s > 0:
-                f = eta_plus
-            elif s < 0:
-                f = eta_minus
-                g = 0          # a sign change: no step now, and no eta_minus again at the next step
-            else:
-                f = 1
-            d = row1[k] * f
-            if d < step_min:
-                d = step_min
-            if d > step_max:
-                d = step_max
-            row1[k] = d
-            if g > 0:
-                params[k] = params[k] - d
-            elif g < 0:
-                params[k] = params[k] + d
-            row0[k] = g
+        if floating is float:
+            fastbp_rprop_f32(params, grad, row0, row1, n, eta_minus, eta_plus, step_min, step_max)
+        else:
+            fastbp_rprop_f64(params, grad, row0, row1, n, eta_minus, eta_plus, step_min, step_max)
     steps[0] += 1
 
 
@@ -708,6 +717,17 @@ cdef object _train_epoch(Workspace ws, floating[::1] params, const floating[:, :
     cdef floating *state_ptr = &state[0, 0]
     cdef int64_t *steps_ptr = &steps[0]
     cdef Py_ssize_t done_before
+    # Adam and AdamW at batch size 1 (unweighted): the update fused into the per-example backward sweep.
+    cdef bint fused_adam = rule == FASTBP_ADAM or rule == FASTBP_ADAMW
+    cdef AdamRows adam
+    adam.lr = hyper[FASTBP_HYPER_LR]
+    adam.beta1 = hyper[FASTBP_HYPER_ADAM_BETA1]
+    adam.beta2 = hyper[FASTBP_HYPER_ADAM_BETA2]
+    adam.eps = hyper[FASTBP_HYPER_ADAM_EPS]
+    adam.weight_decay = hyper[FASTBP_HYPER_WEIGHT_DECAY]
+    adam.adamw = rule == FASTBP_ADAMW
+    adam.amsgrad = hyper[FASTBP_HYPER_ADAM_AMSGRAD] != 0
+    adam.n_params = p.n_params
 
     if batch_size < 1 or min(batch_size, n) > p.max_batch:
         raise ValueError(f"batch_size {batch_size} does not fit the workspace ({p.max_batch} rows)")
@@ -727,15 +747,22 @@ cdef object _train_epoch(Workspace ws, floating[::1] params, const floating[:, :
         if shuffle:
             fill_permutation(order_ptr, n, key)
         start = 0
-        if batch_size == 1 and in_place and weights == NULL:
-            # Per-example SGD: the fused C loop, entered once per `check_every` examples. It serves the
-            # unweighted case only; weighted batches of one take the general loop below.
+        if batch_size == 1 and (in_place or fused_adam) and weights == NULL:
+            # Per-example SGD or Adam: the fused C loop, entered once per `check_every` examples. It serves
+            # the unweighted case only; weighted batches of one take the general loop below.
             while start < n and status == STATUS_OK:
                 batch = min(check_every, n - start)
                 done_before = done
-                if train_rows(p, &params[0], &X[0, 0], &Y[0, 0], order_ptr, start, batch, lr_,
-                              activations, deltas, deltas + half, &loss_sum, &done) != 0:
-                    status = STATUS_NONFINITE
+                if in_place:
+                    if train_rows(p, &params[0], &X[0, 0], &Y[0, 0], order_ptr, start, batch, lr_,
+                                  activations, deltas, deltas + half, &loss_sum, &done) != 0:
+                        status = STATUS_NONFINITE
+                else:
+                    adam.step = steps_ptr[0]
+                    if train_rows_adam(p, &params[0], &X[0, 0], &Y[0, 0], order_ptr, start, batch, &adam,
+                                       state_ptr, activations, deltas, deltas + half, &loss_sum,
+                                       &done) != 0:
+                        status = STATUS_NONFINITE
                 steps_ptr[0] += done - done_before   # one update per example trained
                 start += batch
                 weight_sum = <double>done

@@ -291,6 +291,102 @@ FASTBP_DEFINE_ADAM(double, f64, sqrt)
 #undef FASTBP_DEFINE_ADAM
 #undef FASTBP_ADAM_BODY
 
+/* One RMSprop update over n values: torch.optim.RMSprop's single-tensor step, the scalars from the caller:
+ *   g += weight_decay * p (0: g unchanged);  s = s alpha + (1 - alpha) g^2
+ *   centered: a = lerp(a, g, 1 - alpha) (from the nearer end), d = sqrt(s - a^2) + eps;
+ *   else d = sqrt(s) + eps
+ *   momentum > 0: v = v momentum + g / d, p -= lr v;  else p -= lr g / d
+ * One branch-free body per (centered, lerp end, momentum), each vectorised; runtime-dispatched. */
+#define FASTBP_RMSPROP_BODY(CENTERED, LERP, MOMENTUM)                                                 \
+    for (Py_ssize_t i = 0; i < n; i++) {                                                              \
+        const REAL_ g = grad[i] + weight_decay * params[i];                                           \
+        const REAL_ s = square_avg[i] * alpha + one_minus_alpha * g * g;                              \
+        REAL_ d;                                                                                      \
+        square_avg[i] = s;                                                                            \
+        if (CENTERED) {                                                                               \
+            const REAL_ m = LERP;                                                                     \
+            grad_avg[i] = m;                                                                          \
+            d = SQRT_(s + (-1) * m * m) + eps;                                                        \
+        } else {                                                                                      \
+            d = SQRT_(s) + eps;                                                                       \
+        }                                                                                             \
+        if (MOMENTUM) {                                                                               \
+            const REAL_ v = momentum_buffer[i] * momentum + g / d;                                    \
+            momentum_buffer[i] = v;                                                                   \
+            params[i] = params[i] + neg_lr * v;                                                       \
+        } else {                                                                                      \
+            params[i] = params[i] + neg_lr * g / d;                                                   \
+        }                                                                                             \
+    }
+#define FASTBP_DEFINE_RMSPROP(REAL, SUFFIX)                                                           \
+    FASTBP_CLONES static void fastbp_rmsprop_##SUFFIX(                                                \
+        REAL *FASTBP_RESTRICT params, const REAL *FASTBP_RESTRICT grad, REAL *FASTBP_RESTRICT square_avg, \
+        REAL *FASTBP_RESTRICT momentum_buffer, REAL *FASTBP_RESTRICT grad_avg, Py_ssize_t n,          \
+        REAL neg_lr, REAL weight_decay, REAL alpha, REAL one_minus_alpha, REAL eps, REAL momentum,    \
+        int centered)                                                                                 \
+    {                                                                                                 \
+        const REAL w = one_minus_alpha;                                                               \
+        if (!centered) {                                                                              \
+            if (momentum > 0) { FASTBP_RMSPROP_BODY(0, 0, 1) }                                        \
+            else { FASTBP_RMSPROP_BODY(0, 0, 0) }                                                     \
+        } else if (w < 0.5f) {                                                                        \
+            if (momentum > 0) { FASTBP_RMSPROP_BODY(1, grad_avg[i] + w * (g - grad_avg[i]), 1) }      \
+            else { FASTBP_RMSPROP_BODY(1, grad_avg[i] + w * (g - grad_avg[i]), 0) }                   \
+        } else {                                                                                      \
+            if (momentum > 0) { FASTBP_RMSPROP_BODY(1, g - (g - grad_avg[i]) * (1 - w), 1) }          \
+            else { FASTBP_RMSPROP_BODY(1, g - (g - grad_avg[i]) * (1 - w), 0) }                       \
+        }                                                                                             \
+    }
+
+/* One Rprop update over n values: torch.optim.Rprop's single-tensor step (the caller fills the step sizes
+ * with lr before the first one):
+ *   f = eta_plus where g prev > 0, eta_minus where < 0 (and g := 0 there: no step, forgotten), else 1
+ *   step = clamp(step f, step_min, step_max);  p -= sign(g) step;  prev = g
+ * Written with selects only, so that the loop vectorises; runtime-dispatched. */
+#define FASTBP_DEFINE_RPROP(REAL, SUFFIX)                                                             \
+    FASTBP_CLONES static void fastbp_rprop_##SUFFIX(                                                  \
+        REAL *FASTBP_RESTRICT params, const REAL *FASTBP_RESTRICT grad, REAL *FASTBP_RESTRICT prev,   \
+        REAL *FASTBP_RESTRICT step_size, Py_ssize_t n, REAL eta_minus, REAL eta_plus, REAL step_min,  \
+        REAL step_max)                                                                                \
+    {                                                                                                 \
+        for (Py_ssize_t i = 0; i < n; i++) {                                                          \
+            const REAL product = grad[i] * prev[i];                                                   \
+            const REAL f = product > 0 ? eta_plus : (product < 0 ? eta_minus : (REAL)1);              \
+            const REAL g = product < 0 ? (REAL)0 : grad[i];                                           \
+            REAL d = step_size[i] * f;                                                                \
+            d = d < step_min ? step_min : d;                                                          \
+            d = d > step_max ? step_max : d;                                                          \
+            step_size[i] = d;                                                                         \
+            const REAL p = params[i];                                                                 \
+            params[i] = g > 0 ? p - d : (g < 0 ? p + d : p);                                          \
+            prev[i] = g;                                                                              \
+        }                                                                                             \
+    }
+#define REAL_ float
+#define SQRT_ sqrtf
+FASTBP_DEFINE_RMSPROP(float, f32)
+#undef REAL_
+#undef SQRT_
+#define REAL_ double
+#define SQRT_ sqrt
+FASTBP_DEFINE_RMSPROP(double, f64)
+#undef REAL_
+#undef SQRT_
+FASTBP_DEFINE_RPROP(float, f32)
+FASTBP_DEFINE_RPROP(double, f64)
+#undef FASTBP_DEFINE_RMSPROP
+#undef FASTBP_RMSPROP_BODY
+#undef FASTBP_DEFINE_RPROP
+
+/* The Adam/AdamW hyper-parameters of the fused per-example loop (fastbp_train_rows_adam), as the float64
+ * slots of the hyper array; the loop forms the per-step scalars of each example from them and `step`. */
+typedef struct {
+    double lr, beta1, beta2, eps, weight_decay;
+    int adamw, amsgrad;
+    long long step;         /* updates made before the first row of the call */
+    Py_ssize_t n_params;    /* the length of each state row (exp_avg, exp_avg_sq, max_exp_avg_sq) */
+} fastbp_adam_rows;
+
 /* One body, two precisions: _kernels_rows.h is included once per floating type. */
 #define REAL float
 #define FASTBP_UINT unsigned int /* the integer of the same width */
@@ -298,6 +394,7 @@ FASTBP_DEFINE_ADAM(double, f64, sqrt)
 #define EXP fastbp_exp_nonpositive_f32
 #define EXP1P fastbp_exp_nonpositive_1p_f32
 #define TANH tanhf
+#define SQRT sqrtf
 #define FABS fabsf
 #define DOT fastbp_dot_f32
 #define DOT4 fastbp_dot4_f32
@@ -308,6 +405,7 @@ FASTBP_DEFINE_ADAM(double, f64, sqrt)
 #undef EXP
 #undef EXP1P
 #undef TANH
+#undef SQRT
 #undef FABS
 #undef DOT
 #undef DOT4
@@ -318,6 +416,7 @@ FASTBP_DEFINE_ADAM(double, f64, sqrt)
 #define EXP fastbp_exp_nonpositive_f64
 #define EXP1P fastbp_exp_nonpositive_1p_f64
 #define TANH tanh
+#define SQRT sqrt
 #define FABS fabs
 #define DOT fastbp_dot_f64
 #define DOT4 fastbp_dot4_f64
@@ -328,6 +427,7 @@ FASTBP_DEFINE_ADAM(double, f64, sqrt)
 #undef EXP
 #undef EXP1P
 #undef TANH
+#undef SQRT
 #undef FABS
 #undef DOT
 #undef DOT4

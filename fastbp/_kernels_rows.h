@@ -1,6 +1,6 @@
-/* Per-example SGD (mini-batches of one row, plain SGD): forward, loss, backward and update fused, for
- * one precision. Included twice by _kernels.h with REAL, FASTBP_UINT, FN, EXP, EXP1P, TANH, FABS, DOT and
- * DOT4 defined.
+/* Per-example training (mini-batches of one row, plain SGD or Adam/AdamW): forward, loss, backward and
+ * update fused, for one precision. Included twice by _kernels.h with REAL, FASTBP_UINT, FN, EXP, EXP1P,
+ * TANH, FABS, SQRT, DOT and DOT4 defined.
  *
  * fastbp_train_rows_body: the same arithmetic as the general path of _core.pyx (dense_forward,
  * output_delta, dense_backward with update_in_place), written as one loop so that small networks pay no
@@ -155,16 +155,91 @@ static inline double FN(fastbp_output_delta_row)(const REAL *out, const REAL *y,
     return total;
 }
 
+/* The per-step scalars of one Adam/AdamW update, formed in double as torch's Python floats (the same as
+ * _core.pyx's optimizer_update passes to fastbp_adam). */
+typedef struct {
+    REAL param_scale, coupled_decay, w, one_minus_w, beta2, one_minus_beta2, eps, step_size, bias2_sqrt;
+    int lerp_low, amsgrad;
+    int settled; /* beta1^t and beta2^t <= 2^-54: 1 - beta^t rounds to 1 now and at every later step */
+} FN(fastbp_adam_scalars);
+
+static inline void FN(fastbp_adam_scalars_at)(const fastbp_adam_rows *a, long long t,
+                                              FN(fastbp_adam_scalars) *c)
+{
+    c->param_scale = a->adamw ? (REAL)(1 - a->lr * a->weight_decay) : (REAL)1;
+    c->coupled_decay = a->adamw ? (REAL)0 : (REAL)a->weight_decay;
+    c->w = (REAL)(1 - a->beta1);
+    c->one_minus_w = 1 - c->w;
+    c->lerp_low = c->w < 0.5f;
+    c->beta2 = (REAL)a->beta2;
+    c->one_minus_beta2 = (REAL)(1 - a->beta2);
+    c->eps = (REAL)a->eps;
+    c->amsgrad = a->amsgrad;
+    const double beta1_t = pow(a->beta1, (double)t), beta2_t = pow(a->beta2, (double)t);
+    c->step_size = (REAL)(-(a->lr / (1 - beta1_t)));
+    c->bias2_sqrt = (REAL)sqrt(1 - beta2_t);
+    /* the bias corrections are exactly 1 from here on (beta^t only decreases), so the scalars stop
+     * changing: the per-example loop skips the two pow calls, which on tiny nets cost as much as the rest */
+    c->settled = beta1_t <= 0x1p-54 && beta2_t <= 0x1p-54;
+}
+
+/* One weight row's Adam update from the gradient d * in (one example's outer product: never stored),
+ * element for element fastbp_adam's arithmetic. With DP (1: first row, 2: the others) the same sweep
+ * also accumulates dp += w d with the weights before the update, the delta of the layer below. The
+ * flags are constants after inlining, lerp_low and amsgrad loop-invariant (unswitched by gcc -O3). */
+static inline __attribute__((always_inline))
+void FN(fastbp_adam_row)(REAL *FASTBP_RESTRICT w, const REAL *FASTBP_RESTRICT in, REAL d, Py_ssize_t n,
+                         REAL *FASTBP_RESTRICT dp, const int DP, REAL *FASTBP_RESTRICT m,
+                         REAL *FASTBP_RESTRICT s, REAL *FASTBP_RESTRICT s_max,
+                         const FN(fastbp_adam_scalars) *c)
+{
+    const REAL param_scale = c->param_scale, coupled_decay = c->coupled_decay, w1 = c->w;
+    const REAL one_minus_w1 = c->one_minus_w, beta2 = c->beta2, one_minus_beta2 = c->one_minus_beta2;
+    const REAL eps = c->eps, step_size = c->step_size, bias2_sqrt = c->bias2_sqrt;
+    const int lerp_low = c->lerp_low, amsgrad = c->amsgrad;
+    /* once the bias correction has settled at 1, dividing by it is exact and can go: one division less
+     * per parameter (the loop's bottleneck with the other division and the square root) */
+    const int unit_bias2 = bias2_sqrt == 1;
+    for (Py_ssize_t i = 0; i < n; i++) {
+        const REAL old = w[i];
+        if (DP == 1)
+            dp[i] = old * d;
+        else if (DP == 2)
+            dp[i] += old * d;
+        const REAL p = old * param_scale;
+        const REAL g = d * in[i] + coupled_decay * p;
+        const REAL m0 = m[i];
+        const REAL mi = lerp_low ? m0 + w1 * (g - m0) : g - (g - m0) * one_minus_w1;
+        REAL si = s[i] * beta2 + one_minus_beta2 * g * g;
+        m[i] = mi;
+        s[i] = si;
+        if (amsgrad) {
+            const REAL top = s_max[i];
+            si = top >= si ? top : si;
+            s_max[i] = si;
+        }
+        w[i] = p + step_size * mi / ((unit_bias2 ? SQRT(si) : SQRT(si) / bias2_sqrt) + eps);
+    }
+}
+
 /* Train on rows start .. start+count-1 of the epoch's order (order == NULL: rows in storage order),
- * one SGD step per row. Returns 0, or 1 when a loss is not finite (the step of that row is not taken).
- * *loss_sum and *done accumulate over the rows trained. */
+ * one SGD step per row, or with `adam` one Adam/AdamW step per row (state: its three rows of
+ * adam->n_params values, laid out like params; the bias corrections of row e use step adam->step + e + 1).
+ * Returns 0, or 1 when a loss is not finite (the step of that row is not taken). *loss_sum and *done
+ * accumulate over the rows trained. Always inlined with a constant `adam`: the SGD loop has no Adam code. */
 static inline __attribute__((always_inline))
 int FN(fastbp_train_rows_body)(const fastbp_plan *p, REAL *params, const REAL *X, const REAL *Y,
                                const Py_ssize_t *order, Py_ssize_t start, Py_ssize_t count, REAL lr,
+                               const fastbp_adam_rows *adam, REAL *state,
                                REAL *activations, REAL *delta_a, REAL *delta_b,
                                double *loss_sum, Py_ssize_t *done)
 {
     const int L = p->n_layers;
+    FN(fastbp_adam_scalars) c;
+    c.settled = 0;
+    REAL *const m_row = adam ? state : NULL;
+    REAL *const s_row = adam ? state + adam->n_params : NULL;
+    REAL *const s_max_row = adam ? state + 2 * adam->n_params : NULL;
     const Py_ssize_t n_in0 = p->sizes[0];
     const Py_ssize_t K = p->sizes[L];
     const int out_act = p->acts[L - 1];
@@ -214,6 +289,41 @@ int FN(fastbp_train_rows_body)(const fastbp_plan *p, REAL *params, const REAL *X
 
         /* backward: propagate with the old weights and update them in the same sweep */
         REAL *d_prev = delta_b;
+        if (adam) {
+            /* each weight row's gradient is d_j * in (bias: d_j); its Adam update reads and writes the
+             * row's moments once, in the sweep that also propagates d_j through the old row */
+            if (!c.settled)
+                FN(fastbp_adam_scalars_at)(adam, adam->step + rows_done + 1, &c);
+            for (int l = L - 1; l >= 0; l--) {
+                const Py_ssize_t n_in = p->sizes[l], n_out = p->sizes[l + 1];
+                const Py_ssize_t wo = p->w_off[l], bo = p->b_off[l];
+                const REAL *in = l > 0 ? activations + p->act_off[l - 1] : x;
+                /* the biases: gradient 1 * d_j, the same update as a weight row's */
+                FN(fastbp_adam_row)(params + bo, delta, 1, n_out, NULL, 0, m_row + bo, s_row + bo,
+                                    s_max_row + bo, &c);
+                for (Py_ssize_t j = 0; j < n_out; j++) {
+                    const Py_ssize_t o = wo + j * n_in;
+                    if (l == 0)
+                        FN(fastbp_adam_row)(params + o, in, delta[j], n_in, NULL, 0, m_row + o, s_row + o,
+                                            s_max_row + o, &c);
+                    else if (j == 0)
+                        FN(fastbp_adam_row)(params + o, in, delta[j], n_in, d_prev, 1, m_row + o, s_row + o,
+                                            s_max_row + o, &c);
+                    else
+                        FN(fastbp_adam_row)(params + o, in, delta[j], n_in, d_prev, 2, m_row + o, s_row + o,
+                                            s_max_row + o, &c);
+                }
+                if (l > 0) {
+                    FN(fastbp_times_derivative)(d_prev, in, n_in, p->acts[l - 1]);
+                    REAL *swap = delta;
+                    delta = d_prev;
+                    d_prev = swap;
+                }
+            }
+            total_loss += loss;
+            rows_done += 1;
+            continue;
+        }
         for (int l = L - 1; l >= 0; l--) {
             const Py_ssize_t n_in = p->sizes[l], n_out = p->sizes[l + 1];
             REAL *W = params + p->w_off[l];
@@ -461,8 +571,20 @@ static int FN(fastbp_train_rows_any)(const fastbp_plan *p, REAL *params, const R
                                      REAL *activations, REAL *delta_a, REAL *delta_b,
                                      double *loss_sum, Py_ssize_t *done)
 {
-    return FN(fastbp_train_rows_body)(p, params, X, Y, order, start, count, lr, activations, delta_a,
-                                      delta_b, loss_sum, done);
+    return FN(fastbp_train_rows_body)(p, params, X, Y, order, start, count, lr, NULL, NULL, activations,
+                                      delta_a, delta_b, loss_sum, done);
+}
+
+/* Per-example Adam/AdamW (any network; the tiny-network loop is SGD only). */
+FASTBP_CLONES
+static int FN(fastbp_train_rows_adam)(const fastbp_plan *p, REAL *params, const REAL *X, const REAL *Y,
+                                      const Py_ssize_t *order, Py_ssize_t start, Py_ssize_t count,
+                                      const fastbp_adam_rows *adam, REAL *state,
+                                      REAL *activations, REAL *delta_a, REAL *delta_b,
+                                      double *loss_sum, Py_ssize_t *done)
+{
+    return FN(fastbp_train_rows_body)(p, params, X, Y, order, start, count, 0, adam, state, activations,
+                                      delta_a, delta_b, loss_sum, done);
 }
 
 static int FN(fastbp_train_rows)(const fastbp_plan *p, REAL *params, const REAL *X, const REAL *Y,

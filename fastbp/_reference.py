@@ -293,29 +293,57 @@ def train_epoch(ws, params, X, Y, sample_weight, batch_size, rule, hyper, state,
     return loss_sum, weight_sum, examples_done, 0
 
 
-def train_rows(ws, params, X, Y, lr, order=None):
-    """Per-example plain SGD (batch size 1, no momentum, no decay, unweighted), one update per row.
+def train_rows(ws, params, X, Y, lr, order=None, adam=None):
+    """Per-example training (batch size 1, unweighted), one update per row: plain SGD (no momentum, no
+    decay), or with ``adam = (rule, hyper, state, steps)`` Adam or AdamW (``rule`` their code; the other
+    three as for ``train_epoch``).
 
-    The twin of the compiled kernel's fused per-example loops (``fastbp_train_rows`` and, for networks of
-    one hidden layer with at most 4 units per layer and a squared-error loss, ``fastbp_train_rows_small``
-    in ``_kernels_rows.h``): the same arithmetic as ``train_epoch`` with ``batch_size=1``, written as the
-    loop those functions fuse. Returns ``(loss_sum, rows_done, status)`` like ``train_epoch``.
+    The twin of the compiled kernel's fused per-example loops (``fastbp_train_rows``,
+    ``fastbp_train_rows_adam`` and, for plain SGD on networks of one hidden layer with at most 4 units per
+    layer and a squared-error loss, ``fastbp_train_rows_small`` in ``_kernels_rows.h``): the same
+    arithmetic as ``train_epoch`` with ``batch_size=1``, written as the loop those functions fuse. Returns ``(loss_sum, rows_done, status)``
+    like ``train_epoch``.
     """
     n = X.shape[0]
     order = range(n) if order is None else order
     loss_sum, done = 0.0, 0
     for row in order:
         x, y = X[row:row + 1], Y[row:row + 1]
-        with np.errstate(over="ignore", invalid="ignore"):
+        with np.errstate(over="ignore", invalid="ignore", divide="ignore"):
             zs, activations = dense_forward(ws, params, x)          # forward, one example
             loss, last_delta = output_delta(ws, zs, activations, y)  # its loss and dL/dz
             if not math.isfinite(loss):
                 return loss_sum, done, 1
-            dense_backward(ws, params, x, activations, last_delta, ws.grad)
-            params -= lr * ws.grad                                   # the update, with the old deltas
+            if adam is None:
+                dense_backward(ws, params, x, activations, last_delta, ws.grad)
+                params -= lr * ws.grad                               # the update, with the old deltas
+            else:
+                _adam_backward(ws, params, x, activations, last_delta, *adam)
         loss_sum += loss
         done += 1
     return loss_sum, done, 0
+
+
+def _adam_backward(ws, params, x, activations, delta, rule, hyper, state, steps):
+    """Backward pass of one example with each layer's Adam update made in it, from the top layer down.
+
+    A layer's gradient is the outer product of its delta and its input (the bias: the delta), and its
+    delta for the layer below is computed from its weights before the update, so updating layer by layer
+    here is the same as one ``optimizer_step`` over the whole buffer after ``dense_backward``: the update
+    is elementwise, and every layer sees the same step count (the kernel does the same, row by row, in
+    the sweep that propagates the delta).
+    """
+    layers = layer_views(ws.layer_sizes, params)
+    for l in range(len(layers) - 1, -1, -1):
+        w_start, b_start = ws.offsets[l]
+        b_stop = b_start + ws.layer_sizes[l + 1]
+        a_prev = activations[l - 1] if l > 0 else x
+        grad = np.concatenate([(delta.T @ a_prev).ravel(), delta[0]])   # outer(delta, a_prev), then delta
+        if l > 0:
+            W = layers[l][0]
+            delta = (delta @ W) * DERIVATIVES_FROM_OUTPUT[ws.activations[l - 1]](a_prev)  # old weights
+        optimizer_step(params[w_start:b_stop], grad, rule, hyper, state[:, w_start:b_stop], steps.copy())
+    steps[0] += 1
 
 
 def trace(ws, params, X, Y):

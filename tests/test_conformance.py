@@ -166,16 +166,19 @@ def test_train_epoch_agrees(hidden, last, loss, batch_size, momentum, shuffle, d
     np.testing.assert_allclose(vel_c, vel_n, **tol)
 
 
+@pytest.mark.parametrize("rule", ["sgd", "adam", "adamw", "adam-short-memory"])
 @pytest.mark.parametrize("dtype", [np.float64, np.float32])
 @pytest.mark.parametrize("sizes,loss", [([3, 4, 2], "mse"), ([3, 4, 2], "half_sse"),   # the tiny-network loop
                                         ([6, 7, 3], "mse"), ([4, 5, 3], "cross_entropy"),
-                                        ([4, 5, 3], "binary_cross_entropy"), ([4, 5, 3], "poisson")])
-def test_train_rows_is_the_per_example_path(sizes, loss, dtype):
+                                        ([4, 5, 3], "binary_cross_entropy"), ([4, 5, 3], "poisson"),
+                                        ([9, 12, 5, 3], "mse")])
+def test_train_rows_is_the_per_example_path(sizes, loss, dtype, rule):
     """The twin's train_rows, written as the fused per-example loops, equals train_epoch at batch size 1
-    on both backends (which takes fastbp_train_rows or fastbp_train_rows_small in the kernel)."""
+    on both backends (which takes fastbp_train_rows, fastbp_train_rows_small or, for Adam and AdamW,
+    fastbp_train_rows_adam in the kernel)."""
     rng = np.random.default_rng(sizes)
-    last = "identity" if loss in _spec.LOGIT_LOSSES else "sigmoid"
-    codes = [_spec.ACTIVATION_CODES["tanh"], _spec.ACTIVATION_CODES[last]]
+    codes = [_spec.ACTIVATION_CODES["tanh"]] * (len(sizes) - 2)
+    codes.append(_spec.ACTIVATION_CODES["identity" if loss in _spec.LOGIT_LOSSES else "sigmoid"])
     _, total = _spec.param_offsets(sizes)
     params0 = rng.uniform(-0.8, 0.8, size=total).astype(dtype)
     n = 9
@@ -183,17 +186,34 @@ def test_train_rows_is_the_per_example_path(sizes, loss, dtype):
     Y = (np.eye(sizes[-1])[rng.integers(0, sizes[-1], size=n)] if loss == "cross_entropy"
          else rng.uniform(0, 1, size=(n, sizes[-1]))).astype(dtype)
     key = _spec.epoch_key(1, 0)
+    # two epochs: the second starts from a non-zero state and step count. With betas (0.3, 0.6) both
+    # bias corrections reach exactly 1 within the 12 epochs (108 steps), after which the kernel stops
+    # recomputing them.
+    settings = {"sgd": dict(lr=0.1), "adam": RULE_SETTINGS["adam"], "adamw": RULE_SETTINGS["adamw"],
+                "adam-short-memory": dict(lr=0.01, adam_beta1=0.3, adam_beta2=0.6, adam_eps=1e-8,
+                                          weight_decay=0.01)}[rule]
+    epochs = 12 if rule == "adam-short-memory" else 2
+    rule = rule.split("-")[0]
     ws = _reference.Workspace(sizes, codes, _spec.LOSS_CODES[loss], dtype, 1)
     params_rows = params0.copy()
-    loss_sum, done, status = _reference.train_rows(ws, params_rows, X, Y, dtype(0.1), _spec.permutation(n, key))
-    assert (done, status) == (n, 0)
+    arguments_rows = _optimizer_arguments(rule, params_rows, **settings)
+    for _ in range(epochs):
+        loss_sum, done, status = _reference.train_rows(
+            ws, params_rows, X, Y, dtype(settings["lr"]), _spec.permutation(n, key),
+            adam=None if rule == "sgd" else arguments_rows)
+        assert (done, status) == (n, 0)
     tol = TOL[np.dtype(dtype)]
     for module in MODULES.values():
         ws = module.Workspace(sizes, codes, _spec.LOSS_CODES[loss], dtype, 1)
         params = params0.copy()
-        returned = module.train_epoch(ws, params, X, Y, None, 1, *_optimizer_arguments("sgd", params, lr=0.1), key)
+        arguments = _optimizer_arguments(rule, params, **settings)
+        for _ in range(epochs):
+            returned = module.train_epoch(ws, params, X, Y, None, 1, *arguments, key)
         np.testing.assert_allclose(params, params_rows, **tol)
         np.testing.assert_allclose(returned[0], loss_sum, **tol)
+        np.testing.assert_allclose(arguments[2], arguments_rows[2], **tol)   # the state
+        if rule != "sgd":   # (plain SGD's train_rows keeps no state)
+            assert arguments[3][0] == arguments_rows[3][0] == epochs * n
 
 
 @pytest.mark.parametrize("dtype", [np.float64, np.float32])
