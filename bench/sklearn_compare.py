@@ -2,7 +2,7 @@
 
     env -u OPENBLAS_CORETYPE -u OPENBLAS_L2_SIZE python bench/sklearn_compare.py
         [--datasets digits,breast_cancer,wine,diabetes,synthetic_classification,synthetic_regression]
-        [--splits 5] [--synthetic-rows 50000] [--threads N] [--json PATH]
+        [--splits 5] [--synthetic-rows 50000] [--threads N] [--blas-threads N] [--json PATH]
 
 For each data set and each of ``--splits`` random 75/25 splits (stratified for classification), both
 estimators are fitted with their default parameters (only ``random_state`` set, to the split's index) inside
@@ -138,6 +138,10 @@ def main(argv=None):
     parser.add_argument("--splits", type=int, default=5)
     parser.add_argument("--synthetic-rows", type=int, default=50_000)
     parser.add_argument("--threads", type=int, default=None, help="fastbp's threads= (default: untouched)")
+    parser.add_argument("--blas-threads", type=int, default=None,
+                        help="limit every BLAS (numpy's and fastbp's) to this many threads for the whole run "
+                             "(threadpoolctl), for both estimators alike: on a busy machine one thread avoids "
+                             "threads waiting for each other")
     parser.add_argument("--json", default=None, help="also write the rows to this JSON file")
     args = parser.parse_args(argv)
     names = [name.strip() for name in args.datasets.split(",") if name.strip()]
@@ -154,7 +158,15 @@ def main(argv=None):
             print(f"note: {key}={os.environ[key]} is set")
     print(f"default settings, {args.splits} splits (75/25), mean test score and mean fit time per data set")
     print(HEADER, flush=True)
-    rows = run(names, args.splits, args.synthetic_rows, args.threads)
+    if args.blas_threads is None:
+        rows = run(names, args.splits, args.synthetic_rows, args.threads)
+    else:
+        import scipy.linalg.cython_blas  # noqa: F401  (load fastbp's BLAS before limiting)
+        from threadpoolctl import threadpool_limits
+
+        with threadpool_limits(limits=args.blas_threads, user_api="blas"):
+            print(f"BLAS limited to {args.blas_threads} thread(s): {blas_info()}", flush=True)
+            rows = run(names, args.splits, args.synthetic_rows, args.threads)
     print()
     print(HEADER)
     for row in rows:

@@ -62,7 +62,7 @@ try:
     from sklearn.metrics import accuracy_score, r2_score
     from sklearn.model_selection import train_test_split
     from sklearn.preprocessing import LabelBinarizer
-    from sklearn.utils import check_random_state, gen_batches, shuffle as sk_shuffle
+    from sklearn.utils import check_random_state
     from sklearn.utils.metaestimators import available_if
     from sklearn.utils.multiclass import type_of_target, unique_labels
     from sklearn.utils.validation import check_is_fitted, column_or_1d, validate_data
@@ -169,7 +169,7 @@ class _Objective:
     def l2(self):
         """``0.5 * sum(W**2)`` over every weight matrix (not the intercepts)."""
         with np.errstate(over="ignore", invalid="ignore"):  # a diverging model's penalty is inf, silently
-            return 0.5 * sum(float(np.dot(W.ravel(), W.ravel())) for W in self.net.weights)
+            return 0.5 * sum(float(np.vdot(W, W)) for W in self.net.weights)
 
     def batch(self, X, Y, sample_weight, constants, l2=True):
         """scikit-learn's loss and gradient (a ``Gradients``, modified in place) of one batch; ``l2=False``
@@ -669,7 +669,11 @@ class _BaseMLP(BaseEstimator):
             self.n_iter_ = 0
             for _ in range(self.max_iter):
                 if self.shuffle:
-                    sample_idx = sk_shuffle(sample_idx, random_state=self._random_state)
+                    # sklearn.utils.shuffle(sample_idx, random_state=...)'s draw, without its per-call
+                    # parameter validation (a millisecond per epoch).
+                    order = np.arange(n_samples)
+                    self._random_state.shuffle(order)
+                    sample_idx = sample_idx[order]
                 try:
                     if use_kernel:
                         if self.shuffle:
@@ -680,7 +684,10 @@ class _BaseMLP(BaseEstimator):
                         accumulated_loss *= objective.loss_factor
                     else:
                         accumulated_loss = 0.0
-                        for batch_slice in gen_batches(n_samples, batch_size):
+                        # sklearn.utils.gen_batches(n_samples, batch_size)'s slices, without its per-call
+                        # parameter validation.
+                        for start in range(0, n_samples, batch_size):
+                            batch_slice = slice(start, min(start + batch_size, n_samples))
                             rows = sample_idx[batch_slice] if self.shuffle else batch_slice
                             X_batch = _dense_rows(X_train, rows)
                             batch_constants = None if constants is None else constants[rows]

@@ -305,6 +305,16 @@ def test_verbose_prints_losses(small_classification):
         ({"tol": -1.0}, ValueError, "tol"),
         ({"shuffle": "yes"}, TypeError, "shuffle"),
         ({"dtype": "float16"}, ValueError, "dtype"),
+        ({"solver": "rprop"}, ValueError, "solver"),
+        ({"learning_rate": "cosine"}, ValueError, "learning_rate"),
+        ({"power_t": -0.5}, ValueError, "power_t"),
+        ({"beta_1": 1.0}, ValueError, "beta_1"),
+        ({"beta_2": -0.1}, ValueError, "beta_2"),
+        ({"epsilon": 0.0}, ValueError, "epsilon"),
+        ({"n_iter_no_change": 2.5}, TypeError, "n_iter_no_change"),
+        ({"max_fun": 0}, ValueError, "max_fun"),
+        ({"threads": 0}, ValueError, "threads"),
+        ({"momentum": 10**400}, ValueError, "momentum"),
     ],
 )
 def test_invalid_parameters(small_classification, params, error, match):
@@ -550,3 +560,35 @@ def test_partial_fit_refuses_early_stopping(small_classification):
     assert not hasattr(model, "coefs_")
     assert not hasattr(MLPClassifier(solver="lbfgs"), "partial_fit")
     assert not hasattr(MLPRegressor(solver="lbfgs"), "partial_fit")
+
+
+def test_n_iter_no_change_inf_runs_max_iter(small_classification):
+    X, y = small_classification
+    model = quiet(MLPClassifier(hidden_layer_sizes=(3,), solver="sgd", tol=1e9, n_iter_no_change=np.inf,
+                                max_iter=7, random_state=0).fit, X, y)
+    assert model.n_iter_ == 7 and model._no_improvement_count == 6
+
+
+def test_threads_option_gives_the_same_model(small_classification, backend):
+    pytest.importorskip("threadpoolctl")
+    X, y = small_classification
+    params = dict(hidden_layer_sizes=(6,), max_iter=4, random_state=0, backend=backend)
+    one = quiet(MLPClassifier(threads=1, **params).fit, X, y)
+    default = quiet(MLPClassifier(**params).fit, X, y)
+    for mine, reference in zip(one.coefs_, default.coefs_):
+        np.testing.assert_allclose(mine, reference, rtol=0, atol=1e-12)
+
+
+@pytest.mark.parametrize("solver", ["sgd", "adam"])
+def test_pickle_round_trip_continues_exactly_for_each_solver(small_classification, solver, backend):
+    X, y = small_classification
+    model = MLPClassifier(hidden_layer_sizes=(6,), solver=solver, shuffle=False, random_state=0,
+                          learning_rate_init=0.01, backend=backend)
+    model.partial_fit(X, y, classes=[0, 1, 2])
+    model.partial_fit(X, y)
+    restored = pickle.loads(pickle.dumps(model))
+    model.partial_fit(X, y)
+    restored.partial_fit(X, y)
+    for mine, reference in zip(restored.coefs_ + restored.intercepts_, model.coefs_ + model.intercepts_):
+        np.testing.assert_array_equal(mine, reference)
+    assert restored._optimizer.learning_rate == model._optimizer.learning_rate
