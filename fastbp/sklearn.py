@@ -225,13 +225,26 @@ class _Solver:
             self.beta_1, self.beta_2 = float(estimator.beta_1), float(estimator.beta_2)
             self.epsilon = float(estimator.epsilon)
             self.t = 0
-            self.optimizer = _AdamState(net, self.learning_rate, self.beta_1, self.beta_2, self.epsilon)
+            from . import optimizers
+
+            if hasattr(optimizers, "Adam"):
+                self.optimizer = optimizers.Adam(net, self.learning_rate, betas=(self.beta_1, self.beta_2),
+                                                 eps=self._torch_eps(1))
+            else:
+                self.optimizer = _AdamState(net, self.learning_rate, self.beta_1, self.beta_2, self.epsilon)
+
+    def _torch_eps(self, t):
+        """The epsilon of ``torch.optim.Adam`` that makes step ``t`` scikit-learn's: scikit-learn adds
+        epsilon to ``sqrt(v)`` before the bias correction ``sqrt(1 - beta_2**t)``, torch after it."""
+        return self.epsilon / np.sqrt(1 - self.beta_2 ** t)
 
     # ---------------------------------------------------------------------------------------- updates
     def step(self, grads):
         if self.solver == "adam":
-            self.t += 1
+            if not isinstance(self.optimizer, _AdamState):
+                self.optimizer.eps = self._torch_eps(self.t + 1)
             self.optimizer.step(grads)
+            self.t += 1
             self.learning_rate = (self.learning_rate_init * np.sqrt(1 - self.beta_2 ** self.t)
                                   / (1 - self.beta_1 ** self.t))
         else:
@@ -284,20 +297,24 @@ class _Solver:
     def state(self):
         if self.solver == "sgd":
             return {"learning_rate": self.learning_rate, "velocity": np.array(self.optimizer.velocity)}
-        return {"learning_rate": self.learning_rate, "t": self.t, "m": self.optimizer.m.copy(),
-                "v": self.optimizer.v.copy()}
+        if isinstance(self.optimizer, _AdamState):
+            return {"learning_rate": self.learning_rate, "t": self.t, "m": self.optimizer.m.copy(),
+                    "v": self.optimizer.v.copy()}
+        return {"learning_rate": self.learning_rate, "t": self.t, "optimizer": self.optimizer.state_dict()}
 
     def load(self, state):
+        self.learning_rate = float(state["learning_rate"])
         if self.solver == "sgd":
-            self.learning_rate = float(state["learning_rate"])
             self.optimizer.lr = self.learning_rate
             self.optimizer.velocity = state["velocity"]
-        else:
-            self.learning_rate = float(state["learning_rate"])
-            self.t = int(state["t"])
+            return
+        self.t = int(state["t"])
+        if isinstance(self.optimizer, _AdamState):
             self.optimizer.t = self.t
             self.optimizer.m[...] = state["m"]
             self.optimizer.v[...] = state["v"]
+        else:
+            self.optimizer.load_state_dict(state["optimizer"])
 
 
 class _AdamState:
@@ -744,7 +761,7 @@ class _BaseMLP(BaseEstimator):
                     )
         except KeyboardInterrupt:
             warnings.warn("Training interrupted by user.", stacklevel=3)
-        if early_stopping:
+        if early_stopping and self._best_params.shape == net.params.shape:
             np.copyto(net.params, self._best_params)
 
     def _update_no_improvement_count(self, early_stopping, X_val, y_val, sw_val):
@@ -759,7 +776,7 @@ class _BaseMLP(BaseEstimator):
                 self._no_improvement_count = 0
             if score > self.best_validation_score_:
                 self.best_validation_score_ = score
-                np.copyto(self._best_params, self.network_.params)
+                self._best_params = self.network_.params.copy()
         else:
             if self.loss_curve_[-1] > self.best_loss_ - self.tol:
                 self._no_improvement_count += 1
