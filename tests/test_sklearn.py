@@ -37,6 +37,10 @@ def _expected_failed_checks(estimator):
             # batch sizes, so float32 predictions may differ in the last bit or two (measured: 2.5e-7
             # relative with the NumPy backend). float64 passes.
             "check_methods_subset_invariance": "float32 rounding is coarser than the check's rtol=1e-7",
+            # Weighted and repeated rows sum the same terms in another order: float32 results differ by a
+            # few ulps (measured 2.4e-7 absolute), beyond the check's rtol=1e-7. float64 passes.
+            "check_sample_weight_equivalence_on_dense_data": "float32 rounding vs the check's rtol=1e-7",
+            "check_sample_weight_equivalence_on_sparse_data": "float32 rounding vs the check's rtol=1e-7",
         }
     return {}
 
