@@ -200,7 +200,7 @@ def report(meta, peaks, rows, all_results, peers):
         p(f"WARNING: the machine was busy (load {meta['load_before']}): two-thread peers suffer most; "
           "rerun on an idle machine before trusting a ratio")
     p(f"mode: epochs={meta['epochs']} timed epochs (median, after 1 warm-up), ~{meta['target_s']} s per epoch, "
-      f"torch threads {meta['torch_threads']}, fastbp from {meta['fastbp_from']}, "
+      f"optimizer {meta.get('optimizer', 'sgd')}, torch threads {meta['torch_threads']}, fastbp from {meta['fastbp_from']}, "
       f"best of {meta['repeat']} interleaved run(s) per peer; "
       f"children without {', '.join(STRIPPED_ENV)}")
     pk = []
@@ -344,6 +344,9 @@ def main(argv=None):
     ap.add_argument("--repeat", type=int, default=1,
                     help="run every peer of a workload this many times, interleaved, and keep each peer's fastest "
                          "run (robust against other processes on a shared machine; default 1)")
+    ap.add_argument("--optimizer", choices=("sgd", "adam"), default="sgd",
+                    help="every peer trains with this optimizer: plain SGD at the workload's lr (default), or "
+                         "Adam (torch's defaults, lr 1e-3; JAX through optax; FANN has none)")
     ap.add_argument("--quick", action="store_true", help="3 timed epochs of ~0.1 s, 3 GEMM-peak repeats")
     ap.add_argument("--json", metavar="PATH", help="write every measurement and the analysis as JSON")
     ap.add_argument("--python", default=sys.executable, help="interpreter for the fastbp peers and gemm peers")
@@ -381,7 +384,8 @@ def main(argv=None):
     log = lambda msg: print(msg, file=sys.stderr, flush=True)  # noqa: E731
     os.environ["FASTBP_BENCH_TORCH_THREADS"] = str(args.torch_threads)  # read by the torch child
     os.environ["FASTBP_BENCH_FROM"] = args.fastbp_from                   # read by the fastbp children
-    meta.update(torch_threads=args.torch_threads, fastbp_from=args.fastbp_from)
+    os.environ["FASTBP_BENCH_OPTIMIZER"] = args.optimizer               # read by every child
+    meta.update(torch_threads=args.torch_threads, fastbp_from=args.fastbp_from, optimizer=args.optimizer)
     if os.getloadavg()[0] > 0.5 * (os.cpu_count() or 1):
         log(f"warning: load average {meta['load_before']} on {os.cpu_count()} cores: other processes are "
             "running; two-thread peers (torch, BLAS) suffer most; compare ratios, rerun when the machine is idle")

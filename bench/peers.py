@@ -40,6 +40,10 @@ sys.path.insert(0, HERE)
 import workloads as wl  # noqa: E402
 
 RESULT_MARK = "@@RESULT@@ "
+# The optimizer every peer uses (compare.py --optimizer): "sgd" (plain, the workload's lr) or "adam"
+# (torch.optim.Adam's defaults: betas (0.9, 0.999), eps 1e-8, with ADAM_LR for every workload).
+OPTIMIZER = os.environ.get("FASTBP_BENCH_OPTIMIZER", "sgd")
+ADAM_LR = 1e-3
 
 
 class NotInstalled(Exception):
@@ -86,12 +90,16 @@ class FastbpFit:
 
     def load(self, weights, biases):
         self.net.set_params([W.astype(self.w.dtype) for W in weights], [b.astype(self.w.dtype) for b in biases])
+        # A fresh optimizer (zero moments, step 0) for every run from the initial weights.
+        self.opt = (self.fastbp.Adam(self.net, lr=ADAM_LR) if OPTIMIZER == "adam"
+                    else self.fastbp.SGD(self.net, self.w.lr))
 
     def prepare(self, X, Y):
         self.X, self.Y = X, Y
 
     def epoch(self):
-        history = self.net.fit(self.X, self.Y, epochs=1, batch_size=self.w.batch, lr=self.w.lr, shuffle=False)
+        history = self.net.fit(self.X, self.Y, epochs=1, batch_size=self.w.batch, optimizer=self.opt,
+                               shuffle=False)
         return float(history.loss[0])
 
     def info(self):
@@ -107,11 +115,7 @@ class FastbpTwin(FastbpFit):
 
 
 class FastbpStepLoop(FastbpFit):
-    """A Python loop of ``SGD.train_step`` over the mini-batches (compiled backend)."""
-
-    def __init__(self, w):
-        super().__init__(w)
-        self.opt = self.fastbp.SGD(self.net, w.lr)
+    """A Python loop of the optimizer's ``train_step`` over the mini-batches (compiled backend)."""
 
     def prepare(self, X, Y):
         B = self.w.batch
@@ -150,7 +154,7 @@ class Torch:
                 layers.append(acts[act]())
         self.model = torch.nn.Sequential(*layers)
         self.linears = [m for m in self.model if isinstance(m, torch.nn.Linear)]
-        self.opt = torch.optim.SGD(self.model.parameters(), lr=w.lr)
+        self.opt = None
         if w.loss == "mse":
             self.loss_fn = torch.nn.MSELoss()
         else:  # half_sse: (1/B) sum_b 0.5 sum_k (y - yhat)^2
@@ -161,6 +165,9 @@ class Torch:
             for lin, W, b in zip(self.linears, weights, biases):
                 lin.weight.copy_(self.torch.from_numpy(np.asarray(W, dtype=self.w.dtype)))
                 lin.bias.copy_(self.torch.from_numpy(np.asarray(b, dtype=self.w.dtype)))
+        optim = self.torch.optim
+        self.opt = (optim.Adam(self.model.parameters(), lr=ADAM_LR) if OPTIMIZER == "adam"
+                    else optim.SGD(self.model.parameters(), lr=self.w.lr))
 
     def prepare(self, X, Y):
         Xt, Yt = self.torch.from_numpy(X), self.torch.from_numpy(Y)
@@ -214,22 +221,38 @@ class Jax:
                 return jnp.mean(d * d)
             return jnp.sum(d * d) / (2 * xb.shape[0])
 
-        def step(params, batch):
-            loss, grads = jax.value_and_grad(loss_fn)(params, *batch)
-            params = jax.tree_util.tree_map(lambda p, g: p - lr * g, params, grads)
-            return params, loss
+        if OPTIMIZER == "adam":
+            try:
+                import optax
+            except ImportError as exc:
+                raise NotInstalled(f"import optax failed: {exc}") from exc
+            tx = optax.adam(ADAM_LR)
+        else:
+            tx = None
+        self.tx = tx
 
-        def epoch(params, Xb, Yb):
-            params, losses = jax.lax.scan(step, params, (Xb, Yb))
-            return params, jnp.mean(losses)
+        def step(carry, batch):
+            params, opt_state = carry
+            loss, grads = jax.value_and_grad(loss_fn)(params, *batch)
+            if tx is None:
+                params = jax.tree_util.tree_map(lambda p, g: p - lr * g, params, grads)
+            else:
+                updates, opt_state = tx.update(grads, opt_state, params)
+                params = jax.tree_util.tree_map(lambda p, u: p + u, params, updates)
+            return (params, opt_state), loss
+
+        def epoch(carry, Xb, Yb):
+            carry, losses = jax.lax.scan(step, carry, (Xb, Yb))
+            return carry, jnp.mean(losses)
 
         self.epoch_fn = jax.jit(epoch, donate_argnums=0)
         self.compile_s = []
 
     def load(self, weights, biases):
         dt = self.w.dtype
-        self.params = [(self.jnp.asarray(np.asarray(W, dtype=dt)), self.jnp.asarray(np.asarray(b, dtype=dt)))
-                       for W, b in zip(weights, biases)]
+        params = [(self.jnp.asarray(np.asarray(W, dtype=dt)), self.jnp.asarray(np.asarray(b, dtype=dt)))
+                  for W, b in zip(weights, biases)]
+        self.params = (params, None if self.tx is None else self.tx.init(params))
 
     def prepare(self, X, Y):
         B = self.w.batch
@@ -268,6 +291,8 @@ class Fann:
     """
 
     def __init__(self, w):
+        if OPTIMIZER != "sgd":
+            raise NotApplicable("FANN trains with its own rules, not Adam")
         try:
             from fann2 import libfann
         except ImportError as exc:
@@ -431,7 +456,7 @@ def env_info():
 def measure(peer_name, w, epochs, target_s, check=True):
     peer = PEERS[peer_name](w)
     W0, b0 = wl.initial_params(w, np.float64)
-    out = {"peer": peer_name, "workload": w.name, "status": "ok"}
+    out = {"peer": peer_name, "workload": w.name, "status": "ok", "optimizer": OPTIMIZER}
 
     # 1. Check run: same start, same data, same updates for every peer.
     n = wl.round_examples(w, w.n_check)
@@ -497,8 +522,12 @@ def main(argv=None):
     ap.add_argument("--epochs", type=int, default=5)
     ap.add_argument("--target-s", type=float, default=0.3)
     ap.add_argument("--repeats", type=int, default=5, help="gemm-peak only")
+    ap.add_argument("--optimizer", choices=("sgd", "adam"), default=None,
+                    help="the optimizer every peer uses (default: $FASTBP_BENCH_OPTIMIZER, else sgd)")
     args = ap.parse_args(argv)
-    result = {"peer": args.peer, "workload": args.workload}
+    global OPTIMIZER
+    OPTIMIZER = args.optimizer or OPTIMIZER
+    result = {"peer": args.peer, "workload": args.workload, "optimizer": OPTIMIZER}
     try:
         if args.peer == "gemm-peak":
             result.update(status="ok", dtype=args.dtype, **gemm_peak(args.dtype, repeats=args.repeats))

@@ -29,10 +29,20 @@ def train_epoch(
     X: _Floats,
     Y: _Floats,
     batch_size: int,
-    lr: float,
-    momentum: float,
-    weight_decay: float,
-    nesterov: bool,
-    velocity: _Floats,
+    rule: int,
+    hyper: npt.NDArray[np.float64],
+    state: _Floats,
+    steps: npt.NDArray[np.int64],
     shuffle_key: int,
 ) -> tuple[float, int, int]: ...
+def optimizer_step(
+    params: _Floats,
+    grad: _Floats,
+    rule: int,
+    hyper: npt.NDArray[np.float64],
+    state: _Floats,
+    steps: npt.NDArray[np.int64],
+) -> None: ...
+def all_finite(values: _Floats) -> bool: ...
+def _enum_codes() -> dict[str, object]: ...
+def _blas_thresholds(min_batch: int | None = ..., min_work: int | None = ...) -> tuple[int, int]: ...

@@ -1,5 +1,6 @@
 # cython: language_level=3
-"""The compiled kernel of fastbp: forward, backward and SGD for dense networks, without the GIL.
+"""The compiled kernel of fastbp: forward, backward and the optimizers' updates for dense networks,
+without the GIL.
 
 Same functions, same semantics as the NumPy twin ``fastbp/_reference.py`` (the specification; read it
 first). See ``docs/DESIGN.md`` for the interface, the parameter layout and the shuffle permutation.
@@ -13,10 +14,10 @@ The kernel trusts its inputs: ``fastbp/network.py`` has checked dtypes, contigui
 """
 
 from cython cimport floating
-from libc.math cimport log, tanh, tanhf, isfinite
+from libc.math cimport log, tanh, tanhf, isfinite, sqrt, sqrtf, pow
 from libc.stdlib cimport malloc, free
 from libc.string cimport memcpy, memset
-from libc.stdint cimport uint64_t
+from libc.stdint cimport uint64_t, int64_t
 from cpython.exc cimport PyErr_CheckSignals, PyErr_Clear
 from scipy.linalg.cython_blas cimport sgemm, dgemm
 
@@ -49,6 +50,41 @@ cdef extern from "_kernels.h" nogil:
                               const Py_ssize_t *order, Py_ssize_t start, Py_ssize_t count, double lr,
                               double *activations, double *delta_a, double *delta_b,
                               double *loss_sum, Py_ssize_t *done)
+    void fastbp_adam_f32(float *params, const float *grad, float *exp_avg, float *exp_avg_sq,
+                         float *max_exp_avg_sq, Py_ssize_t n, float param_scale, float coupled_decay,
+                         float one_minus_beta1, float beta2, float one_minus_beta2, float eps,
+                         float step_size, float bias2_sqrt, int amsgrad)
+    void fastbp_adam_f64(double *params, const double *grad, double *exp_avg, double *exp_avg_sq,
+                         double *max_exp_avg_sq, Py_ssize_t n, double param_scale, double coupled_decay,
+                         double one_minus_beta1, double beta2, double one_minus_beta2, double eps,
+                         double step_size, double bias2_sqrt, int amsgrad)
+    # Update rules and the slots of their hyper-parameter array, declared once in _kernels.h.
+    enum:
+        FASTBP_SGD
+        FASTBP_ADAM
+        FASTBP_ADAMW
+        FASTBP_RMSPROP
+        FASTBP_RPROP
+        FASTBP_N_RULES
+    enum:
+        FASTBP_HYPER_LR
+        FASTBP_HYPER_WEIGHT_DECAY
+        FASTBP_HYPER_SGD_MOMENTUM
+        FASTBP_HYPER_SGD_NESTEROV
+        FASTBP_HYPER_ADAM_BETA1
+        FASTBP_HYPER_ADAM_BETA2
+        FASTBP_HYPER_ADAM_EPS
+        FASTBP_HYPER_ADAM_AMSGRAD
+        FASTBP_HYPER_RMSPROP_ALPHA
+        FASTBP_HYPER_RMSPROP_EPS
+        FASTBP_HYPER_RMSPROP_MOMENTUM
+        FASTBP_HYPER_RMSPROP_CENTERED
+        FASTBP_HYPER_RPROP_ETA_MINUS
+        FASTBP_HYPER_RPROP_ETA_PLUS
+        FASTBP_HYPER_RPROP_STEP_MIN
+        FASTBP_HYPER_RPROP_STEP_MAX
+        FASTBP_HYPER_RESERVED_L2
+        FASTBP_N_HYPER
 
 
 cdef enum:
@@ -448,23 +484,132 @@ cdef void dense_backward(const Plan *p, floating *params, const floating *inputs
             delta_other = swap
 
 
-cdef void sgd_update(floating *params, const floating *grad, floating *velocity, Py_ssize_t n,
-                     floating lr, floating momentum, floating weight_decay, bint nesterov) noexcept nogil:
-    """torch.optim.SGD's step (dampening 0) over the whole flat buffer."""
+cdef inline floating sqrt_(floating x) noexcept nogil:
+    if floating is float:
+        return sqrtf(x)
+    else:
+        return sqrt(x)
+
+
+cdef inline floating lerp(floating start, floating end, floating weight) noexcept nogil:
+    """start + weight (end - start), computed as torch.lerp does (from the nearer end)."""
+    if weight < 0.5:
+        return start + weight * (end - start)
+    return end - (end - start) * (1 - weight)
+
+
+cdef void optimizer_update(int rule, const double *hyper, floating *params, const floating *grad,
+                           floating *state, Py_ssize_t n, int64_t *steps) noexcept nogil:
+    """One update of the flat buffer from ``grad`` by ``rule``, exactly as torch.optim's single-tensor
+    step; ``state`` holds the rule's rows of ``n`` values each (fastbp/_layout.py STATE_ROWS).
+
+    Each rule is one sweep over the buffer; the per-step scalars (bias corrections) are computed once in
+    double, like torch's Python floats. The readable version is fastbp/_reference.py's optimizer_step.
+    """
     cdef Py_ssize_t k
-    cdef floating g, v
-    for k in range(n):
-        g = grad[k]
-        if weight_decay != 0:
-            g = g + weight_decay * params[k]
-        if momentum != 0:
-            v = momentum * velocity[k] + g
-            velocity[k] = v
-            if nesterov:
-                g = g + momentum * v
+    cdef floating g, p, v, m, s, d, f
+    cdef floating lr = <floating>hyper[FASTBP_HYPER_LR]
+    cdef floating weight_decay = <floating>hyper[FASTBP_HYPER_WEIGHT_DECAY]
+    cdef floating momentum, beta2, one_minus_beta1, one_minus_beta2, eps, step_size, bias2_sqrt, decay
+    cdef floating alpha, one_minus_alpha, eta_minus, eta_plus, step_min, step_max
+    cdef bint flag
+    cdef double t = <double>(steps[0] + 1)
+    cdef floating *row0 = state
+    cdef floating *row1 = state + n
+    cdef floating *row2 = state + 2 * n
+    if rule == FASTBP_SGD:
+        # torch.optim.SGD, dampening 0: g += wd p; v = mu v + g; g = g + mu v (Nesterov) or v; p -= lr g
+        momentum = <floating>hyper[FASTBP_HYPER_SGD_MOMENTUM]
+        flag = hyper[FASTBP_HYPER_SGD_NESTEROV] != 0
+        for k in range(n):
+            g = grad[k]
+            if weight_decay != 0:
+                g = g + weight_decay * params[k]
+            if momentum != 0:
+                v = momentum * row0[k] + g
+                row0[k] = v
+                if flag:
+                    g = g + momentum * v
+                else:
+                    g = v
+            params[k] = params[k] - lr * g
+    elif rule == FASTBP_ADAM or rule == FASTBP_ADAMW:
+        # rows: exp_avg m, exp_avg_sq s, max_exp_avg_sq; the sweep is _kernels.h's fastbp_adam
+        one_minus_beta1 = <floating>(1 - hyper[FASTBP_HYPER_ADAM_BETA1])
+        beta2 = <floating>hyper[FASTBP_HYPER_ADAM_BETA2]
+        one_minus_beta2 = <floating>(1 - hyper[FASTBP_HYPER_ADAM_BETA2])
+        eps = <floating>hyper[FASTBP_HYPER_ADAM_EPS]
+        flag = hyper[FASTBP_HYPER_ADAM_AMSGRAD] != 0
+        step_size = <floating>(-(hyper[FASTBP_HYPER_LR] / (1 - pow(hyper[FASTBP_HYPER_ADAM_BETA1], t))))
+        bias2_sqrt = <floating>sqrt(1 - pow(hyper[FASTBP_HYPER_ADAM_BETA2], t))
+        if rule == FASTBP_ADAMW:
+            decay = <floating>(1 - hyper[FASTBP_HYPER_LR] * hyper[FASTBP_HYPER_WEIGHT_DECAY])
+            f = 0
+        else:
+            decay = 1
+            f = weight_decay
+        if floating is float:
+            fastbp_adam_f32(params, grad, row0, row1, row2, n, decay, f, one_minus_beta1, beta2,
+                            one_minus_beta2, eps, step_size, bias2_sqrt, flag)
+        else:
+            fastbp_adam_f64(params, grad, row0, row1, row2, n, decay, f, one_minus_beta1, beta2,
+                            one_minus_beta2, eps, step_size, bias2_sqrt, flag)
+    elif rule == FASTBP_RMSPROP:
+        # rows: square_avg s, momentum_buffer, grad_avg
+        alpha = <floating>hyper[FASTBP_HYPER_RMSPROP_ALPHA]
+        one_minus_alpha = <floating>(1 - hyper[FASTBP_HYPER_RMSPROP_ALPHA])
+        eps = <floating>hyper[FASTBP_HYPER_RMSPROP_EPS]
+        momentum = <floating>hyper[FASTBP_HYPER_RMSPROP_MOMENTUM]
+        flag = hyper[FASTBP_HYPER_RMSPROP_CENTERED] != 0
+        for k in range(n):
+            g = grad[k]
+            if weight_decay != 0:
+                g = g + weight_decay * params[k]
+            s = row0[k] * alpha + one_minus_alpha * g * g
+            row0[k] = s
+            if flag:
+                m = lerp(row2[k], g, one_minus_alpha)
+                row2[k] = m
+                d = sqrt_(s + (-1) * m * m) + eps
             else:
-                g = v
-        params[k] = params[k] - lr * g
+                d = sqrt_(s) + eps
+            if momentum > 0:
+                v = row1[k] * momentum + g / d
+                row1[k] = v
+                params[k] = params[k] + (-lr) * v
+            else:
+                params[k] = params[k] + (-lr) * g / d
+    elif rule == FASTBP_RPROP:
+        # rows: prev (the last gradient used), step_size (filled with lr at the first step, as torch)
+        eta_minus = <floating>hyper[FASTBP_HYPER_RPROP_ETA_MINUS]
+        eta_plus = <floating>hyper[FASTBP_HYPER_RPROP_ETA_PLUS]
+        step_min = <floating>hyper[FASTBP_HYPER_RPROP_STEP_MIN]
+        step_max = <floating>hyper[FASTBP_HYPER_RPROP_STEP_MAX]
+        if steps[0] == 0:
+            for k in range(n):
+                row1[k] = lr
+        for k in range(n):
+            g = grad[k]
+            s = g * row0[k]
+            if s > 0:
+                f = eta_plus
+            elif s < 0:
+                f = eta_minus
+                g = 0          # a sign change: no step now, and no eta_minus again at the next step
+            else:
+                f = 1
+            d = row1[k] * f
+            if d < step_min:
+                d = step_min
+            if d > step_max:
+                d = step_max
+            row1[k] = d
+            if g > 0:
+                params[k] = params[k] - d
+            elif g < 0:
+                params[k] = params[k] + d
+            row0[k] = g
+    steps[0] += 1
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -531,8 +676,8 @@ cdef object _loss_and_gradient(Workspace ws, floating[::1] params, const floatin
 
 
 cdef object _train_epoch(Workspace ws, floating[::1] params, const floating[:, ::1] X,
-                         const floating[:, ::1] Y, Py_ssize_t batch_size, double lr, double momentum,
-                         double weight_decay, bint nesterov, floating[::1] velocity, shuffle_key):
+                         const floating[:, ::1] Y, Py_ssize_t batch_size, int rule,
+                         const double[::1] hyper, floating[:, ::1] state, int64_t[::1] steps, shuffle_key):
     cdef const Plan *p = &ws.plan
     cdef floating *activations = <floating *>ws.activations_ptr
     cdef floating *deltas = <floating *>ws.deltas_ptr
@@ -546,7 +691,9 @@ cdef object _train_epoch(Workspace ws, floating[::1] params, const floating[:, :
     # shuffle_key: a key in [0, 2**64) from _layout.epoch_key, or a negative number / None for no shuffle
     cdef bint shuffle = shuffle_key is not None and shuffle_key >= 0
     cdef uint64_t key = <uint64_t>shuffle_key if shuffle else 0
-    cdef bint in_place = momentum == 0 and weight_decay == 0
+    # Plain SGD (no momentum, no decay) updates inside the backward pass and never stores the gradient.
+    cdef bint in_place = (rule == FASTBP_SGD and hyper[FASTBP_HYPER_SGD_MOMENTUM] == 0
+                          and hyper[FASTBP_HYPER_WEIGHT_DECAY] == 0)
     cdef Py_ssize_t[::1] order
     cdef Py_ssize_t *order_ptr = NULL
     cdef const floating *inputs
@@ -554,16 +701,16 @@ cdef object _train_epoch(Workspace ws, floating[::1] params, const floating[:, :
     cdef double loss, loss_sum = 0.0, work = 0.0
     cdef Py_ssize_t done = 0
     cdef int status = STATUS_OK
-    cdef floating lr_ = <floating>lr, momentum_ = <floating>momentum
-    cdef floating weight_decay_ = <floating>weight_decay
-    cdef floating *velocity_ptr = NULL
+    cdef floating lr_ = <floating>hyper[FASTBP_HYPER_LR]
+    cdef const double *hyper_ptr = &hyper[0]
+    cdef floating *state_ptr = &state[0, 0]
+    cdef int64_t *steps_ptr = &steps[0]
+    cdef Py_ssize_t done_before
 
     if batch_size < 1 or min(batch_size, n) > p.max_batch:
         raise ValueError(f"batch_size {batch_size} does not fit the workspace ({p.max_batch} rows)")
     if n == 0:
         return 0.0, 0, STATUS_OK
-    if momentum != 0:
-        velocity_ptr = &velocity[0]
     if shuffle:
         order = ws.order_buffer(n)
         order_ptr = &order[0]
@@ -579,9 +726,11 @@ cdef object _train_epoch(Workspace ws, floating[::1] params, const floating[:, :
             # Per-example SGD: the fused C loop, entered once per `check_every` examples.
             while start < n and status == STATUS_OK:
                 batch = min(check_every, n - start)
+                done_before = done
                 if train_rows(p, &params[0], &X[0, 0], &Y[0, 0], order_ptr, start, batch, lr_,
                               activations, deltas, deltas + half, &loss_sum, &done) != 0:
                     status = STATUS_NONFINITE
+                steps_ptr[0] += done - done_before   # one update per example trained
                 start += batch
                 if status == STATUS_OK and start < n:
                     with gil:
@@ -607,9 +756,10 @@ cdef object _train_epoch(Workspace ws, floating[::1] params, const floating[:, :
                 break
             dense_backward(p, &params[0], inputs, batch, activations, deltas, deltas + half,
                            grad, lr_, in_place)
-            if not in_place:
-                sgd_update(&params[0], grad, velocity_ptr, p.n_params, lr_, momentum_, weight_decay_,
-                           nesterov)
+            if in_place:
+                steps_ptr[0] += 1
+            else:
+                optimizer_update(rule, hyper_ptr, &params[0], grad, state_ptr, p.n_params, steps_ptr)
             loss_sum += loss * batch
             done += batch
             start += batch
@@ -642,14 +792,56 @@ def loss_and_gradient(Workspace ws, params, X, Y):
     return _loss_and_gradient[double](ws, params, X, Y)
 
 
-def train_epoch(Workspace ws, params, X, Y, Py_ssize_t batch_size, double lr, double momentum,
-                double weight_decay, bint nesterov, velocity, shuffle_key):
-    """One epoch of mini-batch SGD; returns (loss_sum, examples_done, status). See docs/DESIGN.md."""
+def train_epoch(Workspace ws, params, X, Y, Py_ssize_t batch_size, int rule, hyper, state, steps,
+                shuffle_key):
+    """One epoch of mini-batch training with update rule ``rule``; returns (loss_sum, examples_done,
+    status). See docs/DESIGN.md and fastbp._reference.train_epoch."""
     if ws.single:
-        return _train_epoch[float](ws, params, X, Y, batch_size, lr, momentum, weight_decay, nesterov,
-                                   velocity, shuffle_key)
-    return _train_epoch[double](ws, params, X, Y, batch_size, lr, momentum, weight_decay, nesterov,
-                                velocity, shuffle_key)
+        return _train_epoch[float](ws, params, X, Y, batch_size, rule, hyper, state, steps, shuffle_key)
+    return _train_epoch[double](ws, params, X, Y, batch_size, rule, hyper, state, steps, shuffle_key)
+
+
+cdef object _optimizer_step(floating[::1] params, const floating[::1] grad, int rule,
+                            const double[::1] hyper, floating[:, ::1] state, int64_t[::1] steps):
+    if params.shape[0] == 0:
+        steps[0] += 1
+        return None
+    with nogil:
+        optimizer_update(rule, &hyper[0], &params[0], &grad[0], &state[0, 0], params.shape[0], &steps[0])
+
+
+def optimizer_step(params, grad, int rule, hyper, state, steps):
+    """One update of ``params`` from ``grad`` by ``rule`` (the update train_epoch makes after each batch)."""
+    if params.dtype == np.float32:
+        return _optimizer_step[float](params, grad, rule, hyper, state, steps)
+    return _optimizer_step[double](params, grad, rule, hyper, state, steps)
+
+
+def _enum_codes():
+    """The rule and hyper-parameter slot codes as _kernels.h declares them (for the test that they agree
+    with fastbp/_layout.py)."""
+    return {
+        "RULES": (FASTBP_SGD, FASTBP_ADAM, FASTBP_ADAMW, FASTBP_RMSPROP, FASTBP_RPROP),
+        "N_RULES": FASTBP_N_RULES,
+        "N_HYPER": FASTBP_N_HYPER,
+        "HYPER_LR": FASTBP_HYPER_LR,
+        "HYPER_WEIGHT_DECAY": FASTBP_HYPER_WEIGHT_DECAY,
+        "HYPER_SGD_MOMENTUM": FASTBP_HYPER_SGD_MOMENTUM,
+        "HYPER_SGD_NESTEROV": FASTBP_HYPER_SGD_NESTEROV,
+        "HYPER_ADAM_BETA1": FASTBP_HYPER_ADAM_BETA1,
+        "HYPER_ADAM_BETA2": FASTBP_HYPER_ADAM_BETA2,
+        "HYPER_ADAM_EPS": FASTBP_HYPER_ADAM_EPS,
+        "HYPER_ADAM_AMSGRAD": FASTBP_HYPER_ADAM_AMSGRAD,
+        "HYPER_RMSPROP_ALPHA": FASTBP_HYPER_RMSPROP_ALPHA,
+        "HYPER_RMSPROP_EPS": FASTBP_HYPER_RMSPROP_EPS,
+        "HYPER_RMSPROP_MOMENTUM": FASTBP_HYPER_RMSPROP_MOMENTUM,
+        "HYPER_RMSPROP_CENTERED": FASTBP_HYPER_RMSPROP_CENTERED,
+        "HYPER_RPROP_ETA_MINUS": FASTBP_HYPER_RPROP_ETA_MINUS,
+        "HYPER_RPROP_ETA_PLUS": FASTBP_HYPER_RPROP_ETA_PLUS,
+        "HYPER_RPROP_STEP_MIN": FASTBP_HYPER_RPROP_STEP_MIN,
+        "HYPER_RPROP_STEP_MAX": FASTBP_HYPER_RPROP_STEP_MAX,
+        "HYPER_RESERVED_L2": FASTBP_HYPER_RESERVED_L2,
+    }
 
 
 def all_finite(values):

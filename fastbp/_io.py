@@ -125,8 +125,12 @@ class _Archive:
         return array
 
 
-def load(path, *, backend=None):
-    """Read a network written by :func:`save`; restores every parameter bit for bit.
+def load(path):
+    """Read a file written by :func:`save` as plain data: ``(config, params)``, every parameter bit for bit.
+
+    ``config`` holds ``layer_sizes``, ``activations``, ``loss`` and ``dtype``; ``params`` is the flat
+    parameter buffer (native byte order). ``fastbp.Network.load`` builds the network and checks the
+    description (activation and loss names).
 
     Raises
     ------
@@ -136,8 +140,6 @@ def load(path, *, backend=None):
     FileNotFoundError
         When ``path`` does not exist.
     """
-    from fastbp.network import Network
-
     path = _check_path(path)
     if not os.path.exists(path):
         raise FileNotFoundError(f"no such model file: {path!r}")
@@ -178,11 +180,5 @@ def load(path, *, backend=None):
         raise ValueError(f"{path}: checksum mismatch: the file is corrupted or was modified")
     if not np.isfinite(params).all():
         raise ValueError(f"{path}: params contain NaN or infinity")
-    net = Network.__new__(Network)
-    try:
-        net._configure(sizes, activations, loss, dtype, backend)
-    except (ValueError, TypeError) as error:
-        raise ValueError(f"{path}: invalid model description: {error}") from None
-    net._allocate()
-    np.copyto(net.params, params)  # exact: same dtype (a byte order change is lossless)
-    return net
+    config = {"layer_sizes": list(sizes), "activations": activations, "loss": loss, "dtype": dtype_name}
+    return config, params.astype(dtype)  # exact: same dtype (a byte order change is lossless)

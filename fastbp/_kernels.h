@@ -48,6 +48,33 @@ typedef struct {
 enum { FASTBP_IDENTITY = 0, FASTBP_SIGMOID = 1, FASTBP_RELU = 2, FASTBP_TANH = 3 };
 enum { FASTBP_HALF_SSE = 0, FASTBP_MSE = 1, FASTBP_CROSS_ENTROPY = 2 };
 
+/* Update rules of the fused optimizers (fastbp/_layout.py RULES; a test checks that the two agree). */
+enum { FASTBP_SGD = 0, FASTBP_ADAM = 1, FASTBP_ADAMW = 2, FASTBP_RMSPROP = 3, FASTBP_RPROP = 4,
+       FASTBP_N_RULES = 5 };
+
+/* Slots of the float64 hyper-parameter array (fastbp/_layout.py HYPER_*): lr and weight decay for every
+ * rule, then each rule's own, then one slot reserved for an L2 penalty on the weights only. */
+enum {
+    FASTBP_HYPER_LR = 0,
+    FASTBP_HYPER_WEIGHT_DECAY = 1,
+    FASTBP_HYPER_SGD_MOMENTUM = 2,
+    FASTBP_HYPER_SGD_NESTEROV = 3,
+    FASTBP_HYPER_ADAM_BETA1 = 2,
+    FASTBP_HYPER_ADAM_BETA2 = 3,
+    FASTBP_HYPER_ADAM_EPS = 4,
+    FASTBP_HYPER_ADAM_AMSGRAD = 5,
+    FASTBP_HYPER_RMSPROP_ALPHA = 2,
+    FASTBP_HYPER_RMSPROP_EPS = 3,
+    FASTBP_HYPER_RMSPROP_MOMENTUM = 4,
+    FASTBP_HYPER_RMSPROP_CENTERED = 5,
+    FASTBP_HYPER_RPROP_ETA_MINUS = 2,
+    FASTBP_HYPER_RPROP_ETA_PLUS = 3,
+    FASTBP_HYPER_RPROP_STEP_MIN = 4,
+    FASTBP_HYPER_RPROP_STEP_MAX = 5,
+    FASTBP_HYPER_RESERVED_L2 = 7,
+    FASTBP_N_HYPER = 8
+};
+
 /* dot(a, b) over n elements; one definition per precision. */
 #define FASTBP_DEFINE_DOT(REAL, SUFFIX)                                                               \
     static inline REAL fastbp_dot_##SUFFIX(const REAL *a, const REAL *b, Py_ssize_t n)                \
@@ -196,6 +223,57 @@ FASTBP_DEFINE_DOT4(double, f64)
 FASTBP_DEFINE_ALL_FINITE(float, unsigned int, 0x7f800000U, f32)
 FASTBP_DEFINE_ALL_FINITE(double, unsigned long long, 0x7ff0000000000000ULL, f64)
 #undef FASTBP_DEFINE_ALL_FINITE
+
+/* One Adam or AdamW update over n values: torch.optim.Adam's single-tensor step, with the per-step
+ * scalars (bias corrections, decay) computed by the caller in double as torch's Python floats:
+ *   p *= param_scale (AdamW: 1 - lr wd; else 1);  g += coupled_decay * p (Adam: wd; else 0)
+ *   m = lerp(m, g, 1 - beta1) (from the nearer end, as torch.lerp);  s = s beta2 + (1 - beta2) g^2
+ *   s' = max(s_max, s) with amsgrad;  p += step_size * m / (sqrt(s') / bias2_sqrt + eps)   (step_size < 0)
+ * Branch-free bodies, one per (lerp end, amsgrad), so that each loop vectorises (restrict pointers, and
+ * -fno-math-errno lets sqrt vectorise); runtime-dispatched to AVX-512/AVX2 where available. */
+#define FASTBP_ADAM_BODY(LERP, AMSGRAD)                                                               \
+    for (Py_ssize_t i = 0; i < n; i++) {                                                              \
+        const REAL_ p = params[i] * param_scale;                                                      \
+        const REAL_ g = grad[i] + coupled_decay * p;                                                  \
+        const REAL_ m = LERP;                                                                         \
+        REAL_ s = exp_avg_sq[i] * beta2 + one_minus_beta2 * g * g;                                    \
+        exp_avg[i] = m;                                                                               \
+        exp_avg_sq[i] = s;                                                                            \
+        if (AMSGRAD) {                                                                                \
+            const REAL_ top = max_exp_avg_sq[i];                                                      \
+            s = top >= s ? top : s;                                                                   \
+            max_exp_avg_sq[i] = s;                                                                    \
+        }                                                                                             \
+        params[i] = p + step_size * m / (SQRT_(s) / bias2_sqrt + eps);                                \
+    }
+#define FASTBP_DEFINE_ADAM(REAL, SUFFIX, SQRT)                                                        \
+    FASTBP_CLONES static void fastbp_adam_##SUFFIX(                                                   \
+        REAL *FASTBP_RESTRICT params, const REAL *FASTBP_RESTRICT grad, REAL *FASTBP_RESTRICT exp_avg, \
+        REAL *FASTBP_RESTRICT exp_avg_sq, REAL *FASTBP_RESTRICT max_exp_avg_sq, Py_ssize_t n,        \
+        REAL param_scale, REAL coupled_decay, REAL one_minus_beta1, REAL beta2, REAL one_minus_beta2, \
+        REAL eps, REAL step_size, REAL bias2_sqrt, int amsgrad)                                       \
+    {                                                                                                 \
+        const REAL w = one_minus_beta1;                                                               \
+        if (w < 0.5f) {                                                                               \
+            if (amsgrad) { FASTBP_ADAM_BODY(exp_avg[i] + w * (g - exp_avg[i]), 1) }                   \
+            else { FASTBP_ADAM_BODY(exp_avg[i] + w * (g - exp_avg[i]), 0) }                           \
+        } else {                                                                                      \
+            if (amsgrad) { FASTBP_ADAM_BODY(g - (g - exp_avg[i]) * (1 - w), 1) }                      \
+            else { FASTBP_ADAM_BODY(g - (g - exp_avg[i]) * (1 - w), 0) }                              \
+        }                                                                                             \
+    }
+#define REAL_ float
+#define SQRT_ sqrtf
+FASTBP_DEFINE_ADAM(float, f32, sqrtf)
+#undef REAL_
+#undef SQRT_
+#define REAL_ double
+#define SQRT_ sqrt
+FASTBP_DEFINE_ADAM(double, f64, sqrt)
+#undef REAL_
+#undef SQRT_
+#undef FASTBP_DEFINE_ADAM
+#undef FASTBP_ADAM_BODY
 
 /* One body, two precisions: _kernels_rows.h is included once per floating type. */
 #define REAL float

@@ -15,6 +15,39 @@ LOSSES = ("half_sse", "mse", "cross_entropy")
 ACTIVATION_CODES = {name: code for code, name in enumerate(ACTIVATIONS)}
 LOSS_CODES = {name: code for code, name in enumerate(LOSSES)}
 
+# The fused optimizers' update rules (code = index; the same enum in _kernels.h) and, for each, how many
+# rows of the state array ``(n_state_rows, n_params)`` it keeps, in order.
+RULES = ("sgd", "adam", "adamw", "rmsprop", "rprop")
+RULE_CODES = {name: code for code, name in enumerate(RULES)}
+STATE_ROWS = {
+    "sgd": ("velocity",),
+    "adam": ("exp_avg", "exp_avg_sq", "max_exp_avg_sq"),
+    "adamw": ("exp_avg", "exp_avg_sq", "max_exp_avg_sq"),
+    "rmsprop": ("square_avg", "momentum_buffer", "grad_avg"),
+    "rprop": ("prev", "step_size"),
+}
+
+# Slots of the float64 hyper-parameter array that goes with a rule (the same enum in _kernels.h).
+# Flags (nesterov, amsgrad, centered) are stored as 0.0 / 1.0.
+N_HYPER = 8
+HYPER_LR = 0
+HYPER_WEIGHT_DECAY = 1          # coupled L2 (added to the gradient) except for adamw (decoupled)
+HYPER_SGD_MOMENTUM = 2
+HYPER_SGD_NESTEROV = 3
+HYPER_ADAM_BETA1 = 2            # adam and adamw
+HYPER_ADAM_BETA2 = 3
+HYPER_ADAM_EPS = 4
+HYPER_ADAM_AMSGRAD = 5
+HYPER_RMSPROP_ALPHA = 2
+HYPER_RMSPROP_EPS = 3
+HYPER_RMSPROP_MOMENTUM = 4
+HYPER_RMSPROP_CENTERED = 5
+HYPER_RPROP_ETA_MINUS = 2
+HYPER_RPROP_ETA_PLUS = 3
+HYPER_RPROP_STEP_MIN = 4
+HYPER_RPROP_STEP_MAX = 5
+HYPER_RESERVED_L2 = 7           # reserved: an L2 penalty on the weights only; always 0 for now
+
 _MASK64 = (1 << 64) - 1
 GOLDEN_GAMMA = 0x9E3779B97F4A7C15
 

@@ -228,26 +228,105 @@ def loss_and_gradient(ws, params, X, Y):
     return loss
 
 
-def sgd_update(params, grad, lr, momentum, weight_decay, nesterov, velocity):
-    """One ``torch.optim.SGD`` step (dampening 0) over the whole flat buffer; ``grad`` is not modified."""
+def _lerp(start, end, weight):
+    """``start + weight * (end - start)``, computed from the nearer end as ``torch.lerp`` does."""
+    if weight < 0.5:
+        return start + weight * (end - start)
+    return end - (end - start) * (1 - weight)
+
+
+def optimizer_step(params, grad, rule, hyper, state, steps):
+    """One update of the flat buffer ``params`` from ``grad`` by update rule ``rule``, in place.
+
+    ``hyper`` holds the hyper-parameters in the slots ``_layout.HYPER_*`` name; ``state`` the rule's rows
+    (``_layout.STATE_ROWS``), each laid out like ``params``; ``steps[0]`` counts the updates done so far
+    and is incremented. Every rule is ``torch.optim``'s single-tensor step, formula for formula, written
+    here in NumPy; ``grad`` is not modified.
+    """
+    name = _layout.RULES[rule]
+    dtype = params.dtype.type
+    lr = dtype(hyper[_layout.HYPER_LR])
+    weight_decay = dtype(hyper[_layout.HYPER_WEIGHT_DECAY])
+    t = int(steps[0]) + 1
     g = grad
-    if weight_decay != 0:
-        g = g + weight_decay * params
-    if momentum != 0:
-        velocity *= momentum                 # v = momentum * v + g   (torch: v = g on the first step;
-        velocity += g                        # the same, since v starts at zero)
-        g = g + momentum * velocity if nesterov else velocity
-    params -= lr * g
+    if name == "sgd":
+        # g += wd * theta;   v = mu * v + g;   g = g + mu * v (Nesterov) or v;   theta -= lr * g
+        momentum = dtype(hyper[_layout.HYPER_SGD_MOMENTUM])
+        nesterov = hyper[_layout.HYPER_SGD_NESTEROV] != 0
+        velocity = state[0]
+        if weight_decay != 0:
+            g = g + weight_decay * params
+        if momentum != 0:
+            velocity *= momentum             # torch sets v = g on the first step: the same, as v starts at 0
+            velocity += g
+            g = g + momentum * velocity if nesterov else velocity
+        params -= lr * g
+    elif name in ("adam", "adamw"):
+        beta1, beta2 = hyper[_layout.HYPER_ADAM_BETA1], hyper[_layout.HYPER_ADAM_BETA2]
+        eps = dtype(hyper[_layout.HYPER_ADAM_EPS])
+        exp_avg, exp_avg_sq, max_exp_avg_sq = state[0], state[1], state[2]
+        if weight_decay != 0:
+            if name == "adamw":              # decoupled: shrink the parameters, leave the gradient alone
+                params *= dtype(1 - hyper[_layout.HYPER_LR] * hyper[_layout.HYPER_WEIGHT_DECAY])
+            else:                            # coupled L2, as SGD
+                g = g + weight_decay * params
+        exp_avg[...] = _lerp(exp_avg, g, dtype(1 - beta1))                    # m = b1 m + (1 - b1) g
+        exp_avg_sq[...] = exp_avg_sq * dtype(beta2) + dtype(1 - beta2) * g * g  # s = b2 s + (1 - b2) g^2
+        second = exp_avg_sq
+        if hyper[_layout.HYPER_ADAM_AMSGRAD] != 0:
+            np.maximum(max_exp_avg_sq, exp_avg_sq, out=max_exp_avg_sq)
+            second = max_exp_avg_sq
+        # bias corrections, in double as torch's Python floats
+        step_size = dtype(-(hyper[_layout.HYPER_LR] / (1 - beta1 ** t)))
+        bias2_sqrt = dtype(math.sqrt(1 - beta2 ** t))
+        denominator = np.sqrt(second) / bias2_sqrt + eps
+        params += step_size * exp_avg / denominator
+    elif name == "rmsprop":
+        alpha = hyper[_layout.HYPER_RMSPROP_ALPHA]
+        eps = dtype(hyper[_layout.HYPER_RMSPROP_EPS])
+        momentum = dtype(hyper[_layout.HYPER_RMSPROP_MOMENTUM])
+        square_avg, momentum_buffer, grad_avg = state[0], state[1], state[2]
+        if weight_decay != 0:
+            g = g + weight_decay * params
+        square_avg[...] = square_avg * dtype(alpha) + dtype(1 - alpha) * g * g
+        if hyper[_layout.HYPER_RMSPROP_CENTERED] != 0:
+            # centered: divide by an estimate of the gradient's standard deviation, not its RMS
+            grad_avg[...] = _lerp(grad_avg, g, dtype(1 - alpha))
+            average = np.sqrt(square_avg + dtype(-1) * grad_avg * grad_avg) + eps
+        else:
+            average = np.sqrt(square_avg) + eps
+        if momentum > 0:
+            momentum_buffer[...] = momentum_buffer * momentum + g / average
+            params += -lr * momentum_buffer
+        else:
+            params += -lr * g / average
+    elif name == "rprop":
+        eta_minus = dtype(hyper[_layout.HYPER_RPROP_ETA_MINUS])
+        eta_plus = dtype(hyper[_layout.HYPER_RPROP_ETA_PLUS])
+        step_min = dtype(hyper[_layout.HYPER_RPROP_STEP_MIN])
+        step_max = dtype(hyper[_layout.HYPER_RPROP_STEP_MAX])
+        prev, step_size = state[0], state[1]
+        if t == 1:
+            step_size[...] = lr               # torch fills the step sizes with lr when the state is made
+        product = g * prev
+        factor = np.where(product > 0, eta_plus, np.where(product < 0, eta_minus, dtype(1)))
+        np.clip(step_size * factor, step_min, step_max, out=step_size)
+        g = np.where(product < 0, dtype(0), g)   # after a sign change: no step, and forget the gradient
+        params -= np.sign(g) * step_size
+        prev[...] = g
+    else:
+        raise ValueError(f"unknown update rule {rule}")
+    steps[0] += 1
 
 
-def train_epoch(ws, params, X, Y, batch_size, lr, momentum, weight_decay, nesterov, velocity, shuffle_key):
-    """One epoch of mini-batch SGD; return ``(loss_sum, examples_done, status)``.
+def train_epoch(ws, params, X, Y, batch_size, rule, hyper, state, steps, shuffle_key):
+    """One epoch of mini-batch training; return ``(loss_sum, examples_done, status)``.
 
     The rows are visited in order (``shuffle_key < 0``) or in ``_layout.permutation(n, shuffle_key)``;
-    each consecutive run of ``batch_size`` rows (the last one shorter) makes one update with the gradient
-    of its batch loss. ``loss_sum`` adds up each batch loss (before its update) times its row count.
-    Status 0: finished. Status 1: a batch loss was not finite; stopped before updating with it.
-    Status 2: interrupted (Ctrl-C); the parameters are as after the last completed update.
+    each consecutive run of ``batch_size`` rows (the last one shorter) makes one ``optimizer_step`` with
+    the gradient of its batch loss. ``loss_sum`` adds up each batch loss (before its update) times its row
+    count. Status 0: finished. Status 1: a batch loss was not finite; stopped before updating with it.
+    Status 2: interrupted (Ctrl-C); the parameters, state and steps are as after the last completed update.
     """
     n = X.shape[0]
     order = None if shuffle_key < 0 else _layout.permutation(n, shuffle_key)
@@ -265,16 +344,17 @@ def train_epoch(ws, params, X, Y, batch_size, lr, momentum, weight_decay, nester
                 return loss_sum, examples_done, 1
             # Keep the pre-update state so that a Ctrl-C landing inside the update cannot half-apply it
             # (the compiled kernel gets this for free: it checks for signals only between updates).
-            snapshot = (params.copy(), velocity.copy())
-            with np.errstate(over="ignore", invalid="ignore"):
-                sgd_update(params, ws.grad, lr, momentum, weight_decay, nesterov, velocity)
+            snapshot = (params.copy(), state.copy(), steps.copy())
+            with np.errstate(over="ignore", invalid="ignore", divide="ignore"):
+                optimizer_step(params, ws.grad, rule, hyper, state, steps)
             snapshot = None
             loss_sum += loss * X_batch.shape[0]
             examples_done += X_batch.shape[0]
     except KeyboardInterrupt:
         if snapshot is not None:
             params[...] = snapshot[0]
-            velocity[...] = snapshot[1]
+            state[...] = snapshot[1]
+            steps[...] = snapshot[2]
         return loss_sum, examples_done, 2
     return loss_sum, examples_done, 0
 

@@ -71,7 +71,16 @@ class History:
         With ``record_gradients=True``: per epoch, the norm of each layer's weight gradient over the whole
         training set after the epoch.
     stopped_epoch : int or None
-        The epoch after which a callback or early stopping ended training, if one did.
+        The epoch (0-based) after which a callback or early stopping ended training, if one did.
+    metrics : dict of str to list
+        Per-epoch values of ``fit(metrics=...)`` (``"accuracy"``, ``"r2"``, and ``"val_accuracy"``...
+        with validation data) and of any entry a callback added to ``logs``.
+    best_epoch : int or None
+        With early stopping: the epoch (0-based) of the best monitored loss.
+    restored_best_weights : bool
+        Whether early stopping copied the best epoch's parameters back at the end.
+    loss_name : str or None
+        The network's loss (the plot's axis label).
     """
 
     loss: list = field(default_factory=list)
@@ -80,14 +89,33 @@ class History:
     lr: list = field(default_factory=list)
     gradient_norms: list = field(default_factory=list)
     stopped_epoch: int | None = None
+    metrics: dict = field(default_factory=dict)
+    best_epoch: int | None = None
+    restored_best_weights: bool = False
+    loss_name: str | None = None
 
     @property
     def epochs(self):
         """Number of completed epochs."""
         return len(self.loss)
 
-    def plot(self, path):
-        """Write a PNG of the loss curve (and validation loss if recorded) to ``path``.
+    def plot(self, path=None, *, title=None):
+        """The loss curve as a matplotlib Figure (saved to ``path`` when given).
+
+        Training loss (and validation loss when recorded) per epoch; a log axis only when the curve spans
+        more than a decade (and is positive), the loss's name on the y axis, and the best epoch marked
+        (early stopping's when it ran, else the lowest validation or training loss).
+
+        Parameters
+        ----------
+        path : str or os.PathLike or None
+            Where to write the image (the format follows the extension, e.g. ``.png``, ``.svg``).
+        title : str or None
+            None gives "Training loss (<loss name>)".
+
+        Returns
+        -------
+        matplotlib.figure.Figure
 
         Raises
         ------
@@ -95,21 +123,36 @@ class History:
             When matplotlib is not installed.
         """
         try:
-            import matplotlib
-            matplotlib.use("Agg")
-            import matplotlib.pyplot as plt
+            from matplotlib.figure import Figure
         except ImportError as error:
             raise ImportError("History.plot needs matplotlib: pip install matplotlib") from error
-        figure, axes = plt.subplots(figsize=(6, 4))
-        epochs = range(1, len(self.loss) + 1)
+        # A Figure without pyplot: no global backend is switched and nothing stays open.
+        figure = Figure(figsize=(6, 4))
+        axes = figure.subplots()
+        epochs = np.arange(1, len(self.loss) + 1)
         axes.plot(epochs, self.loss, label="training loss")
         if self.val_loss:
-            axes.plot(range(1, len(self.val_loss) + 1), self.val_loss, label="validation loss")
-        axes.set_xlabel("epoch")
-        axes.set_ylabel("loss")
-        if self.loss and min(self.loss + self.val_loss) > 0:
+            axes.plot(np.arange(1, len(self.val_loss) + 1), self.val_loss, label="validation loss")
+        values = np.asarray(self.loss + self.val_loss, dtype=np.float64)
+        values = values[np.isfinite(values)]
+        if values.size and values.min() > 0 and values.max() / values.min() > 10:
             axes.set_yscale("log")
+        curve = self.val_loss if self.val_loss else self.loss
+        best = self.best_epoch
+        if best is None and curve:
+            best = int(np.nanargmin(np.asarray(curve, dtype=np.float64))) if np.isfinite(curve).any() else None
+        if best is not None and best < len(curve):
+            axes.axvline(best + 1, color="0.6", linestyle="--", linewidth=1)
+            axes.plot([best + 1], [curve[best]], "o", color="black",
+                      label=f"best epoch {best + 1}" + (" (restored)" if self.restored_best_weights else ""))
+        loss_name = self.loss_name or "loss"
+        axes.set_title(title if title is not None else f"Training loss ({loss_name})")
+        axes.set_xlabel("epoch")
+        axes.set_ylabel(loss_name if self.loss_name else "loss")
+        if len(epochs) and len(epochs) <= 20:
+            axes.set_xticks(epochs)
         axes.legend()
         figure.tight_layout()
-        figure.savefig(path)
-        plt.close(figure)
+        if path is not None:
+            figure.savefig(path)
+        return figure

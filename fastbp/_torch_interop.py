@@ -111,8 +111,10 @@ def _flatten(module, prefix=""):
             yield position, child
 
 
-def from_torch(module, *, dtype=None, backend=None, loss="mse"):
-    """Build a ``fastbp.Network`` with the layers and parameters of a PyTorch ``nn.Sequential``.
+def from_torch(module, *, dtype=None, loss="mse"):
+    """Read the layers and parameters of a PyTorch ``nn.Sequential`` as plain data.
+
+    ``fastbp.Network.from_torch`` builds the network from what this returns.
 
     Parameters
     ----------
@@ -123,14 +125,15 @@ def from_torch(module, *, dtype=None, backend=None, loss="mse"):
         ``Sequential`` modules are flattened. A ``Linear`` without bias gets zero biases.
     dtype : {"float32", "float64"} or numpy dtype, optional
         The network's dtype. Default: the dtype of the first ``Linear``'s weight (float32 or float64).
-    backend : str, optional
-        Passed to ``fastbp.Network``.
     loss : str, default "mse"
-        Passed to ``fastbp.Network`` (the module itself holds no loss).
+        Put in the configuration (the module itself holds no loss).
 
     Returns
     -------
-    fastbp.Network
+    config : dict
+        ``layer_sizes``, ``activations``, ``loss``, ``dtype``.
+    params : ndarray
+        The flat parameter buffer in the network's layout (per layer ``W`` row-major, then ``b``).
 
     Raises
     ------
@@ -228,12 +231,13 @@ def from_torch(module, *, dtype=None, backend=None, loss="mse"):
         for _, linear in linears
     ]
     layer_sizes = [linears[0][1].in_features] + [linear.out_features for _, linear in linears]
-
-    from .network import Network
-
-    net = Network(layer_sizes, activations, loss=loss, dtype=dtype, seed=0, backend=backend)
-    net.set_params(weights, biases)
-    return net
+    for layer, (W, b) in enumerate(zip(weights, biases)):
+        if not (np.isfinite(W).all() and np.isfinite(b).all()):
+            raise ValueError(f"from_torch: the parameters of Linear layer {layer} contain NaN or infinity "
+                             f"(in {dtype.name})")
+    params = np.concatenate([part for W, b in zip(weights, biases) for part in (W.ravel(), b)])
+    config = {"layer_sizes": layer_sizes, "activations": list(activations), "loss": loss, "dtype": dtype.name}
+    return config, params
 
 
 def state_dict(net):

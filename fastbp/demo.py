@@ -15,6 +15,8 @@ import time
 
 import numpy as np
 
+import fastbp
+
 # The shared worked example scalar-1-1-1 (tests/data/worked-examples/scalar-1-1-1.json), inlined so that the
 # installed package needs no data file.
 SCALAR_EXAMPLE = {
@@ -106,8 +108,6 @@ def main(argv=None) -> int:
         print('fastbp demo needs scikit-learn for its bundled digits data set: pip install "fastbp[demo]" '
               '(or, from a source checkout, pip install ".[demo]")', file=sys.stderr)
         return 1
-    import fastbp
-
     print(f"fastbp {fastbp.__version__}, backend {fastbp.BACKEND}")
     accuracy = train_digits(args, fastbp)
     agrees = replay_worked_example(fastbp)

@@ -19,6 +19,7 @@ display.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import textwrap
 from dataclasses import dataclass
 from typing import Any, Dict, List, Optional, Union
@@ -26,6 +27,7 @@ from typing import Any, Dict, List, Optional, Union
 import numpy as np
 
 from fastbp._validation import _as_real_array
+from fastbp.optimizers import SGD
 
 __all__ = [
     "explain_step",
@@ -778,22 +780,6 @@ class StepReport:
 # --------------------------------------------------------------------------------------------------------
 
 
-def _clone(net, dtype=None):
-    """A new Network with the same architecture and parameters (``dtype`` converts them)."""
-    import fastbp
-
-    backend = getattr(net, "backend", None)
-    kwargs = {"loss": net.loss_name, "dtype": str(np.dtype(net.dtype if dtype is None else dtype))}
-    if isinstance(backend, str):
-        kwargs["backend"] = backend
-    copy = fastbp.Network(list(net.layer_sizes), list(net.activations), **kwargs)
-    copy.set_params(
-        [np.array(w, dtype=copy.dtype) for w in net.weights],
-        [np.array(b, dtype=copy.dtype) for b in net.biases],
-    )
-    return copy
-
-
 def _activation_list(net) -> List[str]:
     activations = net.activations
     n_layers = len(net.layer_sizes) - 1
@@ -940,8 +926,6 @@ def _input_zero_reason(l, i, activations, z) -> UnchangedReason:
 
 def _overflow_shows_as_inf(function):
     """Huge but finite inputs overflow to inf/NaN in the report's numbers, without NumPy warnings."""
-    import functools
-
     @functools.wraps(function)
     def quiet(*args, **kwargs):
         with np.errstate(over="ignore", invalid="ignore", divide="ignore"):
@@ -983,8 +967,6 @@ def explain_step(net, x, y, lr, *, dry_run: bool = False, decimals: int = 4) -> 
     >>> print(report)                      # doctest: +SKIP
     >>> report.n_changed, report.n_unchanged  # doctest: +SKIP
     """
-    import fastbp
-
     if isinstance(lr, bool) or not isinstance(lr, (int, float, np.integer, np.floating)):
         raise TypeError(f"lr must be a number, got {type(lr).__name__}")
     if not np.isfinite(lr):
@@ -1024,12 +1006,12 @@ def explain_step(net, x, y, lr, *, dry_run: bool = False, decimals: int = 4) -> 
         derivatives[-1] = np.ones_like(derivatives[-1])  # the delta is dL/dz of the logits directly
 
     # The step itself: a real optimizer step, on the net or (dry run) on a copy.
-    stepped = _clone(net) if dry_run else net
+    stepped = net.copy() if dry_run else net
     gradients = stepped.gradients(X, Y_net)
     if not all(np.isfinite(g).all() for g in [*gradients.weights, *gradients.biases]):
         raise FloatingPointError("explain_step: the gradient overflowed to NaN or infinity (inputs or "
                                  "parameters too large for the network's dtype); the network is unchanged")
-    fastbp.SGD(stepped, lr).step(gradients)
+    SGD(stepped, lr).step(gradients)
     new_weights = [np.array(w, copy=True) for w in stepped.weights]
     new_biases = [np.array(b, copy=True) for b in stepped.biases]
     output_after = np.asarray(stepped.predict(X)).reshape(B, sizes[-1]).copy()

@@ -1,8 +1,10 @@
-"""``Network``, ``SGD``, ``Gradients``, ``Trace`` and ``History``: the public API, and all input validation.
+"""``Network``: the model. Its parameters, its configuration, evaluation, and the door to training.
 
 The backends (``fastbp._core`` and its twin ``fastbp._reference``) trust their inputs; this module checks and
-converts every argument first, so that a call either works or raises ``ValueError``/``TypeError`` naming the
-argument, and leaves the network unchanged when it raised.
+converts every argument first (with ``fastbp._validation``), so that a call either works or raises
+``ValueError``/``TypeError`` naming the argument, and leaves the network unchanged when it raised. The
+training loop itself lives in ``fastbp._training``; saving and PyTorch conversion in ``fastbp._io`` and
+``fastbp._torch_interop``, which hand back plain data that :meth:`Network._from_parts` builds from.
 """
 
 from __future__ import annotations
@@ -12,18 +14,19 @@ import math
 import secrets
 import sys
 import threading
-import time
 
 import numpy as np
 
-from fastbp import _backend, _layout, _threads
+from fastbp import _backend, _io, _layout, _metrics, _threads, _torch_interop, _training
 from fastbp import _reference
-from fastbp._results import Gradients, History, Trace
+from fastbp._results import Gradients, Trace
 from fastbp._validation import _as_real_array, _check_bool, _check_int, _check_real, _describe
-from fastbp.optimizers import SGD
+from fastbp.optimizers import LBFGS, SGD, Optimizer
 from fastbp.schedules import make_schedule
 
-_PREDICT_CHUNK = 4096  # rows per chunk in predict/loss: bounds the activation buffers of big inputs
+_PREDICT_CHUNK = 4096  # most rows per chunk in predict/loss
+_CHUNK_BYTES = 32 * 2**20  # and at most this many bytes of per-row workspace buffers, for wide networks
+_INIT_CHUNK_BYTES = 16 * 2**20  # the float64 random draws of the initialisation, per chunk
 
 
 class Network:
@@ -86,12 +89,18 @@ class Network:
             raise TypeError(f"activations must be a name or a list of names; got {_describe(activations)}")
         for index, name in enumerate(names):
             if not isinstance(name, str) or name not in _layout.ACTIVATION_CODES:
+                if isinstance(name, str) and name.strip().lower() == "softmax":
+                    hint = (" (for a softmax output use loss='cross_entropy' with an 'identity' last layer: "
+                            "the loss applies the softmax to the logits)")
+                else:
+                    hint = _metrics.suggest(name, _layout.ACTIVATIONS)
                 raise ValueError(f"activations[{index}] must be one of {_layout.ACTIVATIONS!r}; got "
-                                 f"{name!r}")
+                                 f"{name!r}{hint}")
         names = tuple(str(name) for name in names)
 
         if not isinstance(loss, str) or loss not in _layout.LOSS_CODES:
-            raise ValueError(f"loss must be one of {_layout.LOSSES!r}; got {loss!r}")
+            raise ValueError(f"loss must be one of {_layout.LOSSES!r}; got {loss!r}"
+                             f"{_metrics.suggest(loss, _layout.LOSSES)}")
         if loss == "cross_entropy" and names[-1] != "identity":
             raise ValueError(f"loss='cross_entropy' applies the softmax itself, so the last activation must "
                              f"be 'identity' (logits); got activations[{n_layers - 1}] = {names[-1]!r}")
@@ -104,8 +113,8 @@ class Network:
             raise ValueError(f"dtype must be float32 or float64; got {resolved}")
 
         if backend is None:
-            import fastbp
-            backend = fastbp.BACKEND
+            # fastbp.BACKEND read at call time (the package sets it on import; a user may reassign it).
+            backend = getattr(sys.modules.get("fastbp"), "BACKEND", None) or _backend.default_backend()
         _backend.check_name(backend)
         module = _backend.load_backend(backend)
 
@@ -138,10 +147,19 @@ class Network:
             if seed is not None:
                 seed = _check_int(seed, "seed", 0)
             rng = np.random.default_rng(seed)
-        for W, b in zip(self.weights, self.biases):
-            bound = 1.0 / math.sqrt(W.shape[1])
-            W[...] = rng.uniform(-bound, bound, size=W.shape)
-            b[...] = rng.uniform(-bound, bound, size=b.shape)
+        try:
+            for W, b in zip(self.weights, self.biases):
+                bound = 1.0 / math.sqrt(W.shape[1])
+                # Row chunks: a float64 draw as large as a layer may not fit where the layer does. Drawing
+                # the same count in pieces gives the same stream, so the values do not depend on the chunks.
+                rows = max(1, _INIT_CHUNK_BYTES // (8 * W.shape[1]))
+                for start in range(0, W.shape[0], rows):
+                    block = W[start:start + rows]
+                    block[...] = rng.uniform(-bound, bound, size=block.shape)
+                b[...] = rng.uniform(-bound, bound, size=b.shape)
+        except MemoryError:
+            raise ValueError(f"layer_sizes {list(self.layer_sizes)} needs {self.n_params} parameters; their "
+                             "initialisation ran out of memory") from None
 
     # -- copying, pickling ------------------------------------------------------------------------------
 
@@ -155,11 +173,43 @@ class Network:
         self._allocate()
         self.params[...] = state["params"]
 
-    def copy(self):
-        """An independent network with the same configuration and parameters."""
-        clone = Network.__new__(Network)
-        clone.__setstate__(self.__getstate__())
-        return clone
+    def copy(self, dtype=None):
+        """An independent network with the same configuration and parameters.
+
+        Parameters
+        ----------
+        dtype : {"float64", "float32"}, numpy dtype or None
+            The copy's dtype; None keeps this network's. Parameters are converted (rounded to nearest when
+            narrowing).
+        """
+        config = self._config()
+        if dtype is not None:
+            config["dtype"] = dtype
+        return type(self)._from_parts(config, self.params, self.backend, check=False)
+
+    def _config(self):
+        """The configuration as plain data: what :meth:`_from_parts` takes."""
+        return {"layer_sizes": list(self.layer_sizes), "activations": list(self.activations),
+                "loss": self.loss_name, "dtype": self.dtype.name}
+
+    @classmethod
+    def _from_parts(cls, config, params, backend=None, *, check=True):
+        """A network from a configuration dict and a flat parameter buffer (converted and copied).
+
+        The one constructor used by :meth:`load`, :meth:`from_torch` and :meth:`copy`: those modules return
+        plain data and never build a Network themselves. ``check=False`` (a copy of a live network) copies
+        the values as they are, non-finite ones included, as ``net.params[...] = ...`` would.
+        """
+        net = cls.__new__(cls)
+        net._configure(config["layer_sizes"], list(config["activations"]), config["loss"], config["dtype"],
+                       backend)
+        net._allocate()
+        if check:
+            net.params = params
+        else:
+            with np.errstate(over="ignore", invalid="ignore"):
+                np.copyto(net._params, np.asarray(params).reshape(net._params.shape), casting="unsafe")
+        return net
 
     def __repr__(self):
         return (f"Network(layer_sizes={list(self.layer_sizes)}, activations={list(self.activations)}, "
@@ -168,8 +218,8 @@ class Network:
     # -- parameters -------------------------------------------------------------------------------------
 
     # The configuration is read-only: the kernel's workspaces are built from it and trust that it describes
-    # the parameter buffer (an assigned layer_sizes made the kernel read and write out of bounds), and the
-    # Python side (targets, explain_step, diagnose) reads the same names the kernel was given as codes.
+    # the parameter buffer (an assigned layer_sizes would let the kernel read and write out of bounds), and
+    # the Python side (targets, explain_step, diagnose) reads the same names the kernel was given as codes.
     @property
     def layer_sizes(self):
         """``(n_in, n_hidden_1, ..., n_out)``, fixed at construction."""
@@ -214,12 +264,13 @@ class Network:
     def params(self, values):
         # Assignment copies into the existing buffer (checked first), as ``net.params[...] = values`` does:
         # the kernel reads it through raw pointers, so an array of another size or dtype put in its place
-        # would be read out of bounds (found by tests/test_robustness.py), and the weights/biases views
-        # would go stale.
+        # would be read out of bounds, and the weights/biases views would go stale. Refused while fit runs,
+        # as set_params is.
         array = _as_real_array(values, "params", self.dtype)
         if array.shape != self._params.shape:
             raise ValueError(f"params must have shape {self._params.shape}; got {array.shape}")
-        np.copyto(self._params, array)
+        with self._exclusive("params assignment"):
+            np.copyto(self._params, array)
 
     @property
     def n_params(self):
@@ -348,13 +399,30 @@ class Network:
     # -- workspaces -------------------------------------------------------------------------------------
 
     def _workspace(self, max_batch):
-        """A workspace of this layout for up to ``max_batch`` rows, cached per thread."""
+        """A workspace of this layout for up to ``max_batch`` rows, cached per thread while it is small.
+
+        One whose per-row buffers exceed ``_CHUNK_BYTES`` (a gradient over many rows) serves the call that
+        asked for it and is then freed, so that one large call does not keep its buffers for the life of
+        the thread; forward passes are chunked to stay within that bound.
+        """
         cached = getattr(self._local, "workspace", None)
-        if cached is None or cached.max_batch < max_batch:
-            cached = self._module.Workspace(self.layer_sizes, self._activation_codes, self._loss_code,
-                                            self.dtype, max_batch)
-            self._local.workspace = cached
-        return cached
+        if cached is not None and cached.max_batch >= max_batch:
+            return cached
+        workspace = self._new_workspace(max_batch)
+        if max_batch * self._row_bytes() <= _CHUNK_BYTES:
+            self._local.workspace = workspace
+        return workspace
+
+    def _row_bytes(self):
+        """Workspace bytes per row: each layer's output, two delta rows of the widest layer, the input and
+        target rows (the backends' Workspace layout)."""
+        sizes = self.layer_sizes
+        return self.dtype.itemsize * (sum(sizes[1:]) + 2 * max(sizes) + sizes[0] + sizes[-1])
+
+    def _chunk_rows(self, n):
+        """Rows per chunk for a forward pass over ``n`` rows: at most ``_PREDICT_CHUNK`` rows and
+        ``_CHUNK_BYTES`` of workspace."""
+        return max(1, min(n, _PREDICT_CHUNK, _CHUNK_BYTES // self._row_bytes()))
 
     def _new_workspace(self, max_batch):
         return self._module.Workspace(self.layer_sizes, self._activation_codes, self._loss_code, self.dtype,
@@ -375,20 +443,83 @@ class Network:
             For ``cross_entropy`` these are the logits.
         """
         X2, single = self._prepare_X(X)
+        out = self._output(X2)
+        return out[0] if single else out
+
+    def _output(self, X2):
+        """The output for prepared rows, in chunks (see :meth:`_chunk_rows`)."""
         n = X2.shape[0]
         out = np.empty((n, self.layer_sizes[-1]), dtype=self.dtype)
         if n:
-            ws = self._workspace(min(n, _PREDICT_CHUNK))
-            self._module.predict(ws, self.params, X2, out)
-        return out[0] if single else out
+            self._module.predict(self._workspace(self._chunk_rows(n)), self.params, X2, out)
+        return out
 
     def _loss_prepared(self, X2, Y2):
-        out = np.empty((X2.shape[0], self.layer_sizes[-1]), dtype=self.dtype)
-        self._module.predict(self._workspace(min(X2.shape[0], _PREDICT_CHUNK)), self.params, X2, out)
-        with np.errstate(over="ignore", invalid="ignore"):  # a loss beyond float's range is inf, silently
-            if self.loss_name == "cross_entropy":
-                return _reference.cross_entropy(out, Y2)[0]
-            return _reference.LOSS_FUNCTIONS[self.loss_name](out, Y2)[0]
+        return _metrics.loss(self._output(X2), Y2, self.loss_name)
+
+    def predict_proba(self, X):
+        """Class probabilities: the softmax of each row of logits (``cross_entropy`` networks).
+
+        Parameters
+        ----------
+        X : array_like, shape (n, n_in) or (n_in,)
+
+        Returns
+        -------
+        ndarray of shape (n, n_classes), or (n_classes,) for a single example
+            Rows sum to 1.
+
+        Raises
+        ------
+        ValueError
+            When the network's loss does not define probabilities (it names the loss).
+        """
+        if self.loss_name not in _metrics.CLASSIFICATION_LOSSES:
+            raise ValueError(f"predict_proba needs a classification loss ({_metrics.CLASSIFICATION_LOSSES!r}); "
+                             f"this network's loss is {self.loss_name!r}, whose outputs are not probabilities "
+                             "(use predict)")
+        X2, single = self._prepare_X(X)
+        with np.errstate(over="ignore", invalid="ignore", under="ignore"):
+            probabilities = np.exp(_reference.log_softmax(self._output(X2)))
+        return probabilities[0] if single else probabilities
+
+    def predict_classes(self, X):
+        """The predicted class of each example: the index of its largest logit (``cross_entropy``).
+
+        Returns
+        -------
+        ndarray of int64, shape (n,), or an int for a single example
+        """
+        if self.loss_name not in _metrics.CLASSIFICATION_LOSSES:
+            raise ValueError(f"predict_classes needs a classification loss "
+                             f"({_metrics.CLASSIFICATION_LOSSES!r}); this network's loss is {self.loss_name!r} "
+                             "(use predict)")
+        X2, single = self._prepare_X(X)
+        classes = np.argmax(self._output(X2), axis=1).astype(np.int64)
+        return int(classes[0]) if single else classes
+
+    def evaluate(self, X, Y, metrics=None):
+        """Metrics of the network on a data set.
+
+        Parameters
+        ----------
+        X, Y : array_like
+            As for :meth:`loss`.
+        metrics : list of {"loss", "accuracy", "r2"} or None
+            None: ``["loss", "accuracy"]`` for ``cross_entropy``, ``["loss", "r2"]`` otherwise. Accuracy
+            compares the largest output with the target class; R² is averaged over the outputs as
+            ``sklearn.metrics.r2_score``.
+
+        Returns
+        -------
+        dict of str to float
+            ``"loss"`` first (always), then the named metrics.
+        """
+        names = (_metrics.default_metrics(self.loss_name) if metrics is None
+                 else _metrics.check_metrics(metrics, self.loss_name))
+        names = ("loss",) + tuple(name for name in names if name != "loss")
+        X2, Y2, _ = self._prepare(X, Y)
+        return _metrics.compute(names, self._output(X2), Y2, self.loss_name)
 
     def loss(self, X, Y):
         """The loss (a float) over the batch ``X``, ``Y`` (a single example is a batch of one).
@@ -439,10 +570,10 @@ class Network:
 
     # -- training ---------------------------------------------------------------------------------------
 
-    def fit(self, X, Y, *, epochs=1, batch_size=32, lr=0.01, optimizer=None, shuffle=True, seed=None,
+    def fit(self, X, Y, *, epochs=1, batch_size=32, lr=None, optimizer=None, shuffle=True, seed=None,
             progress=False, record_gradients=False, verbose=0, validation_data=None, validation_split=0.0,
             callbacks=None, early_stopping=False, patience=5, min_delta=0.0, restore_best_weights=True,
-            lr_schedule=None, threads=None):
+            lr_schedule=None, threads=None, metrics=None):
         """Train by mini-batch SGD; the loop over mini-batches of an epoch runs inside the backend.
 
         Parameters
@@ -453,17 +584,20 @@ class Network:
             Passes over the data (0 trains nothing).
         batch_size : int
             Rows per update; the last batch of an epoch is smaller when it does not divide ``n``.
-        lr : float
-            Learning rate of the plain SGD used when ``optimizer`` is None (ignored otherwise).
-        optimizer : SGD or None
-            An ``SGD`` on this network, to train with momentum, weight decay or Nesterov and to keep its
-            velocity across calls.
+        lr : float or None
+            Learning rate of the plain SGD used when ``optimizer`` is None; None means 0.01. Giving both
+            ``lr`` and ``optimizer`` is an error (the optimizer carries its own ``lr``).
+        optimizer : Optimizer, LBFGS or None
+            An optimizer on this network (``SGD``, ``Adam``, ``AdamW``, ``RMSprop``, ``Rprop``), which keeps
+            its state across calls; or ``LBFGS``, which trains on the whole data set at once (``epochs``,
+            ``batch_size`` and ``shuffle`` do not apply to it).
         shuffle : bool
             Visit the examples in a fresh permutation each epoch (drawn from ``seed``), else in order.
         seed : int or None
             Makes the shuffling reproducible; None draws a random seed.
         progress : bool
-            Show a progress bar (tqdm if installed, else one line per epoch on stderr).
+            Show progress on stderr: on a terminal one line updated in place (tqdm's bar if installed), at
+            most 80 columns; otherwise one plain line per epoch.
         record_gradients : bool
             Record, after each epoch, the norm of each layer's weight gradient over the whole training set
             in ``History.gradient_norms``.
@@ -473,14 +607,17 @@ class Network:
             Evaluated after each epoch into ``History.val_loss``.
         validation_split : float
             Fraction in [0, 1) of the rows (the last ones, before shuffling) held out for validation.
-        callbacks : list of callables or None
-            Each is called ``cb(epoch, logs)`` (or ``cb.on_epoch_end(epoch, logs)``) after every epoch;
-            ``logs`` has ``loss``, ``val_loss`` (when available), ``lr``, ``epoch_time``. Returning True
+        callbacks : callable, Callback, or a list of them, or None
+            Each is called ``cb(epoch, logs)`` (or ``cb.on_epoch_end(epoch, logs)``; see
+            :class:`fastbp.Callback` for the other hooks) after every epoch; ``logs`` has ``loss``,
+            ``val_loss`` (when available), ``lr``, ``epoch_time`` and the metrics. All callbacks share the
+            one ``logs`` dict, and entries they add are recorded in ``History.metrics``. Returning True
             stops training.
         early_stopping : bool
             Stop when the monitored loss (validation loss if any, else training loss) has not improved by
             more than ``min_delta`` for ``patience`` epochs; with ``restore_best_weights`` the parameters of
-            the best epoch are restored.
+            the best epoch are restored (``History.best_epoch``, ``History.restored_best_weights``, and a
+            line on stderr when ``verbose``). The same as passing :class:`fastbp.EarlyStopping`.
         lr_schedule : callable, "step", "invscaling" or None
             ``lr_schedule(epoch) -> lr`` before each epoch; the strings use :class:`StepDecay` /
             :class:`InverseScaling` starting from the optimizer's learning rate.
@@ -488,6 +625,9 @@ class Network:
             At most this many BLAS threads during this call (``fastbp.num_threads``; needs threadpoolctl);
             None leaves the process's setting. ``threads=1`` is faster on a machine whose other cores are
             busy. Batch size 1 uses no BLAS.
+        metrics : list of {"loss", "accuracy", "r2"} or None
+            Computed after each epoch on the training data (and, with validation data, as ``val_<name>``)
+            into ``History.metrics`` and the progress line; ``"loss"`` is always recorded.
 
         Returns
         -------
@@ -521,18 +661,20 @@ class Network:
         else:
             seed = _check_int(seed, "seed", 0)
         if optimizer is None:
-            lr = _check_real(lr, "lr", positive=True)
-        elif not isinstance(optimizer, SGD):
-            raise TypeError(f"optimizer must be a fastbp.SGD or None; got {_describe(optimizer)}")
+            lr = 0.01 if lr is None else _check_real(lr, "lr", positive=True)
+        elif not isinstance(optimizer, (Optimizer, LBFGS)):
+            raise TypeError(f"optimizer must be a fastbp optimizer (SGD, Adam, AdamW, RMSprop, Rprop, LBFGS) "
+                            f"or None; got {_describe(optimizer)}")
+        elif lr is not None:
+            raise ValueError(f"give either lr (for plain SGD) or optimizer, not both: the optimizer's lr is "
+                             f"{getattr(optimizer, 'lr', '?')}; got lr={_describe(lr)}")
         elif optimizer.net is not self:
-            raise ValueError("optimizer was built for another network; create SGD(net, ...) for this one")
+            raise ValueError(f"optimizer was built for another network; create {type(optimizer).__name__}"
+                             "(net, ...) for this one")
         limit_threads = (contextlib.nullcontext() if threads is None
                          else _threads.num_threads(_threads._check_threads(threads, "threads")))
-        callbacks = [] if callbacks is None else list(callbacks)
-        for index, callback in enumerate(callbacks):
-            if not (callable(callback) or callable(getattr(callback, "on_epoch_end", None))):
-                raise TypeError(f"callbacks[{index}] must be callable or have on_epoch_end; got "
-                                f"{_describe(callback)}")
+        callbacks = _training.check_callbacks(callbacks)
+        metrics = () if metrics is None else _metrics.check_metrics(metrics, self.loss_name)
 
         X2, Y2, single = self._prepare(X, Y)
         if single:
@@ -553,140 +695,38 @@ class Network:
             validation = (X2[-n_val:], Y2[-n_val:])
             X2, Y2 = X2[:-n_val], Y2[:-n_val]
 
+        if isinstance(optimizer, LBFGS):
+            with self._exclusive("fit"), limit_threads:
+                return optimizer._run(X2, Y2)
         optimizer = SGD(self, lr) if optimizer is None else optimizer
-        schedule = make_schedule(lr_schedule, optimizer.lr)
+        if early_stopping:
+            callbacks.append(_training.EarlyStopping(patience, min_delta, restore_best_weights,
+                                                     verbose=bool(verbose or progress)))
+        plan = _training.FitPlan(
+            X=X2, Y=Y2, epochs=epochs, batch_size=batch_size, optimizer=optimizer, shuffle=shuffle, seed=seed,
+            record_gradients=record_gradients, validation=validation,
+            schedule=make_schedule(lr_schedule, optimizer.lr), metrics=metrics, progress=progress,
+            verbose=verbose, callbacks=callbacks)
         with self._exclusive("fit"), limit_threads:
-            return self._fit_loop(X2, Y2, epochs, batch_size, optimizer, shuffle, seed, progress, verbose,
-                                  record_gradients, validation, callbacks, early_stopping, patience,
-                                  min_delta, restore_best_weights, schedule)
-
-    def _fit_loop(self, X, Y, epochs, batch_size, optimizer, shuffle, seed, progress, verbose,
-                  record_gradients, validation, callbacks, early_stopping, patience, min_delta,
-                  restore_best_weights, schedule):
-        n = X.shape[0]
-        batch_size = min(batch_size, n)  # the same batches; and a huge int would overflow the kernel's size_t
-        module = self._module
-        ws = self._new_workspace(batch_size)
-        params, velocity = self.params, optimizer.velocity
-        params_start, velocity_start = np.empty_like(params), np.empty_like(velocity)
-        history = History()
-        reporter = _Reporter(epochs, n, progress or verbose == 1, verbose)
-        best_loss, best_params, epochs_without_improvement = math.inf, None, 0
-        try:
-            for epoch in range(epochs):
-                if schedule is not None:
-                    optimizer.lr = schedule(epoch)
-                lr = optimizer.lr
-                # The start-of-epoch state: the fallback when divergence must be unwound.
-                np.copyto(params_start, params)
-                np.copyto(velocity_start, velocity)
-                key = _layout.epoch_key(seed, epoch) if shuffle else -1
-                started = time.perf_counter()
-                loss_sum, done, status = module.train_epoch(
-                    ws, params, X, Y, batch_size, lr, optimizer.momentum, optimizer.weight_decay,
-                    optimizer.nesterov, velocity, key)
-                elapsed = time.perf_counter() - started
-                if status == 2:
-                    raise KeyboardInterrupt
-                if status == 1 or not module.all_finite(params):
-                    batch, what = self._unwind(ws, optimizer, X, Y, batch_size, lr, key, params_start,
-                                               velocity_start, status, done)
-                    error = FloatingPointError(
-                        f"training diverged: {what} became NaN or infinite at epoch {epoch + 1} of {epochs}, "
-                        f"batch {batch + 1} of {-(-n // batch_size)} (lr={lr}); the parameters are restored "
-                        "to their last finite values")
-                    error.epoch, error.batch, error.history = epoch, batch, history
-                    raise error
-                history.loss.append(loss_sum / n)
-                history.epoch_time.append(elapsed)
-                history.lr.append(lr)
-                logs = {"loss": history.loss[-1], "lr": lr, "epoch_time": elapsed}
-                if record_gradients:
-                    history.gradient_norms.append(self._gradient_norms(ws, X, Y))
-                if validation is not None:
-                    history.val_loss.append(float(self._loss_prepared(*validation)))
-                    logs["val_loss"] = history.val_loss[-1]
-                reporter.epoch(epoch, logs, n / elapsed if elapsed > 0 else math.inf)
-                stop = False
-                for callback in callbacks:
-                    hook = getattr(callback, "on_epoch_end", None)
-                    result = hook(epoch, dict(logs)) if callable(hook) else callback(epoch, dict(logs))
-                    stop = stop or result is True
-                if early_stopping:
-                    monitored = logs.get("val_loss", logs["loss"])
-                    if monitored < best_loss - min_delta:
-                        best_loss, epochs_without_improvement = monitored, 0
-                        if restore_best_weights:
-                            best_params = params.copy()
-                    else:
-                        epochs_without_improvement += 1
-                        if epochs_without_improvement >= patience:
-                            stop = True
-                if stop:
-                    history.stopped_epoch = epoch
-                    break
-            if early_stopping and restore_best_weights and best_params is not None:
-                np.copyto(params, best_params)
-        finally:
-            reporter.close()
-        return history
-
-    def _unwind(self, ws, optimizer, X, Y, batch_size, lr, key, params_start, velocity_start, status, done):
-        """After divergence: find the first bad batch and leave the parameters as just before it.
-
-        Replays the epoch from its starting state one batch at a time (the backend is deterministic, so
-        the replay makes the same updates). Returns ``(batch index, what diverged)``.
-        """
-        module, params, velocity = self._module, self.params, optimizer.velocity
-        if status == 1 and np.isfinite(params).all():
-            return done // batch_size, "the loss"      # stopped before updating: already the last finite state
-        np.copyto(params, params_start)
-        np.copyto(velocity, velocity_start)
-        n = X.shape[0]
-        order = _layout.permutation(n, key) if key >= 0 else np.arange(n)
-        before, velocity_before = np.empty_like(params), np.empty_like(velocity)
-        for batch, start in enumerate(range(0, n, batch_size)):
-            rows = order[start:start + batch_size]
-            X_batch, Y_batch = np.ascontiguousarray(X[rows]), np.ascontiguousarray(Y[rows])
-            np.copyto(before, params)
-            np.copyto(velocity_before, velocity)
-            _, _, replay_status = module.train_epoch(
-                ws, params, X_batch, Y_batch, batch_size, lr, optimizer.momentum, optimizer.weight_decay,
-                optimizer.nesterov, velocity, -1)
-            if replay_status == 1:
-                return batch, "the loss"
-            if not np.isfinite(params).all():
-                np.copyto(params, before)
-                np.copyto(velocity, velocity_before)
-                return batch, "a parameter"
-        return done // batch_size, "the loss"  # not reproduced: the start-of-epoch state is kept
-
-    def _gradient_norms(self, ws, X, Y):
-        """Per-layer norm of the weight gradient of the loss over all of ``X``, chunked by the workspace."""
-        n = X.shape[0]
-        total = np.zeros(ws.grad.shape, dtype=np.float64)
-        for start in range(0, n, ws.max_batch):
-            X_chunk, Y_chunk = X[start:start + ws.max_batch], Y[start:start + ws.max_batch]
-            self._module.loss_and_gradient(ws, self.params, X_chunk, Y_chunk)
-            total += ws.grad * (X_chunk.shape[0] / n)  # the batch losses are means: weight by rows
-        return [float(np.linalg.norm(W)) for W, _ in _reference.layer_views(self.layer_sizes, total)]
+            return _training.fit_loop(self, plan)
 
     # -- persistence and interop ------------------------------------------------------------------------
 
     def save(self, path):
         """Write the network to ``path`` as ``.npz`` (no pickle), atomically; see :meth:`load`."""
-        from fastbp import _io
         _io.save(self, path)
 
     @classmethod
     def load(cls, path, *, backend=None):
         """Read a network written by :meth:`save`; every parameter is restored bit for bit."""
-        from fastbp import _io
-        return _io.load(path, backend=backend)
+        config, params = _io.load(path)
+        try:
+            return cls._from_parts(config, params, backend)
+        except (ValueError, TypeError) as error:
+            raise ValueError(f"{path}: invalid model description: {error}") from None
 
     def to_torch(self):
         """A ``torch.nn.Sequential`` with the same parameters."""
-        from fastbp import _torch_interop
         return _torch_interop.to_torch(self)
 
     @classmethod
@@ -695,17 +735,15 @@ class Network:
 
         Extra keyword ``options`` (such as ``loss``) are passed on to ``fastbp._torch_interop.from_torch``.
         """
-        from fastbp import _torch_interop
-        return _torch_interop.from_torch(module, dtype=dtype, backend=backend, **options)
+        config, params = _torch_interop.from_torch(module, dtype=dtype, **options)
+        return cls._from_parts(config, params, backend)
 
     def state_dict(self):
         """The parameters under PyTorch's key names (``"0.weight"``, ``"0.bias"``, ...)."""
-        from fastbp import _torch_interop
         return _torch_interop.state_dict(self)
 
     def load_state_dict(self, state_dict):
         """Copy parameters from a PyTorch-style state dict."""
-        from fastbp import _torch_interop
         return _torch_interop.load_state_dict(self, state_dict)
 
 
@@ -725,32 +763,3 @@ class _Exclusive:
     def __exit__(self, *exc):
         self.net._busy.release()
         return False
-
-
-class _Reporter:
-    """Per-epoch progress: tqdm when installed, else one line per epoch on stderr."""
-
-    def __init__(self, epochs, n, bar, verbose):
-        self.epochs, self.bar, self.lines = epochs, None, (bar or verbose >= 2)
-        if bar and verbose != 2:
-            try:
-                from tqdm.auto import tqdm
-                self.bar = tqdm(total=epochs, unit="epoch", file=sys.stderr)
-                self.lines = False
-            except ImportError:
-                pass
-
-    def epoch(self, epoch, logs, rate):
-        text = f"loss={logs['loss']:.6g}"
-        if "val_loss" in logs:
-            text += f" val_loss={logs['val_loss']:.6g}"
-        if self.bar is not None:
-            self.bar.set_postfix_str(f"{text} {rate:,.0f} ex/s")
-            self.bar.update(1)
-        elif self.lines:
-            print(f"epoch {epoch + 1}/{self.epochs}  {text}  {rate:,.0f} examples/s", file=sys.stderr,
-                  flush=True)
-
-    def close(self):
-        if self.bar is not None:
-            self.bar.close()

@@ -141,8 +141,11 @@ def test_learning_rate_rejected(lr, backend):
     before = net.params.copy()
     with pytest.raises(BAD, match="lr"):
         fastbp.SGD(net, lr)
-    with pytest.raises(BAD, match="lr"):
-        net.fit(GOOD_X, GOOD_Y, lr=lr)
+    if lr is not None:  # fit's lr=None means the default 0.01
+        with pytest.raises(BAD, match="lr"):
+            net.fit(GOOD_X, GOOD_Y, lr=lr)
+    with pytest.raises(BAD, match="lr"):  # the optimizer carries its own lr: both is an error
+        net.fit(GOOD_X, GOOD_Y, lr=0.1 if lr is None else lr, optimizer=fastbp.SGD(net, 0.1))
     assert np.array_equal(net.params, before)
 
 

@@ -134,7 +134,7 @@ def test_from_torch_accepts_identity_nesting_and_no_bias():
         nn.Linear(4, 2),
         nn.Identity(),
     ).double()
-    net = _torch_interop.from_torch(module, loss="half_sse")
+    net = fastbp.Network.from_torch(module, loss="half_sse")
     assert list(net.layer_sizes) == [3, 4, 2] and list(net.activations) == ["relu", "identity"]
     assert net.loss_name == "half_sse"
     np.testing.assert_array_equal(net.biases[0], 0.0)
