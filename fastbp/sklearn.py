@@ -72,6 +72,10 @@ except ImportError as error:  # pragma: no cover - depends on the environment
         f"(or pip install 'scikit-learn>=1.6'); importing it failed with: {error}"
     ) from error
 
+from fastbp._threads import num_threads
+from fastbp.network import Network
+from fastbp.optimizers import SGD, Adam
+
 __all__ = ["MLPClassifier", "MLPRegressor"]
 
 # scikit-learn's hidden-layer activation names to fastbp's.
@@ -108,8 +112,6 @@ def _check_number(name, value, *, low, high=None, low_inclusive=True, high_inclu
 
 
 def _network_supports_loss(loss):
-    from .network import Network
-
     try:
         Network([1, 1], "identity", loss=loss, seed=0)
     except ValueError:
@@ -216,8 +218,6 @@ class _Solver:
         self.grad_factor = grad_factor
         self.net = net
         if self.solver == "sgd":
-            from .optimizers import SGD
-
             self.momentum = float(estimator.momentum)
             self.nesterov = bool(estimator.nesterovs_momentum) and self.momentum > 0
             self.optimizer = SGD(net, self.learning_rate, momentum=self.momentum, nesterov=self.nesterov)
@@ -225,13 +225,8 @@ class _Solver:
             self.beta_1, self.beta_2 = float(estimator.beta_1), float(estimator.beta_2)
             self.epsilon = float(estimator.epsilon)
             self.t = 0
-            from . import optimizers
-
-            if hasattr(optimizers, "Adam"):
-                self.optimizer = optimizers.Adam(net, self.learning_rate, betas=(self.beta_1, self.beta_2),
-                                                 eps=self._torch_eps(1))
-            else:
-                self.optimizer = _AdamState(net, self.learning_rate, self.beta_1, self.beta_2, self.epsilon)
+            self.optimizer = Adam(net, self.learning_rate, betas=(self.beta_1, self.beta_2),
+                                  eps=self._torch_eps(1))
 
     def _torch_eps(self, t):
         """The epsilon of ``torch.optim.Adam`` that makes step ``t`` scikit-learn's: scikit-learn adds
@@ -241,8 +236,7 @@ class _Solver:
     # ---------------------------------------------------------------------------------------- updates
     def step(self, grads):
         if self.solver == "adam":
-            if not isinstance(self.optimizer, _AdamState):
-                self.optimizer.eps = self._torch_eps(self.t + 1)
+            self.optimizer.eps = self._torch_eps(self.t + 1)
             self.optimizer.step(grads)
             self.t += 1
             self.learning_rate = (self.learning_rate_init * np.sqrt(1 - self.beta_2 ** self.t)
@@ -297,9 +291,6 @@ class _Solver:
     def state(self):
         if self.solver == "sgd":
             return {"learning_rate": self.learning_rate, "velocity": np.array(self.optimizer.velocity)}
-        if isinstance(self.optimizer, _AdamState):
-            return {"learning_rate": self.learning_rate, "t": self.t, "m": self.optimizer.m.copy(),
-                    "v": self.optimizer.v.copy()}
         return {"learning_rate": self.learning_rate, "t": self.t, "optimizer": self.optimizer.state_dict()}
 
     def load(self, state):
@@ -309,42 +300,7 @@ class _Solver:
             self.optimizer.velocity = state["velocity"]
             return
         self.t = int(state["t"])
-        if isinstance(self.optimizer, _AdamState):
-            self.optimizer.t = self.t
-            self.optimizer.m[...] = state["m"]
-            self.optimizer.v[...] = state["v"]
-        else:
-            self.optimizer.load_state_dict(state["optimizer"])
-
-
-class _AdamState:
-    """scikit-learn's Adam update on a network's flat parameters."""
-
-    def __init__(self, net, lr, beta_1, beta_2, epsilon):
-        self.net = net
-        self.lr, self.beta_1, self.beta_2, self.epsilon = lr, beta_1, beta_2, epsilon
-        self.t = 0
-        self.m = np.zeros_like(net.params)
-        self.v = np.zeros_like(net.params)
-        self._grad = np.empty_like(net.params)
-
-    def step(self, grads):
-        views = _layer_views(self._grad, self.net.layer_sizes)
-        for (W, b), gW, gb in zip(views, grads.weights, grads.biases):
-            W[...] = gW
-            b[...] = gb
-        g = self._grad
-        self.t += 1
-        self.m = self.beta_1 * self.m + (1 - self.beta_1) * g
-        self.v = self.beta_2 * self.v + (1 - self.beta_2) * (g ** 2)
-        lr_t = self.lr * np.sqrt(1 - self.beta_2 ** self.t) / (1 - self.beta_1 ** self.t)
-        params = self.net.params
-        with np.errstate(over="ignore", invalid="ignore"):
-            update = -lr_t * self.m / (np.sqrt(self.v) + self.epsilon)
-            new = params + update
-        if not np.isfinite(new).all():
-            raise FloatingPointError("Adam step diverged: a parameter became NaN or infinite")
-        params[...] = new
+        self.optimizer.load_state_dict(state["optimizer"])
 
 
 class _BaseMLP(BaseEstimator):
@@ -481,8 +437,6 @@ class _BaseMLP(BaseEstimator):
         over two logits whose first row of weights and intercept stays 0 (``softmax([0, z]) = [1 - s, s]``
         with ``s = sigmoid(z)``; its gradient is zeroed at each step): ``self._pinned`` says so.
         """
-        from .network import Network
-
         loss = self._network_loss()
         self._pinned = False
         if not _network_supports_loss(loss):
@@ -608,8 +562,6 @@ class _BaseMLP(BaseEstimator):
         Y = y
         if sample_weight is not None:
             sample_weight = np.ascontiguousarray(sample_weight, dtype=dtype)
-
-        from ._threads import num_threads
 
         limit = nullcontext() if self.threads is None else num_threads(int(self.threads))
         with limit:

@@ -420,6 +420,12 @@ STOCHASTIC_CASES = {
                            batch_size=20),
     "sgd-adaptive": dict(solver="sgd", learning_rate="adaptive", learning_rate_init=0.05, tol=0.05,
                          n_iter_no_change=1, batch_size=30, max_iter=12),
+    # alpha=0 and no sample weights: whole epochs inside the compiled kernel (Network.fit), with the velocity
+    # rescaled when the learning rate changes.
+    "sgd-kernel-invscaling": dict(solver="sgd", learning_rate="invscaling", learning_rate_init=0.5, power_t=0.3,
+                                  alpha=0.0, batch_size=20),
+    "sgd-kernel-adaptive": dict(solver="sgd", learning_rate="adaptive", learning_rate_init=0.05, tol=0.05,
+                                n_iter_no_change=1, batch_size=30, max_iter=12, alpha=0.0),
     "adam": dict(solver="adam", learning_rate_init=0.01, batch_size=25),
     "adam-betas": dict(solver="adam", learning_rate_init=0.02, beta_1=0.8, beta_2=0.99, epsilon=1e-6,
                        alpha=0.01, activation="tanh"),
