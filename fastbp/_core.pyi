@@ -7,6 +7,8 @@ import numpy.typing as npt
 
 _Floats = npt.NDArray[np.floating]
 
+__all__ = ["Workspace", "predict", "loss_and_gradient", "train_epoch", "all_finite"]
+
 class Workspace:
     dtype: np.dtype
     max_batch: int
@@ -21,20 +23,28 @@ class Workspace:
         max_batch: int,
     ) -> None: ...
 
+ACTIVATION_CODES: dict[str, int]
+LOSS_CODES: dict[str, int]
+STATUS_CODES: dict[str, int]
+
 def predict(ws: Workspace, params: _Floats, X: _Floats, out: _Floats) -> None: ...
-def loss_and_gradient(ws: Workspace, params: _Floats, X: _Floats, Y: _Floats) -> float: ...
+def loss_and_gradient(
+    ws: Workspace, params: _Floats, X: _Floats, Y: _Floats, sample_weight: _Floats | None = None
+) -> float: ...
+def all_finite(values: _Floats) -> bool: ...
 def train_epoch(
     ws: Workspace,
     params: _Floats,
     X: _Floats,
     Y: _Floats,
+    sample_weight: _Floats | None,
     batch_size: int,
     rule: int,
     hyper: npt.NDArray[np.float64],
     state: _Floats,
     steps: npt.NDArray[np.int64],
     shuffle_key: int,
-) -> tuple[float, int, int]: ...
+) -> tuple[float, float, int, int]: ...
 def optimizer_step(
     params: _Floats,
     grad: _Floats,
@@ -43,6 +53,5 @@ def optimizer_step(
     state: _Floats,
     steps: npt.NDArray[np.int64],
 ) -> None: ...
-def all_finite(values: _Floats) -> bool: ...
 def _enum_codes() -> dict[str, object]: ...
 def _blas_thresholds(min_batch: int | None = ..., min_work: int | None = ...) -> tuple[int, int]: ...

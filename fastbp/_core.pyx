@@ -14,7 +14,7 @@ The kernel trusts its inputs: ``fastbp/network.py`` has checked dtypes, contigui
 """
 
 from cython cimport floating
-from libc.math cimport log, tanh, tanhf, isfinite, sqrt, sqrtf, pow
+from libc.math cimport isfinite, sqrt, sqrtf, pow
 from libc.stdlib cimport malloc, free
 from libc.string cimport memcpy, memset
 from libc.stdint cimport uint64_t, int64_t
@@ -38,8 +38,8 @@ cdef extern from "_kernels.h" nogil:
         Py_ssize_t *act_off    # n_layers: start of layer l's outputs in the activation buffer
     float fastbp_dot_f32(const float *a, const float *b, Py_ssize_t n)
     double fastbp_dot_f64(const double *a, const double *b, Py_ssize_t n)
-    float fastbp_exp_nonpositive_f32(float x)
-    double fastbp_exp_nonpositive_f64(double x)
+    float fastbp_activate_f32(float z, int act)
+    double fastbp_activate_f64(double z, int act)
     int fastbp_all_finite_f32(const float *values, Py_ssize_t n)
     int fastbp_all_finite_f64(const double *values, Py_ssize_t n)
     int fastbp_train_rows_f32(const Plan *p, float *params, const float *X, const float *Y,
@@ -85,23 +85,41 @@ cdef extern from "_kernels.h" nogil:
         FASTBP_HYPER_RPROP_STEP_MAX
         FASTBP_HYPER_RESERVED_L2
         FASTBP_N_HYPER
+    # The codes, declared once in _kernels.h
+    enum:
+        ACT_IDENTITY "FASTBP_IDENTITY"
+        ACT_SIGMOID "FASTBP_SIGMOID"
+        ACT_RELU "FASTBP_RELU"
+        ACT_TANH "FASTBP_TANH"
+    enum:
+        LOSS_HALF_SSE "FASTBP_HALF_SSE"
+        LOSS_MSE "FASTBP_MSE"
+        LOSS_CROSS_ENTROPY "FASTBP_CROSS_ENTROPY"
+        LOSS_BINARY_CROSS_ENTROPY "FASTBP_BINARY_CROSS_ENTROPY"
+        LOSS_POISSON "FASTBP_POISSON"
+    enum:
+        STATUS_OK "FASTBP_STATUS_OK"
+        STATUS_NONFINITE "FASTBP_STATUS_NONFINITE"
+        STATUS_INTERRUPTED "FASTBP_STATUS_INTERRUPTED"
+    double fastbp_loss_divisor(int loss, Py_ssize_t K)
+    double fastbp_loss_numerator(int loss)
+    double fastbp_loss_half(int loss)
+    double fastbp_output_delta_row_f32(const float *out, const float *y, Py_ssize_t K, int loss, int act,
+                                       float scale, float *delta, double total)
+    double fastbp_output_delta_row_f64(const double *out, const double *y, Py_ssize_t K, int loss, int act,
+                                       double scale, double *delta, double total)
+    void fastbp_times_derivative_f32(float *delta, const float *a, Py_ssize_t n, int act)
+    void fastbp_times_derivative_f64(double *delta, const double *a, Py_ssize_t n, int act)
 
+# The codes as Python sees them (tests/test_conformance.py compares them with fastbp._spec).
+ACTIVATION_CODES = {"identity": ACT_IDENTITY, "sigmoid": ACT_SIGMOID, "relu": ACT_RELU, "tanh": ACT_TANH}
+LOSS_CODES = {"half_sse": LOSS_HALF_SSE, "mse": LOSS_MSE, "cross_entropy": LOSS_CROSS_ENTROPY,
+              "binary_cross_entropy": LOSS_BINARY_CROSS_ENTROPY, "poisson": LOSS_POISSON}
+STATUS_CODES = {"STATUS_OK": STATUS_OK, "STATUS_NONFINITE": STATUS_NONFINITE,
+                "STATUS_INTERRUPTED": STATUS_INTERRUPTED}
 
-cdef enum:
-    ACT_IDENTITY = 0
-    ACT_SIGMOID = 1
-    ACT_RELU = 2
-    ACT_TANH = 3
-
-cdef enum:
-    LOSS_HALF_SSE = 0
-    LOSS_MSE = 1
-    LOSS_CROSS_ENTROPY = 2
-
-cdef enum:
-    STATUS_OK = 0
-    STATUS_NONFINITE = 1
-    STATUS_INTERRUPTED = 2
+# The backend interface (fastbp._backend.INTERFACE), the same names as the twin fastbp._reference.
+__all__ = ["Workspace", "predict", "loss_and_gradient", "train_epoch", "optimizer_step", "all_finite"]
 
 # A layer uses BLAS for a mini-batch when the batch has at least BLAS_MIN_BATCH rows and the product
 # has at least BLAS_MIN_WORK multiply-adds; below that the call overhead costs more than it saves.
@@ -113,6 +131,9 @@ cdef Py_ssize_t BLAS_MIN_WORK = 512
 
 # How many multiply-adds of training pass between two checks for Ctrl-C (each check takes the GIL).
 cdef double SIGNAL_CHECK_WORK = 2.0e7
+
+# all_finite releases the GIL from this many elements: below it the release costs more than the test.
+cdef Py_ssize_t ALL_FINITE_NOGIL_MIN = 65536
 
 cdef uint64_t GOLDEN_GAMMA = 0x9E3779B97F4A7C15ULL
 
@@ -136,6 +157,7 @@ cdef class Workspace:
     cdef object _deltas
     cdef object _batch_inputs
     cdef object _batch_targets
+    cdef object _batch_weights
     cdef object _order
     # Raw pointers into the buffers above (owned by this object, so they never move): taking a typed
     # memoryview of each on every call would cost more than a small training step.
@@ -144,6 +166,7 @@ cdef class Workspace:
     cdef void *deltas_ptr
     cdef void *batch_inputs_ptr
     cdef void *batch_targets_ptr
+    cdef void *batch_weights_ptr
 
     def __cinit__(self, layer_sizes, activation_codes, int loss_code, dtype, Py_ssize_t max_batch):
         cdef Py_ssize_t n_layers = len(layer_sizes) - 1
@@ -192,12 +215,14 @@ cdef class Workspace:
         self._deltas = np.zeros(2 * max_batch * self.plan.max_width, dtype=self.dtype)
         self._batch_inputs = np.zeros(max_batch * self.plan.sizes[0], dtype=self.dtype)
         self._batch_targets = np.zeros(max_batch * self.plan.sizes[n_layers], dtype=self.dtype)
+        self._batch_weights = np.zeros(max_batch, dtype=self.dtype)
         self._order = np.zeros(0, dtype=np.intp)
         self.grad_ptr = <void *><size_t>self.grad.ctypes.data
         self.activations_ptr = <void *><size_t>self._activations.ctypes.data
         self.deltas_ptr = <void *><size_t>self._deltas.ctypes.data
         self.batch_inputs_ptr = <void *><size_t>self._batch_inputs.ctypes.data
         self.batch_targets_ptr = <void *><size_t>self._batch_targets.ctypes.data
+        self.batch_weights_ptr = <void *><size_t>self._batch_weights.ctypes.data
 
     def __dealloc__(self):
         free(self.plan.sizes)
@@ -217,28 +242,13 @@ cdef class Workspace:
 # Elementwise pieces
 
 
-cdef inline floating sigmoid(floating z) noexcept nogil:
-    # Stable on both sides: exp only ever sees -|z|, so it never overflows.
-    cdef floating e
-    if z >= 0:
-        return 1 / (1 + exp_nonpositive(-z))
-    e = exp_nonpositive(z)
-    return e / (1 + e)
-
-
-cdef inline floating tanh_(floating z) noexcept nogil:
+cdef inline floating activate(floating z, int act) noexcept nogil:
+    """f(z), written once in _kernels_rows.h (fastbp_activate); called with a constant code, so the
+    compiler folds the switch away."""
     if floating is float:
-        return tanhf(z)
+        return fastbp_activate_f32(z, act)
     else:
-        return tanh(z)
-
-
-cdef inline floating exp_nonpositive(floating z) noexcept nogil:
-    """exp(z) for z <= 0 (sigmoid and softmax need no more), inlined from _kernels.h."""
-    if floating is float:
-        return fastbp_exp_nonpositive_f32(z)
-    else:
-        return fastbp_exp_nonpositive_f64(z)
+        return fastbp_activate_f64(z, act)
 
 
 cdef inline void bias_activate(floating *row, const floating *bias, Py_ssize_t n, int act) noexcept nogil:
@@ -251,28 +261,21 @@ cdef inline void bias_activate(floating *row, const floating *bias, Py_ssize_t n
             row[j] = 0 if v < 0 else v
     elif act == ACT_SIGMOID:
         for j in range(n):
-            row[j] = sigmoid(row[j] + bias[j])
+            row[j] = activate(row[j] + bias[j], ACT_SIGMOID)
     elif act == ACT_TANH:
         for j in range(n):
-            row[j] = tanh_(row[j] + bias[j])
+            row[j] = activate(row[j] + bias[j], ACT_TANH)
     else:
         for j in range(n):
             row[j] = row[j] + bias[j]
 
 
 cdef inline void times_derivative(floating *delta, const floating *a, Py_ssize_t n, int act) noexcept nogil:
-    """delta *= f'(z), with f' computed from the layer's output a = f(z)."""
-    cdef Py_ssize_t i
-    if act == ACT_RELU:
-        # a select, not a branch: which units are active is a coin flip the predictor cannot learn
-        for i in range(n):
-            delta[i] = delta[i] if a[i] > 0 else 0
-    elif act == ACT_SIGMOID:
-        for i in range(n):
-            delta[i] = delta[i] * (a[i] * (1 - a[i]))
-    elif act == ACT_TANH:
-        for i in range(n):
-            delta[i] = delta[i] * (1 - a[i] * a[i])
+    """delta *= f'(z), with f' computed from the layer's output a = f(z) (_kernels_rows.h)."""
+    if floating is float:
+        fastbp_times_derivative_f32(delta, a, n, act)
+    else:
+        fastbp_times_derivative_f64(delta, a, n, act)
 
 
 cdef inline floating dot(const floating *a, const floating *b, Py_ssize_t n) noexcept nogil:
@@ -345,53 +348,42 @@ cdef void dense_forward(const Plan *p, const floating *params, const floating *i
         a_prev = out
 
 
-cdef double output_delta(const Plan *p, const floating *output, const floating *targets, Py_ssize_t batch,
-                         floating *delta) noexcept nogil:
-    """The batch loss, and delta = dL/dz of the last layer (the 1/batch of the mean included)."""
+cdef double output_delta(const Plan *p, const floating *output, const floating *targets,
+                         const floating *weights, Py_ssize_t batch, floating *delta) noexcept nogil:
+    """The batch loss, and delta = dL/dz of the last layer (the batch mean included).
+
+    ``weights`` NULL: the plain mean over the rows. Otherwise the weighted mean
+    sum_i w_i l_i / sum_i w_i (a zero weight sum gives NaN: the callers never pass one).
+    The per-row formulas are fastbp_output_delta_row in _kernels_rows.h.
+    """
     cdef Py_ssize_t K = p.sizes[p.n_layers]
     cdef int act = p.acts[p.n_layers - 1]
-    cdef Py_ssize_t r, k, n = batch * K
-    cdef double total = 0.0, m, s, target_sum, dot_yz, diff
-    cdef floating scale, e
-    cdef const floating *z
-    cdef const floating *y
-    cdef floating *d
-    if p.loss == LOSS_CROSS_ENTROPY:
-        # -sum_k y_k log softmax(z)_k = logsumexp(z) sum_k y_k - sum_k y_k z_k; grad (softmax sum y - y)
-        scale = <floating>(1.0 / batch)
+    cdef double divisor = fastbp_loss_divisor(p.loss, K)
+    cdef double numerator = fastbp_loss_numerator(p.loss)
+    cdef double total = 0.0, weight_sum = 0.0, row
+    cdef Py_ssize_t r
+    cdef floating scale
+    if weights == NULL:
+        scale = <floating>(numerator / (batch * divisor))
         for r in range(batch):
-            z = output + r * K
-            y = targets + r * K
-            d = delta + r * K
-            m = z[0]
-            for k in range(1, K):
-                if z[k] > m:
-                    m = z[k]
-            s = 0.0
-            target_sum = 0.0
-            dot_yz = 0.0
-            for k in range(K):
-                e = exp_nonpositive(<floating>(z[k] - m))
-                d[k] = e
-                s += e
-                target_sum += y[k]
-                dot_yz += y[k] * (z[k] - m)
-            total += log(s) * target_sum - dot_yz
-            for k in range(K):
-                d[k] = (<floating>(d[k] / s) * <floating>target_sum - y[k]) * scale
-        return total / batch
-    if p.loss == LOSS_MSE:
-        scale = <floating>(2.0 / n)
+            total = output_delta_row(output + r * K, targets + r * K, K, p.loss, act, scale, delta + r * K,
+                                     total)
+        return fastbp_loss_half(p.loss) * total / (batch * divisor)
+    for r in range(batch):
+        weight_sum += weights[r]
+    for r in range(batch):
+        scale = <floating>(numerator * weights[r] / (weight_sum * divisor))
+        row = output_delta_row(output + r * K, targets + r * K, K, p.loss, act, scale, delta + r * K, 0.0)
+        total += weights[r] * row
+    return fastbp_loss_half(p.loss) * total / (weight_sum * divisor)
+
+
+cdef inline double output_delta_row(const floating *out, const floating *y, Py_ssize_t K, int loss, int act,
+                                    floating scale, floating *delta, double total) noexcept nogil:
+    if floating is float:
+        return fastbp_output_delta_row_f32(out, y, K, loss, act, scale, delta, total)
     else:
-        scale = <floating>(1.0 / batch)
-    for k in range(n):
-        diff = output[k] - targets[k]
-        total += diff * diff
-        delta[k] = scale * (output[k] - targets[k])
-    times_derivative(delta, output, n, act)
-    if p.loss == LOSS_MSE:
-        return total / n
-    return 0.5 * total / batch
+        return fastbp_output_delta_row_f64(out, y, K, loss, act, scale, delta, total)
 
 
 cdef inline void axpy(floating *y, const floating *x, floating alpha, Py_ssize_t n) noexcept nogil:
@@ -501,7 +493,7 @@ cdef inline floating lerp(floating start, floating end, floating weight) noexcep
 cdef void optimizer_update(int rule, const double *hyper, floating *params, const floating *grad,
                            floating *state, Py_ssize_t n, int64_t *steps) noexcept nogil:
     """One update of the flat buffer from ``grad`` by ``rule``, exactly as torch.optim's single-tensor
-    step; ``state`` holds the rule's rows of ``n`` values each (fastbp/_layout.py STATE_ROWS).
+    step; ``state`` holds the rule's rows of ``n`` values each (fastbp/_spec.py STATE_ROWS).
 
     Each rule is one sweep over the buffer; the per-step scalars (bias corrections) are computed once in
     double, like torch's Python floats. The readable version is fastbp/_reference.py's optimizer_step.
@@ -613,7 +605,7 @@ cdef void optimizer_update(int rule, const double *hyper, floating *params, cons
 
 
 # ---------------------------------------------------------------------------------------------------
-# The shuffle permutation (specification: fastbp/_layout.py)
+# The shuffle permutation (specification: fastbp/_spec.py)
 
 
 cdef inline uint64_t mix64(uint64_t z) noexcept nogil:
@@ -657,7 +649,7 @@ cdef object _predict(Workspace ws, floating[::1] params, const floating[:, ::1] 
 
 
 cdef object _loss_and_gradient(Workspace ws, floating[::1] params, const floating[:, ::1] X,
-                               const floating[:, ::1] Y):
+                               const floating[:, ::1] Y, sample_weight):
     cdef const Plan *p = &ws.plan
     cdef floating *activations = <floating *>ws.activations_ptr
     cdef floating *deltas = <floating *>ws.deltas_ptr
@@ -665,18 +657,23 @@ cdef object _loss_and_gradient(Workspace ws, floating[::1] params, const floatin
     cdef Py_ssize_t batch = X.shape[0]
     cdef Py_ssize_t half = p.max_batch * p.max_width
     cdef double loss
+    cdef const floating[::1] weights_view
+    cdef const floating *weights = NULL
     if batch > p.max_batch:
         raise ValueError(f"batch of {batch} rows exceeds the workspace's {p.max_batch}")
+    if sample_weight is not None:
+        weights_view = sample_weight
+        weights = &weights_view[0]
     with nogil:
         dense_forward(p, &params[0], &X[0, 0], batch, activations)
-        loss = output_delta(p, activations + p.act_off[p.n_layers - 1], &Y[0, 0], batch, deltas)
+        loss = output_delta(p, activations + p.act_off[p.n_layers - 1], &Y[0, 0], weights, batch, deltas)
         dense_backward(p, &params[0], &X[0, 0], batch, activations, deltas, deltas + half,
                        grad, 0, False)
     return loss
 
 
 cdef object _train_epoch(Workspace ws, floating[::1] params, const floating[:, ::1] X,
-                         const floating[:, ::1] Y, Py_ssize_t batch_size, int rule,
+                         const floating[:, ::1] Y, sample_weight, Py_ssize_t batch_size, int rule,
                          const double[::1] hyper, floating[:, ::1] state, int64_t[::1] steps, shuffle_key):
     cdef const Plan *p = &ws.plan
     cdef floating *activations = <floating *>ws.activations_ptr
@@ -684,11 +681,16 @@ cdef object _train_epoch(Workspace ws, floating[::1] params, const floating[:, :
     cdef floating *grad = <floating *>ws.grad_ptr
     cdef floating *batch_inputs = <floating *>ws.batch_inputs_ptr
     cdef floating *batch_targets = <floating *>ws.batch_targets_ptr
+    cdef floating *batch_weights = <floating *>ws.batch_weights_ptr
+    cdef const floating[::1] weights_view
+    cdef const floating *weights = NULL
+    cdef const floating *row_weights = NULL
+    cdef double weight_sum = 0.0, batch_weight
     cdef Py_ssize_t n = X.shape[0]
     cdef Py_ssize_t n_in = p.sizes[0], K = p.sizes[p.n_layers]
     cdef Py_ssize_t half = p.max_batch * p.max_width
     cdef Py_ssize_t start, batch, r, row, batches_since_check = 0, check_every, l
-    # shuffle_key: a key in [0, 2**64) from _layout.epoch_key, or a negative number / None for no shuffle
+    # shuffle_key: a key in [0, 2**64) from _spec.epoch_key, or a negative number / None for no shuffle
     cdef bint shuffle = shuffle_key is not None and shuffle_key >= 0
     cdef uint64_t key = <uint64_t>shuffle_key if shuffle else 0
     # Plain SGD (no momentum, no decay) updates inside the backward pass and never stores the gradient.
@@ -710,7 +712,10 @@ cdef object _train_epoch(Workspace ws, floating[::1] params, const floating[:, :
     if batch_size < 1 or min(batch_size, n) > p.max_batch:
         raise ValueError(f"batch_size {batch_size} does not fit the workspace ({p.max_batch} rows)")
     if n == 0:
-        return 0.0, 0, STATUS_OK
+        return 0.0, 0.0, 0, STATUS_OK
+    if sample_weight is not None:
+        weights_view = sample_weight
+        weights = &weights_view[0]
     if shuffle:
         order = ws.order_buffer(n)
         order_ptr = &order[0]
@@ -722,8 +727,9 @@ cdef object _train_epoch(Workspace ws, floating[::1] params, const floating[:, :
         if shuffle:
             fill_permutation(order_ptr, n, key)
         start = 0
-        if batch_size == 1 and in_place:
-            # Per-example SGD: the fused C loop, entered once per `check_every` examples.
+        if batch_size == 1 and in_place and weights == NULL:
+            # Per-example SGD: the fused C loop, entered once per `check_every` examples. It serves the
+            # unweighted case only; weighted batches of one take the general loop below.
             while start < n and status == STATUS_OK:
                 batch = min(check_every, n - start)
                 done_before = done
@@ -732,6 +738,7 @@ cdef object _train_epoch(Workspace ws, floating[::1] params, const floating[:, :
                     status = STATUS_NONFINITE
                 steps_ptr[0] += done - done_before   # one update per example trained
                 start += batch
+                weight_sum = <double>done
                 if status == STATUS_OK and start < n:
                     with gil:
                         if PyErr_CheckSignals() != 0:
@@ -744,13 +751,29 @@ cdef object _train_epoch(Workspace ws, floating[::1] params, const floating[:, :
                     row = order_ptr[start + r]
                     memcpy(batch_inputs + r * n_in, &X[0, 0] + row * n_in, n_in * sizeof(floating))
                     memcpy(batch_targets + r * K, &Y[0, 0] + row * K, K * sizeof(floating))
+                    if weights != NULL:
+                        batch_weights[r] = weights[row]
                 inputs = batch_inputs
                 targets = batch_targets
+                row_weights = batch_weights if weights != NULL else NULL
             else:
                 inputs = &X[0, 0] + start * n_in
                 targets = &Y[0, 0] + start * K
+                row_weights = weights + start if weights != NULL else NULL
+            if row_weights != NULL:
+                batch_weight = 0.0
+                for r in range(batch):
+                    batch_weight += row_weights[r]
+                if batch_weight == 0:
+                    # nothing to learn from: no update (the mean would be 0/0)
+                    done += batch
+                    start += batch
+                    continue
+            else:
+                batch_weight = <double>batch
             dense_forward(p, &params[0], inputs, batch, activations)
-            loss = output_delta(p, activations + p.act_off[p.n_layers - 1], targets, batch, deltas)
+            loss = output_delta(p, activations + p.act_off[p.n_layers - 1], targets, row_weights, batch,
+                                deltas)
             if not isfinite(loss):
                 status = STATUS_NONFINITE
                 break
@@ -760,7 +783,8 @@ cdef object _train_epoch(Workspace ws, floating[::1] params, const floating[:, :
                 steps_ptr[0] += 1
             else:
                 optimizer_update(rule, hyper_ptr, &params[0], grad, state_ptr, p.n_params, steps_ptr)
-            loss_sum += loss * batch
+            loss_sum += loss * batch_weight
+            weight_sum += batch_weight
             done += batch
             start += batch
             batches_since_check += 1
@@ -772,7 +796,7 @@ cdef object _train_epoch(Workspace ws, floating[::1] params, const floating[:, :
                         status = STATUS_INTERRUPTED
                 if status == STATUS_INTERRUPTED:
                     break
-    return loss_sum, done, status
+    return loss_sum, weight_sum, done, status
 
 
 # The public entry points dispatch on the workspace's dtype by hand: a fused-type `def` would match
@@ -785,20 +809,27 @@ def predict(Workspace ws, params, X, out):
     return _predict[double](ws, params, X, out)
 
 
-def loss_and_gradient(Workspace ws, params, X, Y):
-    """The loss of one batch (rows <= ws.max_batch); its gradient is left in ws.grad."""
+def loss_and_gradient(Workspace ws, params, X, Y, sample_weight=None):
+    """The loss of one batch (rows <= ws.max_batch), weighted by sample_weight (None or shape (n,), the
+    net's dtype, a positive sum); its gradient is left in ws.grad."""
     if ws.single:
-        return _loss_and_gradient[float](ws, params, X, Y)
-    return _loss_and_gradient[double](ws, params, X, Y)
+        return _loss_and_gradient[float](ws, params, X, Y, sample_weight)
+    return _loss_and_gradient[double](ws, params, X, Y, sample_weight)
 
 
-def train_epoch(Workspace ws, params, X, Y, Py_ssize_t batch_size, int rule, hyper, state, steps,
-                shuffle_key):
-    """One epoch of mini-batch training with update rule ``rule``; returns (loss_sum, examples_done,
-    status). See docs/DESIGN.md and fastbp._reference.train_epoch."""
+def train_epoch(Workspace ws, params, X, Y, sample_weight, Py_ssize_t batch_size, int rule, hyper, state,
+                steps, shuffle_key):
+    """One epoch of mini-batch training with update rule ``rule``; returns (loss_sum, weight_sum,
+    examples_done, status).
+
+    See docs/DESIGN.md and fastbp._reference.train_epoch. sample_weight: None or shape (n,) of the net's
+    dtype, shuffled with the rows.
+    """
     if ws.single:
-        return _train_epoch[float](ws, params, X, Y, batch_size, rule, hyper, state, steps, shuffle_key)
-    return _train_epoch[double](ws, params, X, Y, batch_size, rule, hyper, state, steps, shuffle_key)
+        return _train_epoch[float](ws, params, X, Y, sample_weight, batch_size, rule, hyper, state, steps,
+                                   shuffle_key)
+    return _train_epoch[double](ws, params, X, Y, sample_weight, batch_size, rule, hyper, state, steps,
+                                shuffle_key)
 
 
 cdef object _optimizer_step(floating[::1] params, const floating[::1] grad, int rule,
@@ -819,7 +850,7 @@ def optimizer_step(params, grad, int rule, hyper, state, steps):
 
 def _enum_codes():
     """The rule and hyper-parameter slot codes as _kernels.h declares them (for the test that they agree
-    with fastbp/_layout.py)."""
+    with fastbp/_spec.py)."""
     return {
         "RULES": (FASTBP_SGD, FASTBP_ADAM, FASTBP_ADAMW, FASTBP_RMSPROP, FASTBP_RPROP),
         "N_RULES": FASTBP_N_RULES,
@@ -854,13 +885,13 @@ def all_finite(values):
         return True
     if values.dtype == np.float32:
         v32 = flat
-        if v32.shape[0] < 65536:
+        if v32.shape[0] < ALL_FINITE_NOGIL_MIN:
             return fastbp_all_finite_f32(&v32[0], v32.shape[0]) != 0
         with nogil:  # a training set: let other threads run meanwhile
             ok = fastbp_all_finite_f32(&v32[0], v32.shape[0])
         return ok != 0
     v64 = flat
-    if v64.shape[0] < 65536:
+    if v64.shape[0] < ALL_FINITE_NOGIL_MIN:
         return fastbp_all_finite_f64(&v64[0], v64.shape[0]) != 0
     with nogil:
         ok = fastbp_all_finite_f64(&v64[0], v64.shape[0])

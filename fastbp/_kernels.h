@@ -45,14 +45,30 @@ typedef struct {
     Py_ssize_t *act_off;    /* n_layers: start of layer l's outputs in the activation buffer */
 } fastbp_plan;
 
+/* The codes, declared once for C and Cython (_core.pyx brings them in with `cdef extern`); the Python
+ * names are the tuples of fastbp/_spec.py, in the same order (tests/test_conformance.py checks). */
 enum { FASTBP_IDENTITY = 0, FASTBP_SIGMOID = 1, FASTBP_RELU = 2, FASTBP_TANH = 3 };
-enum { FASTBP_HALF_SSE = 0, FASTBP_MSE = 1, FASTBP_CROSS_ENTROPY = 2 };
+enum { FASTBP_HALF_SSE = 0, FASTBP_MSE = 1, FASTBP_CROSS_ENTROPY = 2, FASTBP_BINARY_CROSS_ENTROPY = 3,
+       FASTBP_POISSON = 4 };
+enum { FASTBP_STATUS_OK = 0, FASTBP_STATUS_NONFINITE = 1, FASTBP_STATUS_INTERRUPTED = 2 };
 
-/* Update rules of the fused optimizers (fastbp/_layout.py RULES; a test checks that the two agree). */
+/* Each loss's per-example value is l_i = half * S_i / divisor, where S_i is the sum that
+ * fastbp_output_delta_row adds up for row i, and its gradient dl_i/dz is numerator / divisor times that
+ * function's elementwise derivative: half_sse l_i = 1/2 sum d^2 (gradient d), mse sum d^2 / K (2 d / K),
+ * cross_entropy the row's -sum y log softmax, binary cross-entropy and poisson the mean over the K
+ * outputs. A batch mean divides once more, by the row count or by the weight sum. */
+static inline double fastbp_loss_divisor(int loss, Py_ssize_t K)
+{
+    return (loss == FASTBP_HALF_SSE || loss == FASTBP_CROSS_ENTROPY) ? 1.0 : (double)K;
+}
+static inline double fastbp_loss_numerator(int loss) { return loss == FASTBP_MSE ? 2.0 : 1.0; }
+static inline double fastbp_loss_half(int loss) { return loss == FASTBP_HALF_SSE ? 0.5 : 1.0; }
+
+/* Update rules of the fused optimizers (fastbp/_spec.py RULES; a test checks that the two agree). */
 enum { FASTBP_SGD = 0, FASTBP_ADAM = 1, FASTBP_ADAMW = 2, FASTBP_RMSPROP = 3, FASTBP_RPROP = 4,
        FASTBP_N_RULES = 5 };
 
-/* Slots of the float64 hyper-parameter array (fastbp/_layout.py HYPER_*): lr and weight decay for every
+/* Slots of the float64 hyper-parameter array (fastbp/_spec.py HYPER_*): lr and weight decay for every
  * rule, then each rule's own, then one slot reserved for an L2 penalty on the weights only. */
 enum {
     FASTBP_HYPER_LR = 0,

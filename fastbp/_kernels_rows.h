@@ -7,6 +7,11 @@
  * call overhead per example: each weight row is read once in the backward sweep, which both propagates
  * the delta to the layer below (with the old weight) and applies the update.
  * fastbp_train_rows_small: tiny one-hidden-layer networks, the same updates regrouped for latency.
+ *
+ * The elementwise layer is written here once per precision and shared with _core.pyx's mini-batch path:
+ * fastbp_activate (f(z)), fastbp_times_derivative (delta *= f'(z) from the output a) and
+ * fastbp_output_delta_row (one row's loss and dL/dz, every loss). The tiny-network loop keeps its own
+ * branch-free sigmoid (fastbp_activate_tiny), written for the latency of its chain.
  */
 
 static inline REAL FN(fastbp_activate)(REAL z, int act)
@@ -93,6 +98,63 @@ static inline void FN(fastbp_times_derivative)(REAL *FASTBP_RESTRICT delta, cons
     }
 }
 
+/* The output layer of one example, every loss: returns `total` plus the row's loss terms (the sum that
+ * fastbp_loss_half / fastbp_loss_divisor turn into l_i) and writes delta = scale * dL/dz of the last
+ * layer (through its activation for the squared-error losses; the logit losses need identity there).
+ * Used by the mini-batch path of _core.pyx (one call per row) and by the per-example loop below. */
+static inline double FN(fastbp_output_delta_row)(const REAL *out, const REAL *y, Py_ssize_t K, int loss,
+                                                 int act, REAL scale, REAL *delta, double total)
+{
+    Py_ssize_t k;
+    if (loss == FASTBP_CROSS_ENTROPY) {
+        /* -sum_k y_k log softmax(z)_k = logsumexp(z) sum_k y_k - sum_k y_k z_k; grad softmax sum y - y */
+        double m = out[0], s = 0.0, target_sum = 0.0, dot_yz = 0.0;
+        for (k = 1; k < K; k++)
+            if (out[k] > m)
+                m = out[k];
+        for (k = 0; k < K; k++) {
+            REAL ek = EXP((REAL)(out[k] - m));
+            delta[k] = ek;
+            s += ek;
+            target_sum += y[k];
+            /* a zero target contributes nothing, even where z - m overflowed to -inf (0 * -inf is NaN) */
+            if (y[k] != 0)
+                dot_yz += y[k] * (out[k] - m);
+        }
+        total += log(s) * target_sum - dot_yz;
+        for (k = 0; k < K; k++)
+            delta[k] = ((REAL)(delta[k] / s) * (REAL)target_sum - y[k]) * scale;
+        return total;
+    }
+    if (loss == FASTBP_BINARY_CROSS_ENTROPY) {
+        /* max(z, 0) - z y + log(1 + exp(-|z|)): exp only of a non-positive number, finite for any z */
+        for (k = 0; k < K; k++) {
+            const double z = out[k];
+            const REAL e = EXP(-FABS(out[k]));
+            const REAL sig = out[k] >= 0 ? (REAL)1 / ((REAL)1 + e) : e / ((REAL)1 + e);
+            total += (z > 0 ? z : 0.0) - z * (double)y[k] + log1p((double)e);
+            delta[k] = (sig - y[k]) * scale;
+        }
+        return total;
+    }
+    if (loss == FASTBP_POISSON) {
+        /* exp(z) - y z, with z the log of the rate (PyTorch's log_input=True, full=False) */
+        for (k = 0; k < K; k++) {
+            const double rate = exp((double)out[k]);
+            total += rate - (double)y[k] * (double)out[k];
+            delta[k] = ((REAL)rate - y[k]) * scale;
+        }
+        return total;
+    }
+    for (k = 0; k < K; k++) {
+        const double diff = (double)out[k] - (double)y[k];
+        total += diff * diff;
+        delta[k] = scale * (out[k] - y[k]);
+    }
+    FN(fastbp_times_derivative)(delta, out, K, act);
+    return total;
+}
+
 /* Train on rows start .. start+count-1 of the epoch's order (order == NULL: rows in storage order),
  * one SGD step per row. Returns 0, or 1 when a loss is not finite (the step of that row is not taken).
  * *loss_sum and *done accumulate over the rows trained. */
@@ -106,7 +168,9 @@ int FN(fastbp_train_rows_body)(const fastbp_plan *p, REAL *params, const REAL *X
     const Py_ssize_t n_in0 = p->sizes[0];
     const Py_ssize_t K = p->sizes[L];
     const int out_act = p->acts[L - 1];
-    const REAL scale = p->loss == FASTBP_MSE ? (REAL)(2.0 / (double)K) : (REAL)1;
+    const REAL scale = (REAL)(fastbp_loss_numerator(p->loss) / fastbp_loss_divisor(p->loss, K));
+    const double value_factor = fastbp_loss_half(p->loss);
+    const double divisor = fastbp_loss_divisor(p->loss, K);
     /* Accumulate in locals: stores through *loss_sum or *done would alias the buffers. */
     double total_loss = 0.0;
     Py_ssize_t rows_done = 0;
@@ -141,31 +205,8 @@ int FN(fastbp_train_rows_body)(const fastbp_plan *p, REAL *params, const REAL *X
         /* loss and the output delta dL/dz */
         const REAL *out = activations + p->act_off[L - 1];
         REAL *delta = delta_a;
-        double loss = 0.0;
-        if (p->loss == FASTBP_CROSS_ENTROPY) {
-            double m = out[0], s = 0.0, target_sum = 0.0, dot_yz = 0.0;
-            for (Py_ssize_t k = 1; k < K; k++)
-                if (out[k] > m)
-                    m = out[k];
-            for (Py_ssize_t k = 0; k < K; k++) {
-                REAL ek = EXP((REAL)(out[k] - m));
-                delta[k] = ek;
-                s += ek;
-                target_sum += y[k];
-                dot_yz += y[k] * (out[k] - m);
-            }
-            loss = log(s) * target_sum - dot_yz;
-            for (Py_ssize_t k = 0; k < K; k++)
-                delta[k] = (REAL)(delta[k] / s) * (REAL)target_sum - y[k];
-        } else {
-            for (Py_ssize_t k = 0; k < K; k++) {
-                const double diff = (double)out[k] - (double)y[k];
-                loss += diff * diff;
-                delta[k] = scale * (out[k] - y[k]);
-            }
-            loss = p->loss == FASTBP_MSE ? loss / (double)K : 0.5 * loss;
-            FN(fastbp_times_derivative)(delta, out, K, out_act);
-        }
+        double loss = FN(fastbp_output_delta_row)(out, y, K, p->loss, out_act, scale, delta, 0.0);
+        loss = divisor == 1.0 ? value_factor * loss : loss / divisor;
         if (!isfinite(loss)) {
             status = 1;
             break;
@@ -430,7 +471,7 @@ static int FN(fastbp_train_rows)(const fastbp_plan *p, REAL *params, const REAL 
                                  double *loss_sum, Py_ssize_t *done)
 {
     if (p->n_layers == 2 && p->sizes[0] <= 4 && p->sizes[1] <= 4 && p->sizes[2] <= 4
-            && p->loss != FASTBP_CROSS_ENTROPY)
+            && (p->loss == FASTBP_HALF_SSE || p->loss == FASTBP_MSE))
         return FN(fastbp_train_rows_tiny)(p, params, X, Y, order, start, count, lr, loss_sum, done);
     return FN(fastbp_train_rows_any)(p, params, X, Y, order, start, count, lr, activations, delta_a,
                                      delta_b, loss_sum, done);

@@ -11,11 +11,11 @@ import difflib
 
 import numpy as np
 
-from fastbp import _reference
+from fastbp import _spec
 from fastbp._validation import _describe
 
 METRICS = ("loss", "accuracy", "r2")
-CLASSIFICATION_LOSSES = ("cross_entropy",)
+CLASSIFICATION_LOSSES = ("cross_entropy", "binary_cross_entropy")
 
 
 def suggest(name, choices):
@@ -56,17 +56,29 @@ def default_metrics(loss_name):
     return ("loss", "accuracy") if loss_name in CLASSIFICATION_LOSSES else ("loss", "r2")
 
 
-def loss(output, Y, loss_name):
-    """The mean loss of ``output`` against ``Y`` (a float; inf when it overflows, silently)."""
+def loss(output, Y, loss_name, sample_weight=None):
+    """The (weighted) mean loss of ``output`` against ``Y`` (a float; inf when it overflows, silently)."""
     with np.errstate(over="ignore", invalid="ignore"):
-        return _reference.LOSS_FUNCTIONS[loss_name](output, Y)[0]
+        return _spec.LOSS_FUNCTIONS[loss_name](output, Y, sample_weight)[0]
 
 
-def accuracy(output, Y):
-    """The fraction of rows whose largest output is the target's class (the largest target entry)."""
+def predicted_classes(output, loss_name):
+    """Class decisions from logits: the largest output per row (``cross_entropy``), or each output's sign
+    (``binary_cross_entropy``: a 0/1 matrix, one column per label)."""
+    if loss_name == "binary_cross_entropy":
+        return (output > 0).astype(np.int64)
+    return np.argmax(output, axis=1).astype(np.int64)
+
+
+def accuracy(output, Y, loss_name="cross_entropy"):
+    """The fraction of rows classified right: the largest output is the target's class (the largest
+    target entry); for ``binary_cross_entropy`` every label of the row (target >= 0.5) must be right, as
+    ``sklearn.metrics.accuracy_score`` counts multilabel rows."""
     if output.shape[0] == 0:
         return float("nan")
-    return float(np.mean(np.argmax(output, axis=1) == np.argmax(Y, axis=1)))
+    if loss_name == "binary_cross_entropy":
+        return float(np.mean(np.all(predicted_classes(output, loss_name) == (Y >= 0.5), axis=1)))
+    return float(np.mean(predicted_classes(output, loss_name) == np.argmax(Y, axis=1)))
 
 
 def r2(output, Y):
@@ -96,7 +108,7 @@ def compute(names, output, Y, loss_name, prefix=""):
         if name == "loss":
             value = loss(output, Y, loss_name)
         elif name == "accuracy":
-            value = accuracy(output, Y)
+            value = accuracy(output, Y, loss_name)
         else:
             value = r2(output, Y)
         values[prefix + name] = float(value)

@@ -22,82 +22,15 @@ import math
 
 import numpy as np
 
-from fastbp import _layout
+from fastbp import _spec
+# The math tables live in fastbp/_spec.py (one home for every formula); the twin reads them from there.
+from fastbp._spec import (  # noqa: F401 (the twin's vocabulary, importable from here too)
+    ACTIVATION_FUNCTIONS, DERIVATIVES_FROM_OUTPUT, LOSS_FUNCTIONS, binary_cross_entropy, cross_entropy,
+    half_sse, layer_views, log_softmax, mse, poisson, relu, sigmoid,
+)
 
-# --------------------------------------------------------------------------------------------------------
-# Activations: the function, and its derivative written in terms of the function's OUTPUT a = f(z).
-# Computing f' from a is what makes backprop cheap: the forward pass already stored a.
-# --------------------------------------------------------------------------------------------------------
-
-
-def sigmoid(z):
-    """Logistic function without overflow: exp is only ever called on a non-positive number."""
-    # z >= 0: 1 / (1 + exp(-z)), where exp(-z) <= 1.   z < 0: e / (1 + e) with e = exp(z) <= 1.
-    e = np.exp(-np.abs(z))
-    return np.where(z >= 0, 1 / (1 + e), e / (1 + e))
-
-
-def relu(z):
-    return np.maximum(z, 0)
-
-
-ACTIVATION_FUNCTIONS = {
-    "identity": lambda z: z.copy(),
-    "sigmoid": sigmoid,
-    "relu": relu,
-    "tanh": np.tanh,
-}
-
-ACTIVATION_DERIVATIVES_FROM_OUTPUT = {
-    "identity": lambda a: np.ones_like(a),
-    "sigmoid": lambda a: a * (1 - a),
-    "relu": lambda a: (a > 0).astype(a.dtype),  # derivative 0 at exactly 0, as in PyTorch
-    "tanh": lambda a: 1 - a * a,
-}
-
-
-# --------------------------------------------------------------------------------------------------------
-# Losses over a batch of B rows and K outputs: the value, and dL/d(output pre-activation z_L).
-# For half_sse and mse the derivative wrt the output a_L is returned and the chain rule through the last
-# activation is applied by the caller; cross_entropy works on the logits directly (last activation identity).
-# --------------------------------------------------------------------------------------------------------
-
-
-def log_softmax(z):
-    """Row-wise log-softmax, stable: the largest logit of each row is subtracted first."""
-    shifted = z - z.max(axis=1, keepdims=True)
-    return shifted - np.log(np.exp(shifted).sum(axis=1, keepdims=True))
-
-
-def half_sse(output, Y):
-    """``L = sum((yhat - y)^2) / (2B)`` and ``dL/dyhat = (yhat - y) / B``."""
-    batch = output.shape[0]
-    difference = output - Y
-    return float(np.sum(difference * difference)) / (2 * batch), difference / batch
-
-
-def mse(output, Y):
-    """``L = sum((yhat - y)^2) / (B K)`` and ``dL/dyhat = 2 (yhat - y) / (B K)``, as ``torch.nn.MSELoss``."""
-    count = output.shape[0] * output.shape[1]
-    difference = output - Y
-    return float(np.sum(difference * difference)) / count, 2 * difference / count
-
-
-def cross_entropy(logits, Y):
-    """``L = -sum(y * log_softmax(z)) / B`` and ``dL/dz = (softmax(z) * sum_k y - y) / B``.
-
-    ``Y`` holds one-hot or probability rows; the gradient is torch's formula, also right for soft targets.
-    """
-    batch = logits.shape[0]
-    log_probabilities = log_softmax(logits)
-    # Where a target is 0 its term is 0 even if the log-probability underflowed to -inf (0 * -inf is NaN).
-    loss = 0.0 - float(np.sum(np.where(Y != 0, Y * log_probabilities, 0))) / batch  # 0.0 - : never -0.0
-    softmax = np.exp(log_probabilities)
-    return loss, (softmax * Y.sum(axis=1, keepdims=True) - Y) / batch
-
-
-LOSS_FUNCTIONS = {"half_sse": half_sse, "mse": mse, "cross_entropy": cross_entropy}
-
+# The backend interface (fastbp._backend.INTERFACE); everything else here is the readable specification.
+__all__ = ["Workspace", "predict", "loss_and_gradient", "train_epoch", "optimizer_step", "all_finite"]
 
 # --------------------------------------------------------------------------------------------------------
 # Workspace
@@ -112,9 +45,9 @@ class Workspace:
     layer_sizes : sequence of int
         ``[n_in, ..., n_out]``.
     activation_codes : sequence of int
-        One code per layer (``_layout.ACTIVATIONS`` index).
+        One code per layer (``_spec.ACTIVATIONS`` index).
     loss_code : int
-        ``_layout.LOSSES`` index.
+        ``_spec.LOSSES`` index.
     dtype : numpy dtype
         float32 or float64.
     max_batch : int
@@ -133,9 +66,9 @@ class Workspace:
         self.loss_code = int(loss_code)
         self.dtype = np.dtype(dtype)
         self.max_batch = int(max_batch)
-        self.activations = tuple(_layout.ACTIVATIONS[code] for code in self.activation_codes)
-        self.loss_name = _layout.LOSSES[self.loss_code]
-        self.offsets, self.n_params = _layout.param_offsets(self.layer_sizes)
+        self.activations = tuple(_spec.ACTIVATIONS[code] for code in self.activation_codes)
+        self.loss_name = _spec.LOSSES[self.loss_code]
+        self.offsets, self.n_params = _spec.param_offsets(self.layer_sizes)
         self.grad = np.zeros(self.n_params, dtype=self.dtype)
 
     def __repr__(self):
@@ -145,16 +78,7 @@ class Workspace:
 
 def all_finite(values):
     """Whether every element of ``values`` is finite (no NaN, no infinity)."""
-    return _layout.all_finite_chunked(np.asarray(values))
-
-
-def layer_views(layer_sizes, flat):
-    """``[(W_0, b_0), (W_1, b_1), ...]``: views into a flat buffer laid out like ``params``."""
-    offsets, _ = _layout.param_offsets(layer_sizes)
-    views = []
-    for (w_offset, b_offset), n_in, n_out in zip(offsets, layer_sizes[:-1], layer_sizes[1:]):
-        views.append((flat[w_offset:b_offset].reshape(n_out, n_in), flat[b_offset:b_offset + n_out]))
-    return views
+    return _spec.all_finite_chunked(np.asarray(values))
 
 
 # --------------------------------------------------------------------------------------------------------
@@ -188,16 +112,16 @@ def dense_backward(ws, params, X, activations, last_delta, grad):
         grad_b[...] = delta.sum(axis=0)
         if l > 0:
             W = layers[l][0]
-            delta = (delta @ W) * ACTIVATION_DERIVATIVES_FROM_OUTPUT[ws.activations[l - 1]](a_prev)
+            delta = (delta @ W) * DERIVATIVES_FROM_OUTPUT[ws.activations[l - 1]](a_prev)
     return deltas
 
 
-def output_delta(ws, zs, activations, Y):
+def output_delta(ws, zs, activations, Y, sample_weight=None):
     """The batch loss and ``dL/dz`` of the last layer (chain rule through its activation)."""
-    if ws.loss_name == "cross_entropy":      # last activation is identity: the logits are z_L
-        return cross_entropy(zs[-1], Y)
-    loss, d_output = LOSS_FUNCTIONS[ws.loss_name](activations[-1], Y)
-    return loss, d_output * ACTIVATION_DERIVATIVES_FROM_OUTPUT[ws.activations[-1]](activations[-1])
+    loss, d_output = LOSS_FUNCTIONS[ws.loss_name](activations[-1], Y, sample_weight)
+    if ws.loss_name in _spec.LOGIT_LOSSES:  # last activation identity: the gradient is wrt the logits z_L
+        return loss, d_output
+    return loss, d_output * DERIVATIVES_FROM_OUTPUT[ws.activations[-1]](activations[-1])
 
 
 # --------------------------------------------------------------------------------------------------------
@@ -217,13 +141,17 @@ def predict(ws, params, X, out):
         out[start:start + step] = activations[-1]
 
 
-def loss_and_gradient(ws, params, X, Y):
-    """Return the loss of one batch (``n <= ws.max_batch`` rows) and leave its gradient in ``ws.grad``."""
+def loss_and_gradient(ws, params, X, Y, sample_weight=None):
+    """Return the loss of one batch (``n <= ws.max_batch`` rows) and leave its gradient in ``ws.grad``.
+
+    ``sample_weight``: None (the plain mean over the rows) or shape ``(n,)`` with a positive sum (the
+    weighted mean ``sum_i w_i l_i / sum_i w_i``).
+    """
     # A diverging run overflows to inf/NaN here; that is reported through the returned loss (and the
     # caller's finiteness checks), not through NumPy warnings.
     with np.errstate(over="ignore", invalid="ignore"):
         zs, activations = dense_forward(ws, params, X)
-        loss, last_delta = output_delta(ws, zs, activations, Y)
+        loss, last_delta = output_delta(ws, zs, activations, Y, sample_weight)
         dense_backward(ws, params, X, activations, last_delta, ws.grad)
     return loss
 
@@ -238,21 +166,21 @@ def _lerp(start, end, weight):
 def optimizer_step(params, grad, rule, hyper, state, steps):
     """One update of the flat buffer ``params`` from ``grad`` by update rule ``rule``, in place.
 
-    ``hyper`` holds the hyper-parameters in the slots ``_layout.HYPER_*`` name; ``state`` the rule's rows
-    (``_layout.STATE_ROWS``), each laid out like ``params``; ``steps[0]`` counts the updates done so far
+    ``hyper`` holds the hyper-parameters in the slots ``_spec.HYPER_*`` name; ``state`` the rule's rows
+    (``_spec.STATE_ROWS``), each laid out like ``params``; ``steps[0]`` counts the updates done so far
     and is incremented. Every rule is ``torch.optim``'s single-tensor step, formula for formula, written
     here in NumPy; ``grad`` is not modified.
     """
-    name = _layout.RULES[rule]
+    name = _spec.RULES[rule]
     dtype = params.dtype.type
-    lr = dtype(hyper[_layout.HYPER_LR])
-    weight_decay = dtype(hyper[_layout.HYPER_WEIGHT_DECAY])
+    lr = dtype(hyper[_spec.HYPER_LR])
+    weight_decay = dtype(hyper[_spec.HYPER_WEIGHT_DECAY])
     t = int(steps[0]) + 1
     g = grad
     if name == "sgd":
         # g += wd * theta;   v = mu * v + g;   g = g + mu * v (Nesterov) or v;   theta -= lr * g
-        momentum = dtype(hyper[_layout.HYPER_SGD_MOMENTUM])
-        nesterov = hyper[_layout.HYPER_SGD_NESTEROV] != 0
+        momentum = dtype(hyper[_spec.HYPER_SGD_MOMENTUM])
+        nesterov = hyper[_spec.HYPER_SGD_NESTEROV] != 0
         velocity = state[0]
         if weight_decay != 0:
             g = g + weight_decay * params
@@ -262,34 +190,34 @@ def optimizer_step(params, grad, rule, hyper, state, steps):
             g = g + momentum * velocity if nesterov else velocity
         params -= lr * g
     elif name in ("adam", "adamw"):
-        beta1, beta2 = hyper[_layout.HYPER_ADAM_BETA1], hyper[_layout.HYPER_ADAM_BETA2]
-        eps = dtype(hyper[_layout.HYPER_ADAM_EPS])
+        beta1, beta2 = hyper[_spec.HYPER_ADAM_BETA1], hyper[_spec.HYPER_ADAM_BETA2]
+        eps = dtype(hyper[_spec.HYPER_ADAM_EPS])
         exp_avg, exp_avg_sq, max_exp_avg_sq = state[0], state[1], state[2]
         if weight_decay != 0:
             if name == "adamw":              # decoupled: shrink the parameters, leave the gradient alone
-                params *= dtype(1 - hyper[_layout.HYPER_LR] * hyper[_layout.HYPER_WEIGHT_DECAY])
+                params *= dtype(1 - hyper[_spec.HYPER_LR] * hyper[_spec.HYPER_WEIGHT_DECAY])
             else:                            # coupled L2, as SGD
                 g = g + weight_decay * params
         exp_avg[...] = _lerp(exp_avg, g, dtype(1 - beta1))                    # m = b1 m + (1 - b1) g
         exp_avg_sq[...] = exp_avg_sq * dtype(beta2) + dtype(1 - beta2) * g * g  # s = b2 s + (1 - b2) g^2
         second = exp_avg_sq
-        if hyper[_layout.HYPER_ADAM_AMSGRAD] != 0:
+        if hyper[_spec.HYPER_ADAM_AMSGRAD] != 0:
             np.maximum(max_exp_avg_sq, exp_avg_sq, out=max_exp_avg_sq)
             second = max_exp_avg_sq
         # bias corrections, in double as torch's Python floats
-        step_size = dtype(-(hyper[_layout.HYPER_LR] / (1 - beta1 ** t)))
+        step_size = dtype(-(hyper[_spec.HYPER_LR] / (1 - beta1 ** t)))
         bias2_sqrt = dtype(math.sqrt(1 - beta2 ** t))
         denominator = np.sqrt(second) / bias2_sqrt + eps
         params += step_size * exp_avg / denominator
     elif name == "rmsprop":
-        alpha = hyper[_layout.HYPER_RMSPROP_ALPHA]
-        eps = dtype(hyper[_layout.HYPER_RMSPROP_EPS])
-        momentum = dtype(hyper[_layout.HYPER_RMSPROP_MOMENTUM])
+        alpha = hyper[_spec.HYPER_RMSPROP_ALPHA]
+        eps = dtype(hyper[_spec.HYPER_RMSPROP_EPS])
+        momentum = dtype(hyper[_spec.HYPER_RMSPROP_MOMENTUM])
         square_avg, momentum_buffer, grad_avg = state[0], state[1], state[2]
         if weight_decay != 0:
             g = g + weight_decay * params
         square_avg[...] = square_avg * dtype(alpha) + dtype(1 - alpha) * g * g
-        if hyper[_layout.HYPER_RMSPROP_CENTERED] != 0:
+        if hyper[_spec.HYPER_RMSPROP_CENTERED] != 0:
             # centered: divide by an estimate of the gradient's standard deviation, not its RMS
             grad_avg[...] = _lerp(grad_avg, g, dtype(1 - alpha))
             average = np.sqrt(square_avg + dtype(-1) * grad_avg * grad_avg) + eps
@@ -301,10 +229,10 @@ def optimizer_step(params, grad, rule, hyper, state, steps):
         else:
             params += -lr * g / average
     elif name == "rprop":
-        eta_minus = dtype(hyper[_layout.HYPER_RPROP_ETA_MINUS])
-        eta_plus = dtype(hyper[_layout.HYPER_RPROP_ETA_PLUS])
-        step_min = dtype(hyper[_layout.HYPER_RPROP_STEP_MIN])
-        step_max = dtype(hyper[_layout.HYPER_RPROP_STEP_MAX])
+        eta_minus = dtype(hyper[_spec.HYPER_RPROP_ETA_MINUS])
+        eta_plus = dtype(hyper[_spec.HYPER_RPROP_ETA_PLUS])
+        step_min = dtype(hyper[_spec.HYPER_RPROP_STEP_MIN])
+        step_max = dtype(hyper[_spec.HYPER_RPROP_STEP_MAX])
         prev, step_size = state[0], state[1]
         if t == 1:
             step_size[...] = lr               # torch fills the step sizes with lr when the state is made
@@ -319,44 +247,75 @@ def optimizer_step(params, grad, rule, hyper, state, steps):
     steps[0] += 1
 
 
-def train_epoch(ws, params, X, Y, batch_size, rule, hyper, state, steps, shuffle_key):
-    """One epoch of mini-batch training; return ``(loss_sum, examples_done, status)``.
+def train_epoch(ws, params, X, Y, sample_weight, batch_size, rule, hyper, state, steps, shuffle_key):
+    """One epoch of mini-batch training; return ``(loss_sum, weight_sum, examples_done, status)``.
 
-    The rows are visited in order (``shuffle_key < 0``) or in ``_layout.permutation(n, shuffle_key)``;
-    each consecutive run of ``batch_size`` rows (the last one shorter) makes one ``optimizer_step`` with
-    the gradient of its batch loss. ``loss_sum`` adds up each batch loss (before its update) times its row
-    count. Status 0: finished. Status 1: a batch loss was not finite; stopped before updating with it.
+    The rows are visited in order (``shuffle_key < 0``) or in ``_spec.permutation(n, shuffle_key)``
+    (``sample_weight``, None or shape ``(n,)``, goes with its rows); each consecutive run of ``batch_size``
+    rows (the last one shorter) makes one ``optimizer_step`` with the gradient of its batch loss.
+    ``loss_sum`` adds up each batch loss (before its update) times the batch's weight sum (its row count
+    when unweighted), and ``weight_sum`` those weights, so that ``loss_sum / weight_sum`` is the epoch's
+    loss. A batch whose weights sum to 0 makes no update.
+    Status 0: finished. Status 1: a batch loss was not finite; stopped before updating with it.
     Status 2: interrupted (Ctrl-C); the parameters, state and steps are as after the last completed update.
     """
     n = X.shape[0]
-    order = None if shuffle_key < 0 else _layout.permutation(n, shuffle_key)
-    loss_sum, examples_done = 0.0, 0
+    order = None if shuffle_key < 0 else _spec.permutation(n, shuffle_key)
+    loss_sum, weight_sum, examples_done = 0.0, 0.0, 0
     snapshot = None
     try:
         for start in range(0, n, batch_size):
-            if order is None:
-                X_batch, Y_batch = X[start:start + batch_size], Y[start:start + batch_size]
-            else:
-                rows = order[start:start + batch_size]
-                X_batch, Y_batch = X[rows], Y[rows]
-            loss = loss_and_gradient(ws, params, X_batch, Y_batch)
+            rows = slice(start, start + batch_size) if order is None else order[start:start + batch_size]
+            X_batch, Y_batch = X[rows], Y[rows]
+            w_batch = None if sample_weight is None else sample_weight[rows]
+            batch_weight = float(X_batch.shape[0]) if w_batch is None else float(np.sum(w_batch, dtype=np.float64))
+            if batch_weight == 0:
+                examples_done += X_batch.shape[0]   # nothing to learn from: no update
+                continue
+            loss = loss_and_gradient(ws, params, X_batch, Y_batch, w_batch)
             if not math.isfinite(loss):
-                return loss_sum, examples_done, 1
+                return loss_sum, weight_sum, examples_done, 1
             # Keep the pre-update state so that a Ctrl-C landing inside the update cannot half-apply it
             # (the compiled kernel gets this for free: it checks for signals only between updates).
             snapshot = (params.copy(), state.copy(), steps.copy())
             with np.errstate(over="ignore", invalid="ignore", divide="ignore"):
                 optimizer_step(params, ws.grad, rule, hyper, state, steps)
             snapshot = None
-            loss_sum += loss * X_batch.shape[0]
+            loss_sum += loss * batch_weight
+            weight_sum += batch_weight
             examples_done += X_batch.shape[0]
     except KeyboardInterrupt:
         if snapshot is not None:
             params[...] = snapshot[0]
             state[...] = snapshot[1]
             steps[...] = snapshot[2]
-        return loss_sum, examples_done, 2
-    return loss_sum, examples_done, 0
+        return loss_sum, weight_sum, examples_done, 2
+    return loss_sum, weight_sum, examples_done, 0
+
+
+def train_rows(ws, params, X, Y, lr, order=None):
+    """Per-example plain SGD (batch size 1, no momentum, no decay, unweighted), one update per row.
+
+    The twin of the compiled kernel's fused per-example loops (``fastbp_train_rows`` and, for networks of
+    one hidden layer with at most 4 units per layer and a squared-error loss, ``fastbp_train_rows_small``
+    in ``_kernels_rows.h``): the same arithmetic as ``train_epoch`` with ``batch_size=1``, written as the
+    loop those functions fuse. Returns ``(loss_sum, rows_done, status)`` like ``train_epoch``.
+    """
+    n = X.shape[0]
+    order = range(n) if order is None else order
+    loss_sum, done = 0.0, 0
+    for row in order:
+        x, y = X[row:row + 1], Y[row:row + 1]
+        with np.errstate(over="ignore", invalid="ignore"):
+            zs, activations = dense_forward(ws, params, x)          # forward, one example
+            loss, last_delta = output_delta(ws, zs, activations, y)  # its loss and dL/dz
+            if not math.isfinite(loss):
+                return loss_sum, done, 1
+            dense_backward(ws, params, x, activations, last_delta, ws.grad)
+            params -= lr * ws.grad                                   # the update, with the old deltas
+        loss_sum += loss
+        done += 1
+    return loss_sum, done, 0
 
 
 def trace(ws, params, X, Y):

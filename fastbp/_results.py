@@ -24,7 +24,9 @@ class Gradients:
         self.biases = list(biases)
 
     def __repr__(self):
-        shapes = [w.shape for w in self.weights]
+        # repr must not fail on whatever was assigned to the attributes (they are plain data)
+        weights = self.weights if isinstance(self.weights, (list, tuple)) else [self.weights]
+        shapes = [getattr(w, "shape", type(w).__name__) for w in weights]
         return f"Gradients(loss={self.loss!r}, weight_shapes={shapes})"
 
 

@@ -3,8 +3,12 @@
 fastbp's own loops run on the calling thread; its only other threads are those of the BLAS it calls for
 mini-batch products (SciPy's OpenBLAS for the compiled kernel, NumPy's for the twin). On an idle machine
 those threads pay from a batch of about 32 rows of a few hundred units. On a machine whose other cores are
-busy they do not: OpenBLAS threads that wait for each other can make training many times slower (see the
-README's Performance section), and one thread is then the faster choice.
+busy they do not: OpenBLAS threads that wait for each other can make training many times slower (see
+docs/BENCHMARKS.md and bench/threads.py), and one thread is then the faster choice.
+
+``fit`` picks the thread count per call when none is given (``threads_for_call``): one thread where the
+products are too small to pay for the threads' synchronisation, or where other processes keep the other
+cores busy; otherwise the BLAS's own setting.
 
 The BLAS libraries are reached through threadpoolctl (``pip install "fastbp[threads]"``), the same
 mechanism scikit-learn uses; without it these functions raise ImportError saying so. The limits apply to
@@ -15,10 +19,17 @@ from __future__ import annotations
 
 import contextlib
 import numbers
-from typing import Any, Iterator, Optional
+import os
+from typing import Any, ContextManager, Iterator, Optional, Sequence
 
 _INSTALL_HINT = ('fastbp\'s thread control needs threadpoolctl: pip install "fastbp[threads]" '
                  '(or pip install threadpoolctl)')
+
+# Below this many batch rows x units of the widest layer, a second BLAS thread cannot pay: each product is a
+# few microseconds, about the cost of waking and joining the thread. Set below 32 x 784 = 25,088 (mnist-b32),
+# where docs/BENCHMARKS.md measured two threads on an idle machine at 316-501 k examples/s against 324 k for
+# one: from there up the idle machine keeps the BLAS's own count.
+SMALL_WORK = 8192
 
 _controller: Any = None
 _original: Any = None   # the limiter of the first set_num_threads call: restores the original limits
@@ -38,12 +49,18 @@ def _blas():
     return _controller.select(user_api="blas")
 
 
+_MAX_THREADS = 2**15
+
+
 def _check_threads(n: Any, name: str = "n") -> int:
     if isinstance(n, bool) or not isinstance(n, numbers.Integral):
         raise TypeError(f"{name} must be a positive int (threads for BLAS); got {type(n).__name__} {n!r}")
-    if n < 1:
-        raise ValueError(f"{name} must be a positive int (threads for BLAS); got {n}")
-    return int(n)
+    count = int(n)
+    if not 1 <= count <= _MAX_THREADS:  # the BLAS takes a C int: 10**400 raised ctypes' ArgumentError
+        shown = count if abs(count).bit_length() < 64 else f"an integer of {len(str(abs(count)))} digits"
+        raise ValueError(f"{name} must be a positive int of at most {_MAX_THREADS} (threads for BLAS); "
+                         f"got {shown}")
+    return count
 
 
 def get_num_threads() -> int:
@@ -78,3 +95,108 @@ def num_threads(n: int) -> Iterator[None]:
         yield
     finally:
         limiter.restore_original_limits()
+
+
+def _usable_cores() -> int:
+    """The cores this process may run on (its affinity mask where the OS has one)."""
+    try:
+        return len(os.sched_getaffinity(0))
+    except (AttributeError, OSError):  # pragma: no cover - macOS, Windows
+        return os.cpu_count() or 1
+
+
+def _own_running() -> int:
+    """This process's threads that are running now (its BLAS workers may still be spinning)."""
+    try:
+        tasks = os.listdir("/proc/self/task")
+    except OSError:  # pragma: no cover - no /proc
+        return 1
+    running = 0
+    for tid in tasks:
+        try:
+            with open(f"/proc/self/task/{tid}/stat") as stat:
+                running += stat.read().rsplit(")", 1)[1].split()[0] == "R"
+        except (OSError, IndexError):
+            continue
+    return max(running, 1)
+
+
+def busy_cores() -> Optional[float]:
+    """How many cores other processes keep busy now, or None where the OS does not say.
+
+    Linux: the runnable tasks of the whole machine now (``/proc/loadavg``, fourth field) less this
+    process's own running threads. Elsewhere: the one-minute load average (``os.getloadavg``) less one,
+    for this process.
+    """
+    try:
+        with open("/proc/loadavg") as loadavg:
+            running = int(loadavg.read().split()[3].split("/")[0])
+        return float(max(0, running - _own_running()))
+    except (OSError, ValueError, IndexError):
+        pass
+    try:
+        return max(0.0, os.getloadavg()[0] - 1.0)
+    except (AttributeError, OSError):  # pragma: no cover - Windows
+        return None
+
+
+def threads_for_call(batch_size: int, layer_sizes: Sequence[int]) -> Optional[int]:
+    """The BLAS thread count for one training call when the caller chose none; None: leave the BLAS alone.
+
+    Parameters
+    ----------
+    batch_size : int
+        Rows per mini-batch of the call.
+    layer_sizes : sequence of int
+        The network's layer sizes, inputs first.
+
+    Returns
+    -------
+    int or None
+        1 when ``batch_size * max(layer_sizes)`` is below ``SMALL_WORK`` (the products are too small to pay
+        for synchronising threads); the cores left free by other processes (at least 1) when others are
+        busy; None when the machine is idle, when ``set_num_threads`` has set a process-wide limit (the
+        user's choice stands), or without threadpoolctl.
+    """
+    if _original is not None:
+        return None
+    try:
+        import threadpoolctl  # noqa: F401
+    except ImportError:
+        return None
+    if batch_size * max(layer_sizes) < SMALL_WORK:
+        return 1
+    cores = _usable_cores()
+    busy = busy_cores()
+    if busy is None or cores <= 1:
+        return None
+    free = int(cores - busy + 0.5)
+    return None if free >= cores else max(1, free)
+
+
+def limit_for_call(threads: Optional[int], batch_size: int, layer_sizes: Sequence[int]) -> ContextManager[Any]:
+    """The thread limit for one training call: ``threads`` when given (checked), else ``threads_for_call``.
+
+    ``with _threads.limit_for_call(threads, batch_size, net.layer_sizes): ...``
+    """
+    if threads is not None:
+        return num_threads(_check_threads(threads, "threads"))
+    chosen = threads_for_call(batch_size, layer_sizes)
+    return contextlib.nullcontext() if chosen is None else _at_most(chosen)
+
+
+@contextlib.contextmanager
+def _at_most(n: int) -> Iterator[None]:
+    """``num_threads(n)`` for every call of ``fit``: straight to each BLAS library's get/set functions, a few
+    microseconds, where building a threadpoolctl limiter costs about 100 times that."""
+    changed = []
+    for library in _blas().lib_controllers:
+        before = library.get_num_threads()
+        if before is not None and before > n:
+            library.set_num_threads(n)
+            changed.append((library, before))
+    try:
+        yield
+    finally:
+        for library, before in changed:
+            library.set_num_threads(before)

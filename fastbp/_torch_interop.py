@@ -20,6 +20,8 @@ from collections import OrderedDict
 
 import numpy as np
 
+from fastbp import _io, _reference
+
 # fastbp activation name -> name of the torch.nn module class (None: no module is emitted).
 _MODULE_FOR_ACTIVATION = {"identity": None, "sigmoid": "Sigmoid", "relu": "ReLU", "tanh": "Tanh"}
 # torch.nn module class name -> fastbp activation name. nn.Identity is accepted and skipped.
@@ -68,6 +70,12 @@ def _state_dict_keys(net):
     return [(f"{p}.weight", f"{p}.bias") for p in _linear_positions(net.activations)]
 
 
+def _layers(net):
+    """``[(W, b), ...]`` views of one consistent copy of the parameters (``_io._snapshot``): a state the
+    network really had, even while another thread trains it."""
+    return _reference.layer_views(net.layer_sizes, _io._snapshot(net))
+
+
 def to_torch(net):
     """Return a ``torch.nn.Sequential`` that computes what ``net.predict`` computes.
 
@@ -87,12 +95,14 @@ def to_torch(net):
     nn = torch.nn
     dtype = _torch_dtype(torch, net.dtype)
     modules = []
+    layers = _layers(net)
     for layer, name in enumerate(net.activations):
         n_in, n_out = net.layer_sizes[layer], net.layer_sizes[layer + 1]
         linear = nn.Linear(n_in, n_out, bias=True, dtype=dtype)
+        W, b = layers[layer]
         with torch.no_grad():
-            linear.weight.copy_(torch.from_numpy(np.array(net.weights[layer], dtype=net.dtype, copy=True)))
-            linear.bias.copy_(torch.from_numpy(np.array(net.biases[layer], dtype=net.dtype, copy=True)))
+            linear.weight.copy_(torch.from_numpy(np.array(W, dtype=net.dtype, copy=True)))
+            linear.bias.copy_(torch.from_numpy(np.array(b, dtype=net.dtype, copy=True)))
         modules.append(linear)
         module_name = _MODULE_FOR_ACTIVATION[name]
         if module_name is not None:
@@ -100,15 +110,63 @@ def to_torch(net):
     return nn.Sequential(*modules)
 
 
+# Nested Sequentials deeper than this are refused: no real model nests so deep, and a cycle (a Sequential
+# that contains itself) would otherwise never end.
+_MAX_NESTING = 100
+
+
 def _flatten(module, prefix=""):
-    """Yield ``(position, module)`` for the leaves of a (possibly nested) ``nn.Sequential``."""
+    """``[(position, module), ...]`` for the leaves of a (possibly nested) ``nn.Sequential``.
+
+    Walked with an explicit stack, not recursion, so that depth is refused with a ValueError (naming where)
+    instead of a RecursionError.
+    """
     torch = _import_torch()
-    for name, child in module.named_children():
-        position = f"{prefix}{name}"
+    leaves = []
+    stack = [(iter(module.named_children()), prefix)]
+    while stack:
+        children, where = stack[-1]
+        step = next(children, None)
+        if step is None:
+            stack.pop()
+            continue
+        name, child = step
+        position = f"{where}{name}"
         if isinstance(child, torch.nn.Sequential):
-            yield from _flatten(child, prefix=position + ".")
+            if len(stack) >= _MAX_NESTING:
+                raise ValueError(f"from_torch: Sequential modules nested more than {_MAX_NESTING} deep (at "
+                                 f"{position[:120]}{'...' if len(position) > 120 else ''}); flatten the model")
+            stack.append((iter(child.named_children()), position + "."))
         else:
-            yield position, child
+            leaves.append((position, child))
+    return leaves
+
+
+def _check_tensor(torch, tensor, what):
+    """Refuse a tensor that cannot become real float numbers: complex (TypeError: converting would drop the
+    imaginary part), meta (no data), not floating point, or sparse/quantized layouts (ValueError)."""
+    if tensor.is_complex():
+        raise TypeError(f"{what} is a complex tensor ({tensor.dtype}); fastbp networks are real-valued and "
+                        "converting would drop the imaginary parts")
+    if getattr(tensor, "is_meta", False) or tensor.device.type == "meta":
+        raise ValueError(f"{what} is a meta tensor (a shape without data): materialise it first "
+                         "(for example module.to_empty(device='cpu') and initialise it)")
+    if tensor.layout != torch.strided or getattr(tensor, "is_quantized", False):
+        raise ValueError(f"{what} has layout {tensor.layout}; a dense (strided) tensor is required")
+    if not tensor.is_floating_point():
+        raise ValueError(f"{what} has dtype {tensor.dtype}; a floating-point tensor is required")
+
+
+def _to_dtype(array, dtype, what):
+    """``array`` converted to ``dtype``: a ValueError, never an overflow warning, when a value is not finite
+    or does not fit (1e300 into float32, a longdouble 1e400 into float64)."""
+    if array.dtype.kind in "fc" and not np.all(np.isfinite(array)):
+        raise ValueError(f"{what} contains NaN or infinity")
+    with np.errstate(over="ignore", invalid="ignore"):
+        converted = np.ascontiguousarray(array, dtype=dtype)
+    if not np.all(np.isfinite(converted)):
+        raise ValueError(f"{what} holds values beyond the range of {np.dtype(dtype).name}")
+    return converted
 
 
 def from_torch(module, *, dtype=None, loss="mse"):
@@ -153,7 +211,7 @@ def from_torch(module, *, dtype=None, loss="mse"):
             f"got {type(module).__module__}.{type(module).__qualname__}"
         )
     if isinstance(module, nn.Sequential):
-        leaves = list(_flatten(module))
+        leaves = _flatten(module)
     elif not list(module.children()):
         # A single leaf module (nn.Linear, or something unsupported that is then named below).
         leaves = [("0", module)]
@@ -209,6 +267,12 @@ def from_torch(module, *, dtype=None, loss="mse"):
     if not linears:
         raise ValueError("from_torch: the Sequential has no Linear layer")
 
+    for position, linear in linears:
+        for kind in ("weight", "bias"):
+            tensor = getattr(linear, kind)
+            if tensor is not None:
+                _check_tensor(torch, tensor, f"from_torch: module {position} ({type(linear).__qualname__}) {kind}")
+
     if dtype is None:
         weight_dtype = linears[0][1].weight.dtype
         if weight_dtype == torch.float64:
@@ -222,13 +286,17 @@ def from_torch(module, *, dtype=None, loss="mse"):
             )
     dtype = np.dtype(dtype)
 
-    def as_array(tensor):
-        return np.array(tensor.detach().cpu().to(torch.float64).numpy(), dtype=dtype)
+    if dtype not in (np.dtype(np.float32), np.dtype(np.float64)):
+        raise ValueError(f"from_torch: dtype must be float32 or float64; got {dtype}")
 
-    weights = [as_array(linear.weight) for _, linear in linears]
+    def as_array(tensor, what):
+        return _to_dtype(tensor.detach().cpu().to(torch.float64).numpy(), dtype, what)
+
+    weights = [as_array(linear.weight, f"from_torch: module {position} weight") for position, linear in linears]
     biases = [
-        as_array(linear.bias) if linear.bias is not None else np.zeros(linear.out_features, dtype=dtype)
-        for _, linear in linears
+        as_array(linear.bias, f"from_torch: module {position} bias") if linear.bias is not None
+        else np.zeros(linear.out_features, dtype=dtype)
+        for position, linear in linears
     ]
     layer_sizes = [linears[0][1].in_features] + [linear.out_features for _, linear in linears]
     for layer, (W, b) in enumerate(zip(weights, biases)):
@@ -257,8 +325,9 @@ def state_dict(net):
     if use_torch:
         import torch
     result = OrderedDict()
+    layers = _layers(net)
     for layer, (weight_key, bias_key) in enumerate(_state_dict_keys(net)):
-        for key, array in ((weight_key, net.weights[layer]), (bias_key, net.biases[layer])):
+        for key, array in ((weight_key, layers[layer][0]), (bias_key, layers[layer][1])):
             copied = np.array(array, dtype=net.dtype, copy=True)
             result[key] = torch.from_numpy(copied) if use_torch else copied
     return result
@@ -267,14 +336,23 @@ def state_dict(net):
 def _as_numpy(key, value):
     """A state dict entry (tensor, array or nested list) as a NumPy array."""
     if hasattr(value, "detach") and hasattr(value, "cpu"):  # a torch.Tensor, without importing torch
-        value = value.detach().cpu()
-        if str(value.dtype) in ("torch.bfloat16",):
-            value = value.float()
-        value = value.numpy()
+        torch = _import_torch()
+        if isinstance(value, torch.Tensor):
+            _check_tensor(torch, value, f"load_state_dict: {key!r}")
+        try:
+            value = value.detach().cpu()
+            if str(value.dtype) in ("torch.bfloat16",):
+                value = value.float()
+            value = value.numpy()
+        except (RuntimeError, TypeError, NotImplementedError) as error:
+            raise ValueError(f"load_state_dict: {key!r} cannot be read as an array ({error})") from None
     try:
         array = np.asarray(value)
-    except (TypeError, ValueError) as error:
+    except (TypeError, ValueError, OverflowError) as error:
         raise ValueError(f"load_state_dict: {key!r} is not an array ({type(value).__name__})") from error
+    if array.dtype.kind == "c":
+        raise TypeError(f"load_state_dict: {key!r} is complex ({array.dtype}); fastbp networks are "
+                        "real-valued and converting would drop the imaginary parts")
     if array.dtype.kind not in "fiu":
         raise ValueError(f"load_state_dict: {key!r} has dtype {array.dtype}; a real number array is required")
     return array
@@ -319,7 +397,5 @@ def load_state_dict(net, state):
                     f"load_state_dict: {key!r} has shape {tuple(array.shape)}, the network expects "
                     f"{tuple(target.shape)}"
                 )
-            if not np.all(np.isfinite(array)):
-                raise ValueError(f"load_state_dict: {key!r} contains NaN or infinity")
-            out.append(np.ascontiguousarray(array, dtype=net.dtype))
+            out.append(_to_dtype(array, net.dtype, f"load_state_dict: {key!r}"))
     net.set_params(weights, biases)

@@ -20,7 +20,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from fastbp import _layout, _metrics
+from fastbp import _metrics, _spec
 from fastbp import _reference
 from fastbp._results import History
 from fastbp._validation import _check_bool, _check_int, _check_real, _describe
@@ -34,12 +34,13 @@ _MAX_COLUMNS = 80
 # ---------------------------------------------------------------------------------------------------------
 
 
-def run_epoch(net, ws, optimizer, X, Y, batch_size, key):
+def run_epoch(net, ws, optimizer, X, Y, sample_weight, batch_size, key):
     """One epoch (or, with ``len(X) <= batch_size`` and ``key = -1``, one step) in one backend call.
 
-    Returns the backend's ``(loss_sum, examples_done, status)``.
+    Returns the backend's ``(loss_sum, weight_sum, examples_done, status)``.
     """
-    return net._module.train_epoch(ws, net.params, X, Y, batch_size, *optimizer._kernel_arguments(), key)
+    return net._module.train_epoch(ws, net.params, X, Y, sample_weight, batch_size,
+                                   *optimizer._kernel_arguments(), key)
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -325,6 +326,7 @@ class FitPlan:
     progress: bool = False
     verbose: int = 0
     callbacks: list = field(default_factory=list)
+    sample_weight: np.ndarray | None = None
 
 
 def fit_loop(net, plan):
@@ -333,7 +335,7 @@ def fit_loop(net, plan):
     Raises ``FloatingPointError`` (parameters restored to their last finite state, ``history`` attached)
     on divergence and ``KeyboardInterrupt`` on Ctrl-C (parameters as after the last completed update).
     """
-    X, Y, optimizer = plan.X, plan.Y, plan.optimizer
+    X, Y, weights, optimizer = plan.X, plan.Y, plan.sample_weight, plan.optimizer
     n = X.shape[0]
     batch_size = min(plan.batch_size, n)  # the same batches; and a huge int would overflow the kernel's size_t
     ws = net._new_workspace(batch_size)
@@ -363,27 +365,28 @@ def fit_loop(net, plan):
             # The start-of-epoch state: the fallback when divergence must be unwound.
             np.copyto(params_start, params)
             optimizer._snapshot(into=optimizer_start)
-            key = _layout.epoch_key(plan.seed, epoch) if plan.shuffle else -1
+            key = _spec.epoch_key(plan.seed, epoch) if plan.shuffle else -1
             started = time.perf_counter()
-            loss_sum, done, status = run_epoch(net, ws, optimizer, X, Y, batch_size, key)
+            loss_sum, weight_sum, done, status = run_epoch(net, ws, optimizer, X, Y, weights, batch_size, key)
             elapsed = time.perf_counter() - started
-            if status == 2:
+            if status == _spec.STATUS_INTERRUPTED:
                 raise KeyboardInterrupt
-            if status == 1 or not (net._module.all_finite(params) and optimizer._state_finite()):
-                batch, what = _unwind(net, ws, optimizer, X, Y, batch_size, key, params_start, optimizer_start,
-                                      status, done)
+            if status == _spec.STATUS_NONFINITE or not (net._module.all_finite(params)
+                                                        and optimizer._state_finite()):
+                batch, what = _unwind(net, ws, optimizer, X, Y, weights, batch_size, key, params_start,
+                                      optimizer_start, status, done)
                 error = FloatingPointError(
                     f"training diverged: {what} became NaN or infinite at epoch {epoch + 1} of {plan.epochs}, "
                     f"batch {batch + 1} of {-(-n // batch_size)} (lr={lr}); the parameters are restored "
                     "to their last finite values")
                 error.epoch, error.batch, error.history = epoch, batch, history
                 raise error
-            history.loss.append(loss_sum / n)
+            history.loss.append(loss_sum / weight_sum if weight_sum > 0 else math.nan)
             history.epoch_time.append(elapsed)
             history.lr.append(lr)
             logs = {"loss": history.loss[-1], "lr": lr, "epoch_time": elapsed}
             if plan.record_gradients:
-                history.gradient_norms.append(gradient_norms(net, ws, X, Y))
+                history.gradient_norms.append(gradient_norms(net, ws, X, Y, weights))
             stop = False
             for callback in callbacks:
                 stop = (callback.on_epoch_end(epoch, logs) is True) or stop
@@ -407,28 +410,29 @@ def _record(history, logs):
             history.metrics.setdefault(key, []).append(value)
 
 
-def _unwind(net, ws, optimizer, X, Y, batch_size, key, params_start, optimizer_start, status, done):
+def _unwind(net, ws, optimizer, X, Y, weights, batch_size, key, params_start, optimizer_start, status, done):
     """After divergence: find the first bad batch and leave the parameters as just before it.
 
     Replays the epoch from its starting state one batch at a time (the backend is deterministic, so
     the replay makes the same updates). Returns ``(batch index, what diverged)``.
     """
     params = net.params
-    if status == 1 and np.isfinite(params).all() and optimizer._state_finite():
+    if status == _spec.STATUS_NONFINITE and np.isfinite(params).all() and optimizer._state_finite():
         return done // batch_size, "the loss"      # stopped before updating: already the last finite state
     np.copyto(params, params_start)
     optimizer._restore(optimizer_start)
     n = X.shape[0]
-    order = _layout.permutation(n, key) if key >= 0 else np.arange(n)
+    order = _spec.permutation(n, key) if key >= 0 else np.arange(n)
     before = np.empty_like(params)
     optimizer_before = optimizer._snapshot()
     for batch, start in enumerate(range(0, n, batch_size)):
         rows = order[start:start + batch_size]
         X_batch, Y_batch = np.ascontiguousarray(X[rows]), np.ascontiguousarray(Y[rows])
+        w_batch = None if weights is None else np.ascontiguousarray(weights[rows])
         np.copyto(before, params)
         optimizer._snapshot(into=optimizer_before)
-        _, _, replay_status = run_epoch(net, ws, optimizer, X_batch, Y_batch, batch_size, -1)
-        if replay_status == 1:
+        _, _, _, replay_status = run_epoch(net, ws, optimizer, X_batch, Y_batch, w_batch, batch_size, -1)
+        if replay_status == _spec.STATUS_NONFINITE:
             return batch, "the loss"
         if not (np.isfinite(params).all() and optimizer._state_finite()):
             np.copyto(params, before)
@@ -437,12 +441,18 @@ def _unwind(net, ws, optimizer, X, Y, batch_size, key, params_start, optimizer_s
     return done // batch_size, "the loss"  # not reproduced: the start-of-epoch state is kept
 
 
-def gradient_norms(net, ws, X, Y):
+def gradient_norms(net, ws, X, Y, weights=None):
     """Per-layer norm of the weight gradient of the loss over all of ``X``, chunked by the workspace."""
     n = X.shape[0]
     total = np.zeros(ws.grad.shape, dtype=np.float64)
+    weight_total = n if weights is None else float(weights.sum(dtype=np.float64))
     for start in range(0, n, ws.max_batch):
         X_chunk, Y_chunk = X[start:start + ws.max_batch], Y[start:start + ws.max_batch]
-        net._module.loss_and_gradient(ws, net.params, X_chunk, Y_chunk)
-        total += ws.grad * (X_chunk.shape[0] / n)  # the batch losses are means: weight by rows
-    return [float(np.linalg.norm(W)) for W, _ in _reference.layer_views(net.layer_sizes, total)]
+        w_chunk = None if weights is None else weights[start:start + ws.max_batch]
+        chunk_weight = X_chunk.shape[0] if w_chunk is None else float(w_chunk.sum(dtype=np.float64))
+        if chunk_weight == 0:
+            continue
+        net._module.loss_and_gradient(ws, net.params, X_chunk, Y_chunk, w_chunk)
+        # the batch losses are (weighted) means: weight each by its share of the total
+        total += ws.grad * (chunk_weight / weight_total)
+    return [float(np.linalg.norm(W)) for W, _ in _spec.layer_views(net.layer_sizes, total)]

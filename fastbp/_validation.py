@@ -8,7 +8,7 @@ import numbers
 
 import numpy as np
 
-from fastbp import _layout
+from fastbp import _spec
 from fastbp import _reference
 
 
@@ -79,7 +79,7 @@ def _as_real_array(value, name, dtype, all_finite=_reference.all_finite):
                         f"{value.dtype}")
     with np.errstate(over="ignore", invalid="ignore"):
         converted = np.ascontiguousarray(value, dtype=dtype).reshape(value.shape)  # 0-d stays 0-d
-    if not _layout.all_finite_chunked(converted):
+    if not _spec.all_finite_chunked(converted):
         where = ""
         if kind != "f" or np.isfinite(value).all():
             where = f" after conversion to {np.dtype(dtype).name} (values too large for it)"

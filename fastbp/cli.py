@@ -22,16 +22,22 @@ import argparse
 import json
 import math
 import os
+import stat
 import sys
 from typing import Any, List, Optional
 
 import numpy as np
 
-from fastbp._layout import ACTIVATIONS, LOSSES
+from fastbp._spec import ACTIVATIONS, LOGIT_LOSSES, LOSSES
 
 EXIT_OK = 0
 EXIT_FAILED = 1
 EXIT_USAGE = 2
+
+# A spec holds a small network's parameters as JSON text: far below this. The limit is checked on the opened
+# file before reading, and reads stop there, so /dev/zero or a huge file cannot take the machine's memory.
+MAX_SPEC_BYTES = 64 * 2**20
+MAX_LAYER_SIZE = 2**31 - 1  # a spec lists every weight, so far less fits in MAX_SPEC_BYTES anyway
 
 
 class SpecError(ValueError):
@@ -48,8 +54,27 @@ class SpecError(ValueError):
 # --------------------------------------------------------------------------------------------------------
 
 
+class SpecFileError(ValueError):
+    """The spec file cannot be read as a spec (not a regular file, too large)."""
+
+
 def _is_number(value) -> bool:
     return isinstance(value, (int, float)) and not isinstance(value, bool)
+
+
+def _is_finite(value) -> bool:
+    """``math.isfinite`` that says False for an int beyond float's range instead of raising OverflowError."""
+    try:
+        return math.isfinite(value)
+    except OverflowError:
+        return False
+
+
+def _short(value, limit: int = 60) -> str:
+    text = str(value) if isinstance(value, int) and value.bit_length() < 200 else repr(value)
+    if isinstance(value, int) and value.bit_length() >= 200:
+        text = f"an integer of {len(str(abs(value)))} digits"
+    return text if len(text) <= limit else text[:limit] + "..."
 
 
 def _describe(value) -> str:
@@ -63,7 +88,7 @@ def _describe(value) -> str:
         return f"a list of {len(value)}"
     if isinstance(value, dict):
         return "an object"
-    return repr(value)
+    return _short(value)
 
 
 def _numbers(value, field: str, shape: tuple, shape_words: str) -> np.ndarray:
@@ -73,8 +98,8 @@ def _numbers(value, field: str, shape: tuple, shape_words: str) -> np.ndarray:
         if depth == len(shape):
             if not _is_number(item):
                 raise SpecError(where, f"must be a number; got {_describe(item)}")
-            if not math.isfinite(item):
-                raise SpecError(where, f"must be finite; got {item}")
+            if not _is_finite(item):
+                raise SpecError(where, f"must be finite (and within float range); got {_short(item)}")
             return
         if not isinstance(item, list):
             raise SpecError(where, f"must be a list of {shape[depth]} ({shape_words}); got {_describe(item)}")
@@ -95,16 +120,50 @@ def _depth(value) -> int:
     return depth
 
 
+def read_spec_text(path: str) -> str:
+    """The spec file's text, read through the same guard as ``Network.load``.
+
+    The file is opened without blocking (a FIFO would block for ever), the opened descriptor must be a
+    regular file (not ``/dev/zero``, a FIFO or a directory) of at most ``MAX_SPEC_BYTES``, and at most that
+    many bytes are read. Raises ``SpecFileError``, ``OSError`` or ``UnicodeDecodeError``.
+    """
+    flags = os.O_RDONLY | getattr(os, "O_NONBLOCK", 0) | getattr(os, "O_CLOEXEC", 0)
+    try:
+        descriptor = os.open(path, flags)
+    except IsADirectoryError:
+        raise SpecFileError("is a directory, not a spec file") from None
+    except ValueError as error:  # an embedded NUL character
+        raise SpecFileError(f"is not a valid file name ({error})") from None
+    with os.fdopen(descriptor, "rb") as handle:
+        info = os.fstat(descriptor)
+        if not stat.S_ISREG(info.st_mode):
+            raise SpecFileError("is not a regular file (a device, FIFO, socket or directory), so not a spec file")
+        if info.st_size > MAX_SPEC_BYTES:
+            raise SpecFileError(f"is {info.st_size} bytes, larger than a spec may be ({MAX_SPEC_BYTES})")
+        if hasattr(os, "set_blocking"):
+            os.set_blocking(descriptor, True)
+        data = handle.read(MAX_SPEC_BYTES + 1)  # the file may grow after the check
+    if len(data) > MAX_SPEC_BYTES:
+        raise SpecFileError(f"is larger than a spec may be ({MAX_SPEC_BYTES} bytes)")
+    return data.decode("utf-8")
+
+
 def load_spec(path: str, *, need_lr: bool) -> dict:
-    """Read and check a spec file; return a dict of checked values. Raises ``SpecError`` or ``OSError``."""
-    with open(path, encoding="utf-8") as handle:
-        text = handle.read()
+    """Read and check a spec file; return a dict of checked values.
+
+    Raises ``SpecError``, ``SpecFileError``, ``OSError`` or ``UnicodeDecodeError``.
+    """
+    text = read_spec_text(path)
     try:
         raw = json.loads(text)
     except json.JSONDecodeError as error:
         raise SpecError(
             "(file)", f"is not valid JSON: {error.msg} at line {error.lineno} column {error.colno}"
         ) from None
+    except RecursionError:
+        raise SpecError("(file)", "nests lists or objects too deeply to be a spec") from None
+    except ValueError as error:  # an integer of more digits than int() converts (sys.get_int_max_str_digits)
+        raise SpecError("(file)", f"is not a valid spec: {error}") from None
     if not isinstance(raw, dict):
         raise SpecError("(file)", f"must hold a JSON object with the spec fields; got {_describe(raw)}")
 
@@ -122,6 +181,8 @@ def load_spec(path: str, *, need_lr: bool) -> dict:
     for index, size in enumerate(sizes):
         if isinstance(size, bool) or not isinstance(size, int) or size < 1:
             raise SpecError(f"layer_sizes[{index}]", f"must be a positive integer; got {_describe(size)}")
+        if size > MAX_LAYER_SIZE:
+            raise SpecError(f"layer_sizes[{index}]", f"must be at most {MAX_LAYER_SIZE}; got {_describe(size)}")
     n_layers = len(sizes) - 1
 
     activations = required("activations")
@@ -145,10 +206,10 @@ def load_spec(path: str, *, need_lr: bool) -> dict:
     loss = required("loss")
     if loss not in LOSSES:
         raise SpecError("loss", f"must be one of {', '.join(LOSSES)}; got {_describe(loss)}")
-    if loss == "cross_entropy" and activations[-1] != "identity":
+    if loss in LOGIT_LOSSES and activations[-1] != "identity":
         raise SpecError(
             "activations",
-            f"must end with identity for loss cross_entropy (the outputs are logits); got {activations[-1]!r}",
+            f"must end with identity for loss {loss} (the outputs are logits); got {activations[-1]!r}",
         )
 
     dtype = raw.get("dtype", "float64")
@@ -159,7 +220,7 @@ def load_spec(path: str, *, need_lr: bool) -> dict:
     if need_lr or "lr" in raw:
         if "lr" not in raw:
             raise SpecError("lr", "is missing (the learning rate of the step)")
-        if not _is_number(lr) or not math.isfinite(lr) or lr <= 0:
+        if not _is_number(lr) or not _is_finite(lr) or lr <= 0:
             raise SpecError("lr", f"must be a finite positive number; got {_describe(lr)}")
         lr = float(lr)
 
@@ -207,11 +268,14 @@ def load_spec(path: str, *, need_lr: bool) -> dict:
         )
     )
     if classes:
+        indices = y_raw if batch else [y_raw]
+        if len(indices) != n_examples:
+            raise SpecError("y", f"must hold one class index per example ({n_examples}); got {len(indices)}")
+        for index, value in enumerate(indices):
+            if not 0 <= value < sizes[-1]:  # checked as Python ints: a 400-digit index must not overflow
+                where = f"y[{index}]" if batch else "y"
+                raise SpecError(where, f"class indices must be in 0 .. {sizes[-1] - 1}; got {_short(value)}")
         y = np.array(y_raw, dtype=np.int64)
-        if y.shape != ((n_examples,) if batch else ()):
-            raise SpecError("y", f"must hold one class index per example ({n_examples}); got {len(y_raw)}")
-        if np.any(y < 0) or np.any(y >= sizes[-1]):
-            raise SpecError("y", f"class indices must be in 0 .. {sizes[-1] - 1}; got {y_raw}")
     elif batch:
         y = _numbers(y_raw, "y", (n_examples, sizes[-1]), f"one row of {sizes[-1]} targets per example of x")
     else:
@@ -328,13 +392,17 @@ def _run_demo(argv: List[str]) -> int:
 # --------------------------------------------------------------------------------------------------------
 
 
+MAX_STEPS = 100_000  # --steps prints one table row per step
+
+
 def _positive_int(text: str) -> int:
     try:
         value = int(text)
     except ValueError:
-        raise argparse.ArgumentTypeError(f"must be a positive integer; got {text!r}") from None
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"must be a positive integer; got {value}")
+        raise argparse.ArgumentTypeError(f"must be a positive integer; got {text[:40]!r}") from None
+    if not 1 <= value <= MAX_STEPS:
+        shown = text if len(text) <= 40 else text[:40] + "..."
+        raise argparse.ArgumentTypeError(f"must be an integer from 1 to {MAX_STEPS}; got {shown}")
     return value
 
 
@@ -342,9 +410,9 @@ def _decimals(text: str) -> int:
     try:
         value = int(text)
     except ValueError:
-        raise argparse.ArgumentTypeError(f"must be an integer from 0 to 17; got {text!r}") from None
+        raise argparse.ArgumentTypeError(f"must be an integer from 0 to 17; got {text[:40]!r}") from None
     if not 0 <= value <= 17:
-        raise argparse.ArgumentTypeError(f"must be an integer from 0 to 17; got {value}")
+        raise argparse.ArgumentTypeError(f"must be an integer from 0 to 17; got {text[:40]}")
     return value
 
 
@@ -352,9 +420,9 @@ def _positive_float(text: str) -> float:
     try:
         value = float(text)
     except ValueError:
-        raise argparse.ArgumentTypeError(f"must be a positive number; got {text!r}") from None
+        raise argparse.ArgumentTypeError(f"must be a positive number; got {text[:40]!r}") from None
     if not (math.isfinite(value) and value > 0):
-        raise argparse.ArgumentTypeError(f"must be a finite positive number; got {text}")
+        raise argparse.ArgumentTypeError(f"must be a finite positive number; got {text[:40]}")
     return value
 
 
@@ -442,6 +510,9 @@ def main(argv: Optional[List[str]] = None) -> int:
     handlers = {"explain": _run_explain, "diagnose": _run_diagnose, "check-gradients": _run_check_gradients}
     try:
         return handlers[args.command](args)
+    except SpecFileError as error:
+        print(f"fastbp {args.command}: cannot read {args.spec}: it {error}", file=sys.stderr)
+        return EXIT_USAGE
     except SpecError as error:
         print(f"fastbp {args.command}: {args.spec}: {error}", file=sys.stderr)
         return EXIT_USAGE
@@ -457,6 +528,11 @@ def main(argv: Optional[List[str]] = None) -> int:
     except (ValueError, TypeError) as error:
         # The spec passed the checks here but the library refused it: the spec's fault, still no traceback.
         print(f"fastbp {args.command}: {args.spec}: invalid spec: {error}", file=sys.stderr)
+        return EXIT_USAGE
+    except (OverflowError, RecursionError, MemoryError) as error:
+        # Whatever the checks above missed in a hostile spec: a message, never a traceback.
+        print(f"fastbp {args.command}: {args.spec}: invalid spec ({type(error).__name__}: {error})",
+              file=sys.stderr)
         return EXIT_USAGE
     except FloatingPointError as error:
         print(f"fastbp {args.command}: {args.spec}: the computation overflowed: {error}", file=sys.stderr)

@@ -10,6 +10,7 @@ the demo prints the loss before and after, the numbers a hand calculation gives.
 from __future__ import annotations
 
 import argparse
+import math
 import sys
 import time
 
@@ -34,12 +35,42 @@ SCALAR_EXAMPLE = {
 }
 
 
+def _int_in(low, high, what):
+    """An argparse type: an integer from ``low`` to ``high`` (argparse then exits 2 with the message)."""
+
+    def convert(text):
+        try:
+            value = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"must be {what}; got {text[:40]!r}") from None
+        if not low <= value <= high:
+            shown = text if len(text) <= 40 else text[:40] + "..."
+            raise argparse.ArgumentTypeError(f"must be {what} ({low} to {high}); got {shown}")
+        return value
+
+    return convert
+
+
+def _learning_rate(text):
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"must be a positive number; got {text[:40]!r}") from None
+    if not (math.isfinite(value) and 0 < value <= 1e6):
+        raise argparse.ArgumentTypeError(f"must be a finite number in (0, 1e6]; got {text[:40]}")
+    return value
+
+
 def _parse(argv):
     parser = argparse.ArgumentParser(prog="fastbp demo", description=__doc__.splitlines()[0])
-    parser.add_argument("--epochs", type=int, default=30, help="training epochs (default 30)")
-    parser.add_argument("--batch-size", type=int, default=32, help="mini-batch size (default 32)")
-    parser.add_argument("--lr", type=float, default=0.05, help="learning rate (default 0.05)")
-    parser.add_argument("--seed", type=int, default=0, help="seed for the split, init and shuffle")
+    parser.add_argument("--epochs", type=_int_in(1, 100_000, "a positive number of epochs"), default=30,
+                        help="training epochs, 1 to 100000 (default 30)")
+    parser.add_argument("--batch-size", type=_int_in(1, 2**31 - 1, "a positive batch size"), default=32,
+                        help="mini-batch size (default 32)")
+    parser.add_argument("--lr", type=_learning_rate, default=0.05, help="learning rate (default 0.05)")
+    # scikit-learn's train_test_split takes seeds below 2**32
+    parser.add_argument("--seed", type=_int_in(0, 2**32 - 1, "a seed"), default=0,
+                        help="seed for the split, init and shuffle (0 to 2**32 - 1)")
     parser.add_argument("--backend", choices=["cython", "numpy"], default=None,
                         help="backend (default: fastbp.BACKEND)")
     return parser.parse_args(argv)
@@ -109,7 +140,11 @@ def main(argv=None) -> int:
               '(or, from a source checkout, pip install ".[demo]")', file=sys.stderr)
         return 1
     print(f"fastbp {fastbp.__version__}, backend {fastbp.BACKEND}")
-    accuracy = train_digits(args, fastbp)
+    try:
+        accuracy = train_digits(args, fastbp)
+    except FloatingPointError as error:  # a learning rate so large that training diverges
+        print(f"fastbp demo: training diverged with --lr {args.lr:g}: {error}", file=sys.stderr)
+        return 1
     agrees = replay_worked_example(fastbp)
     return 0 if agrees and accuracy > 0.5 else 1
 

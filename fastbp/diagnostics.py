@@ -18,6 +18,7 @@ import numpy as np
 from fastbp._text import table as _table
 from fastbp.gradcheck import (DEFAULT_TOLERANCE, GradientCheck, LayerGradientCheck, _norm,  # noqa: F401
                               check_gradients)
+from fastbp._spec import DERIVATIVES_FROM_OUTPUT
 
 __all__ = [
     "check_gradients",
@@ -252,7 +253,7 @@ def diagnose(net, X, Y) -> Diagnosis:
         if activation == "relu":
             dead = tuple(int(j) for j in np.flatnonzero(np.all(z <= 0, axis=0)))
         elif activation in _DERIVATIVE_MAXIMUM:
-            derivative = a * (1 - a) if activation == "sigmoid" else 1 - a * a
+            derivative = DERIVATIVES_FROM_OUTPUT[activation](a)
             low = derivative < SATURATION_DERIVATIVE_FRACTION * _DERIVATIVE_MAXIMUM[activation]
             saturated = tuple(int(j) for j in np.flatnonzero(low.mean(axis=0) >= SATURATED_EXAMPLE_FRACTION))
         grad_w = np.asarray(trace.grad_weights[l], dtype=np.float64)

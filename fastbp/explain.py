@@ -26,6 +26,7 @@ from typing import Any, Dict, List, Optional, Union
 
 import numpy as np
 
+from fastbp._spec import DERIVATIVES_FROM_OUTPUT, LOGIT_LOSSES, LOSS_FUNCTIONS, softmax
 from fastbp._validation import _as_real_array
 from fastbp.optimizers import SGD
 
@@ -67,6 +68,15 @@ _LOSS_FORMULAS = {
     "cross_entropy": (
         "L = (1/B) sum_b -sum_k y_bk log softmax(yhat_b)_k   (torch.nn.CrossEntropyLoss; yhat are logits)",
         "dL/d(yhat) = (softmax(yhat) - y) / B   (the gradient with respect to the logits)",
+    ),
+    "binary_cross_entropy": (
+        "L = (1/(B K)) sum_b sum_k max(yhat, 0) - yhat y + log(1 + exp(-|yhat|))   "
+        "(torch.nn.BCEWithLogitsLoss; yhat are logits)",
+        "dL/d(yhat) = (sigmoid(yhat) - y) / (B K)   (the gradient with respect to the logits)",
+    ),
+    "poisson": (
+        "L = (1/(B K)) sum_b sum_k exp(yhat) - y yhat   (torch.nn.PoissonNLLLoss(log_input=True); yhat = log rate)",
+        "dL/d(yhat) = (exp(yhat) - y) / (B K)   (the gradient with respect to the log rate)",
     ),
 }
 
@@ -646,7 +656,7 @@ class StepReport:
             activation = self.activation_names[l]
             _, derivative_formula = _ACTIVATION_FORMULAS[activation]
             if l == n_layers - 1:
-                if self.loss_name == "cross_entropy":
+                if self.loss_name in LOGIT_LOSSES:
                     upstream = f"dL/da{n} = dL/d(yhat) (gradient wrt the logits)"
                 else:
                     upstream = f"dL/da{n} = dL/d(yhat)"
@@ -842,30 +852,18 @@ def _batch(net, x, y):
 
 def _softmax(logits: np.ndarray) -> np.ndarray:
     with np.errstate(over="ignore", invalid="ignore"):  # overflowed (inf) logits give NaN, not warnings
-        shifted = logits - logits.max(axis=1, keepdims=True)
-        e = np.exp(shifted)
-        return e / e.sum(axis=1, keepdims=True)
+        return softmax(logits)
 
 
 def _derivative(activation: str, z: np.ndarray, a: np.ndarray) -> np.ndarray:
-    """f'(z) from the layer's output, as both backends compute it (DESIGN.md)."""
-    if activation == "sigmoid":
-        return a * (1 - a)
-    if activation == "tanh":
-        return 1 - a * a
-    if activation == "relu":
-        return (z > 0).astype(a.dtype)
-    return np.ones_like(a)
+    """f'(z) from the layer's output, as both backends compute it (the table in fastbp/_spec.py)."""
+    return DERIVATIVES_FROM_OUTPUT[activation](a)
 
 
 def _output_gradient(loss_name: str, output: np.ndarray, targets: np.ndarray) -> np.ndarray:
-    B, K = output.shape
-    if loss_name == "half_sse":
-        return (output - targets) / B
-    if loss_name == "mse":
-        return 2 * (output - targets) / (B * K)
-    probabilities = _softmax(output)
-    return (probabilities * targets.sum(axis=1, keepdims=True) - targets) / B
+    """dL/d(yhat) of the batch loss: the gradient half of the loss's entry in the shared table."""
+    with np.errstate(over="ignore", invalid="ignore"):
+        return LOSS_FUNCTIONS[loss_name](output, targets)[1]
 
 
 def _per_example(values, B: int, n: int) -> np.ndarray:
@@ -1002,7 +1000,7 @@ def explain_step(net, x, y, lr, *, dry_run: bool = False, decimals: int = 4) -> 
     upstream[-1] = output_gradient
     for l in range(n_layers - 1):
         upstream[l] = (deltas[l + 1] @ old_weights[l + 1]).astype(dtype)
-    if net.loss_name == "cross_entropy":
+    if net.loss_name in LOGIT_LOSSES:
         derivatives[-1] = np.ones_like(derivatives[-1])  # the delta is dL/dz of the logits directly
 
     # The step itself: a real optimizer step, on the net or (dry run) on a copy.

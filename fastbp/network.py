@@ -9,7 +9,6 @@ training loop itself lives in ``fastbp._training``; saving and PyTorch conversio
 
 from __future__ import annotations
 
-import contextlib
 import math
 import secrets
 import sys
@@ -17,7 +16,7 @@ import threading
 
 import numpy as np
 
-from fastbp import _backend, _io, _layout, _metrics, _threads, _torch_interop, _training
+from fastbp import _backend, _io, _metrics, _spec, _threads, _torch_interop, _training
 from fastbp import _reference
 from fastbp._results import Gradients, Trace
 from fastbp._validation import _as_real_array, _check_bool, _check_int, _check_real, _describe
@@ -38,8 +37,11 @@ class Network:
         ``[n_in, n_hidden_1, ..., n_out]``: at least two positive integers.
     activations : str or sequence of str
         One name for every layer, or one per layer: ``"identity"``, ``"sigmoid"``, ``"relu"``, ``"tanh"``.
-    loss : {"half_sse", "mse", "cross_entropy"}
-        ``cross_entropy`` takes logits: the last activation must be ``"identity"``.
+    loss : {"half_sse", "mse", "cross_entropy", "binary_cross_entropy", "poisson"}
+        ``cross_entropy`` (softmax, as ``torch.nn.CrossEntropyLoss``), ``binary_cross_entropy``
+        (``torch.nn.BCEWithLogitsLoss``: targets in [0, 1], multilabel allowed) and ``poisson``
+        (``torch.nn.PoissonNLLLoss(log_input=True)``: targets >= 0, the output is the log rate) take
+        logits: the last activation must be ``"identity"``.
     dtype : {"float64", "float32"} or numpy dtype
     seed : int, numpy Generator or None
         Seeds PyTorch's default ``nn.Linear`` initialisation: weights and biases from
@@ -88,22 +90,22 @@ class Network:
         else:
             raise TypeError(f"activations must be a name or a list of names; got {_describe(activations)}")
         for index, name in enumerate(names):
-            if not isinstance(name, str) or name not in _layout.ACTIVATION_CODES:
+            if not isinstance(name, str) or name not in _spec.ACTIVATION_CODES:
                 if isinstance(name, str) and name.strip().lower() == "softmax":
                     hint = (" (for a softmax output use loss='cross_entropy' with an 'identity' last layer: "
                             "the loss applies the softmax to the logits)")
                 else:
-                    hint = _metrics.suggest(name, _layout.ACTIVATIONS)
-                raise ValueError(f"activations[{index}] must be one of {_layout.ACTIVATIONS!r}; got "
+                    hint = _metrics.suggest(name, _spec.ACTIVATIONS)
+                raise ValueError(f"activations[{index}] must be one of {_spec.ACTIVATIONS!r}; got "
                                  f"{name!r}{hint}")
         names = tuple(str(name) for name in names)
 
-        if not isinstance(loss, str) or loss not in _layout.LOSS_CODES:
-            raise ValueError(f"loss must be one of {_layout.LOSSES!r}; got {loss!r}"
-                             f"{_metrics.suggest(loss, _layout.LOSSES)}")
-        if loss == "cross_entropy" and names[-1] != "identity":
-            raise ValueError(f"loss='cross_entropy' applies the softmax itself, so the last activation must "
-                             f"be 'identity' (logits); got activations[{n_layers - 1}] = {names[-1]!r}")
+        if not isinstance(loss, str) or loss not in _spec.LOSS_CODES:
+            raise ValueError(f"loss must be one of {_spec.LOSSES!r}; got {loss!r}"
+                             f"{_metrics.suggest(loss, _spec.LOSSES)}")
+        if loss in _spec.LOGIT_LOSSES and names[-1] != "identity":
+            raise ValueError(f"loss={loss!r} takes logits (it applies its own link), so the last activation "
+                             f"must be 'identity'; got activations[{n_layers - 1}] = {names[-1]!r}")
 
         try:
             resolved = np.dtype(dtype)
@@ -124,19 +126,21 @@ class Network:
         self._dtype = resolved
         self._backend = backend
         self._module = module
-        self._activation_codes = tuple(_layout.ACTIVATION_CODES[name] for name in names)
-        self._loss_code = _layout.LOSS_CODES[loss]
+        self._activation_codes = tuple(_spec.ACTIVATION_CODES[name] for name in names)
+        self._loss_code = _spec.LOSS_CODES[loss]
         self._busy = threading.Lock()
+        self._busy_owner = None  # the thread holding _busy (a callback of its own fit may read params)
+        self._writes = 0  # entries into and exits from _busy: odd while held (save's consistency check)
         self._local = threading.local()
 
     def _allocate(self):
-        offsets, total = _layout.param_offsets(self.layer_sizes)
+        offsets, total = _spec.param_offsets(self.layer_sizes)
         try:
             self._params = np.zeros(total, dtype=self.dtype)
         except (MemoryError, ValueError) as error:
             raise ValueError(f"layer_sizes {list(self.layer_sizes)} needs {total} parameters, which could "
                              f"not be allocated ({error})") from None
-        views = _reference.layer_views(self.layer_sizes, self.params)
+        views = _spec.layer_views(self.layer_sizes, self.params)
         self._weights = tuple(W for W, _ in views)
         self._biases = tuple(b for _, b in views)
 
@@ -345,7 +349,9 @@ class Network:
             if Y.shape not in ((n_out,),) and not (n_out == 1 and Y.ndim == 0):
                 raise ValueError(f"{name} for a single example must have shape ({n_out},) (layer_sizes[-1] "
                                  f"= {n_out}); got shape {Y.shape}")
-            return Y.reshape(1, n_out)
+            Y = Y.reshape(1, n_out)
+            self._check_target_range(Y, name)
+            return Y
         if Y.ndim <= 1 and n_out == 1:
             Y = Y.reshape(-1, 1)  # a column of targets given flat, as scikit-learn users write it
         if Y.ndim != 2 or Y.shape[1] != n_out:
@@ -353,7 +359,18 @@ class Network:
                              f"{Y.shape}")
         if Y.shape[0] != n:
             raise ValueError(f"{name} must have one row per example of X ({n}); got {Y.shape[0]} rows")
+        self._check_target_range(Y, name)
         return Y
+
+    def _check_target_range(self, Y, name):
+        """binary_cross_entropy takes targets in [0, 1], poisson counts (or rates) >= 0."""
+        if Y.size == 0:
+            return
+        if self.loss_name == "binary_cross_entropy" and (Y.min() < 0 or Y.max() > 1):
+            raise ValueError(f"{name} for binary_cross_entropy must lie in [0, 1]; got values from {Y.min()} "
+                             f"to {Y.max()}")
+        if self.loss_name == "poisson" and Y.min() < 0:
+            raise ValueError(f"{name} for poisson must be non-negative; got a minimum of {Y.min()}")
 
     def _prepare_classes(self, Y, n, single, name):
         n_classes = self.layer_sizes[-1]
@@ -388,6 +405,22 @@ class Network:
         if (rows < 0).any():
             raise ValueError(f"{name} probability rows must be non-negative; got a minimum of {rows.min()}")
         return rows.reshape(n, n_classes)
+
+    def _prepare_sample_weight(self, sample_weight, n, single=False):
+        """None, or a C-contiguous ``(n,)`` array of the net's dtype: finite, >= 0, with a positive sum."""
+        if sample_weight is None:
+            return None
+        weights = _as_real_array(sample_weight, "sample_weight", self.dtype, self._module.all_finite)
+        if single and weights.ndim == 0:
+            weights = weights.reshape(1)
+        if weights.shape != (n,):
+            raise ValueError(f"sample_weight must have shape ({n},), one weight per example of X; got shape "
+                             f"{weights.shape}")
+        if n and weights.min() < 0:
+            raise ValueError(f"sample_weight must be non-negative; got a minimum of {weights.min()}")
+        if n and not weights.sum(dtype=np.float64) > 0:
+            raise ValueError("sample_weight must not be all zero (the weighted mean would be 0/0)")
+        return weights
 
     def _prepare(self, X, Y, allow_empty=False):
         X2, single = self._prepare_X(X)
@@ -454,11 +487,12 @@ class Network:
             self._module.predict(self._workspace(self._chunk_rows(n)), self.params, X2, out)
         return out
 
-    def _loss_prepared(self, X2, Y2):
-        return _metrics.loss(self._output(X2), Y2, self.loss_name)
+    def _loss_prepared(self, X2, Y2, sample_weight=None):
+        return _metrics.loss(self._output(X2), Y2, self.loss_name, sample_weight)
 
     def predict_proba(self, X):
-        """Class probabilities: the softmax of each row of logits (``cross_entropy`` networks).
+        """Probabilities from the output logits: softmax rows for ``cross_entropy``, the elementwise sigmoid
+        for ``binary_cross_entropy``.
 
         Parameters
         ----------
@@ -466,37 +500,40 @@ class Network:
 
         Returns
         -------
-        ndarray of shape (n, n_classes), or (n_classes,) for a single example
-            Rows sum to 1.
+        ndarray of shape (n, n_out), or (n_out,) for a single example
+            Softmax rows sum to 1.
 
         Raises
         ------
         ValueError
             When the network's loss does not define probabilities (it names the loss).
         """
-        if self.loss_name not in _metrics.CLASSIFICATION_LOSSES:
-            raise ValueError(f"predict_proba needs a classification loss ({_metrics.CLASSIFICATION_LOSSES!r}); "
-                             f"this network's loss is {self.loss_name!r}, whose outputs are not probabilities "
-                             "(use predict)")
+        probability = _spec.PROBABILITY_MAPS.get(self.loss_name)
+        if probability is None:
+            raise ValueError(f"predict_proba needs loss='cross_entropy' or 'binary_cross_entropy'; this network's "
+                             f"loss is {self.loss_name!r}, whose outputs are not probabilities (use predict)")
         X2, single = self._prepare_X(X)
         with np.errstate(over="ignore", invalid="ignore", under="ignore"):
-            probabilities = np.exp(_reference.log_softmax(self._output(X2)))
+            probabilities = probability(self._output(X2))
         return probabilities[0] if single else probabilities
 
     def predict_classes(self, X):
-        """The predicted class of each example: the index of its largest logit (``cross_entropy``).
+        """The predicted class of each example: the index of its largest logit (``cross_entropy``), or
+        each label's 0/1 decision, logit > 0 (``binary_cross_entropy``).
 
         Returns
         -------
-        ndarray of int64, shape (n,), or an int for a single example
+        ndarray of int64, shape (n,) (``(n, n_out)`` for binary_cross_entropy), or one example's value
         """
         if self.loss_name not in _metrics.CLASSIFICATION_LOSSES:
             raise ValueError(f"predict_classes needs a classification loss "
                              f"({_metrics.CLASSIFICATION_LOSSES!r}); this network's loss is {self.loss_name!r} "
                              "(use predict)")
         X2, single = self._prepare_X(X)
-        classes = np.argmax(self._output(X2), axis=1).astype(np.int64)
-        return int(classes[0]) if single else classes
+        classes = _metrics.predicted_classes(self._output(X2), self.loss_name)
+        if single:
+            return int(classes[0]) if classes.ndim == 1 else classes[0]
+        return classes
 
     def evaluate(self, X, Y, metrics=None):
         """Metrics of the network on a data set.
@@ -521,7 +558,7 @@ class Network:
         X2, Y2, _ = self._prepare(X, Y)
         return _metrics.compute(names, self._output(X2), Y2, self.loss_name)
 
-    def loss(self, X, Y):
+    def loss(self, X, Y, sample_weight=None):
         """The loss (a float) over the batch ``X``, ``Y`` (a single example is a batch of one).
 
         Parameters
@@ -530,23 +567,28 @@ class Network:
         Y : array_like
             Targets of shape (n, n_out) (or (n,) when n_out is 1); for ``cross_entropy`` class indices of
             shape (n,) or probability rows (n, n_out).
+        sample_weight : array_like of shape (n,) or None
+            Per-example factors (finite, >= 0, not all zero): the batch mean becomes
+            ``sum_i w_i l_i / sum_i w_i``, as in scikit-learn. None weighs every example 1.
         """
-        X2, Y2, _ = self._prepare(X, Y)
-        return float(self._loss_prepared(X2, Y2))
+        X2, Y2, single = self._prepare(X, Y)
+        weights = self._prepare_sample_weight(sample_weight, X2.shape[0], single)
+        return float(self._loss_prepared(X2, Y2, weights))
 
-    def gradients(self, X, Y):
-        """The gradient of the batch loss.
+    def gradients(self, X, Y, sample_weight=None):
+        """The gradient of the batch loss (weighted by ``sample_weight`` as in :meth:`loss`).
 
         Returns
         -------
         Gradients
             ``.loss`` and ``.weights``/``.biases`` lists shaped like the parameters (fresh copies).
         """
-        X2, Y2, _ = self._prepare(X, Y)
+        X2, Y2, single = self._prepare(X, Y)
+        weights = self._prepare_sample_weight(sample_weight, X2.shape[0], single)
         ws = self._workspace(X2.shape[0])
-        loss = self._module.loss_and_gradient(ws, self.params, X2, Y2)
+        loss = self._module.loss_and_gradient(ws, self.params, X2, Y2, weights)
         flat = ws.grad.copy()
-        views = _reference.layer_views(self.layer_sizes, flat)
+        views = _spec.layer_views(self.layer_sizes, flat)
         return Gradients(loss, [W for W, _ in views], [b for _, b in views])
 
     def trace(self, X, Y):
@@ -573,7 +615,7 @@ class Network:
     def fit(self, X, Y, *, epochs=1, batch_size=32, lr=None, optimizer=None, shuffle=True, seed=None,
             progress=False, record_gradients=False, verbose=0, validation_data=None, validation_split=0.0,
             callbacks=None, early_stopping=False, patience=5, min_delta=0.0, restore_best_weights=True,
-            lr_schedule=None, threads=None, metrics=None):
+            lr_schedule=None, threads=None, metrics=None, sample_weight=None):
         """Train by mini-batch SGD; the loop over mini-batches of an epoch runs inside the backend.
 
         Parameters
@@ -622,12 +664,18 @@ class Network:
             ``lr_schedule(epoch) -> lr`` before each epoch; the strings use :class:`StepDecay` /
             :class:`InverseScaling` starting from the optimizer's learning rate.
         threads : int or None
-            At most this many BLAS threads during this call (``fastbp.num_threads``; needs threadpoolctl);
-            None leaves the process's setting. ``threads=1`` is faster on a machine whose other cores are
-            busy. Batch size 1 uses no BLAS.
+            At most this many BLAS threads during this call (``fastbp.num_threads``; needs threadpoolctl).
+            None lets fastbp choose per call: one thread when the products are too small to pay for
+            synchronisation, or as many as the other processes leave free (see ``fastbp._threads``); the
+            process's own setting when ``set_num_threads`` was called. Batch size 1 uses no BLAS.
         metrics : list of {"loss", "accuracy", "r2"} or None
             Computed after each epoch on the training data (and, with validation data, as ``val_<name>``)
             into ``History.metrics`` and the progress line; ``"loss"`` is always recorded.
+        sample_weight : array_like of shape (n,) or None
+            Per-example factors (finite, >= 0, not all zero), shuffled with their rows: each mini-batch
+            minimises ``sum_i w_i l_i / sum_i w_i`` and the epoch loss in the History is the weighted mean
+            over the epoch's batches. A batch whose weights are all zero makes no update. With
+            ``validation_split`` the held-out rows' weights are dropped (the validation loss is unweighted).
 
         Returns
         -------
@@ -671,8 +719,7 @@ class Network:
         elif optimizer.net is not self:
             raise ValueError(f"optimizer was built for another network; create {type(optimizer).__name__}"
                              "(net, ...) for this one")
-        limit_threads = (contextlib.nullcontext() if threads is None
-                         else _threads.num_threads(_threads._check_threads(threads, "threads")))
+        limit_threads = _threads.limit_for_call(threads, batch_size, self.layer_sizes)
         callbacks = _training.check_callbacks(callbacks)
         metrics = () if metrics is None else _metrics.check_metrics(metrics, self.loss_name)
 
@@ -680,6 +727,7 @@ class Network:
         if single:
             raise ValueError(f"fit needs X of shape (n, {self.layer_sizes[0]}); got a single example of "
                              f"shape {X2.shape[1:]}")
+        weights = self._prepare_sample_weight(sample_weight, X2.shape[0])
         validation = None
         if validation_data is not None:
             if not isinstance(validation_data, (tuple, list)) or len(validation_data) != 2:
@@ -694,6 +742,11 @@ class Network:
                                  f"{X2.shape[0]}; need at least one for each side")
             validation = (X2[-n_val:], Y2[-n_val:])
             X2, Y2 = X2[:-n_val], Y2[:-n_val]
+            if weights is not None:
+                weights = weights[:-n_val]
+                if not weights.sum(dtype=np.float64) > 0:
+                    raise ValueError("sample_weight is all zero on the rows validation_split leaves for "
+                                     "training")
 
         if isinstance(optimizer, LBFGS):
             with self._exclusive("fit"), limit_threads:
@@ -706,7 +759,7 @@ class Network:
             X=X2, Y=Y2, epochs=epochs, batch_size=batch_size, optimizer=optimizer, shuffle=shuffle, seed=seed,
             record_gradients=record_gradients, validation=validation,
             schedule=make_schedule(lr_schedule, optimizer.lr), metrics=metrics, progress=progress,
-            verbose=verbose, callbacks=callbacks)
+            verbose=verbose, callbacks=callbacks, sample_weight=weights)
         with self._exclusive("fit"), limit_threads:
             return _training.fit_loop(self, plan)
 
@@ -758,8 +811,12 @@ class _Exclusive:
             raise RuntimeError(f"{self.what}: this network is being trained or modified by another call "
                                "(fit or train_step in another thread, or from a callback); wait for it "
                                "to finish or train a copy (net.copy())")
+        self.net._writes += 1
+        self.net._busy_owner = threading.get_ident()
         return self
 
     def __exit__(self, *exc):
+        self.net._busy_owner = None
+        self.net._writes += 1
         self.net._busy.release()
         return False

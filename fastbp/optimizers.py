@@ -1,8 +1,8 @@
 """Optimizers: each holds its hyper-parameters and state buffers (laid out like ``net.params``) and updates
 a network's parameters in place, with exactly the semantics of its ``torch.optim`` namesake.
 
-Every optimizer but :class:`LBFGS` is an update rule of the kernel (``fastbp/_layout.py`` ``RULES``): the
-object owns the three arrays the kernel reads, a float64 hyper-parameter array (slots ``_layout.HYPER_*``),
+Every optimizer but :class:`LBFGS` is an update rule of the kernel (``fastbp/_spec.py`` ``RULES``): the
+object owns the three arrays the kernel reads, a float64 hyper-parameter array (slots ``_spec.HYPER_*``),
 the state array of shape ``(n_state_rows, n_params)`` and the step counter, and the backend's
 ``train_epoch`` / ``optimizer_step`` apply the rule without Python per step. The hyper-parameters are
 checked properties that write into the array; the state is only ever copied into, never replaced.
@@ -15,7 +15,7 @@ import time
 
 import numpy as np
 
-from fastbp import _layout, _reference, _training
+from fastbp import _reference, _spec, _training
 from fastbp._results import Gradients, History
 from fastbp._validation import _as_real_array, _check_bool, _check_int, _check_real, _describe
 
@@ -121,21 +121,21 @@ class Optimizer:
         Updates made so far (Adam's bias correction counts them).
     """
 
-    rule = "sgd"
+    _RULE = "sgd"   # each subclass names its rule (fastbp/_spec.py RULES)
     # State rows that must stay >= 0 (square roots are taken of them, or they are step lengths).
     _non_negative_rows: tuple = ()
-    lr = _Hyper(_layout.HYPER_LR, _positive, "The learning rate (settable; finite positive).")
+    lr = _Hyper(_spec.HYPER_LR, _positive, "The learning rate (settable; finite positive).")
 
     def __init__(self, net):
         _check_network(net)
         self._net = net
-        self._rule_code = _layout.RULE_CODES[self.rule]
-        self._hyper = np.zeros(_layout.N_HYPER, dtype=np.float64)
+        self._rule_code = _spec.RULE_CODES[self._RULE]
+        self._hyper = np.zeros(_spec.N_HYPER, dtype=np.float64)
 
     def _allocate(self):
         # Called by the subclasses once every hyper-parameter has passed its check.
         net = self._net
-        shape = (len(_layout.STATE_ROWS[self.rule]), net.params.size)
+        shape = (len(_spec.STATE_ROWS[self._RULE]), net.params.size)
         self._state = np.zeros(shape, dtype=net.params.dtype)
         self._steps = np.zeros(1, dtype=np.int64)
         self._ws = None
@@ -151,9 +151,14 @@ class Optimizer:
         return self._net
 
     @property
+    def rule(self):
+        """The kernel's update rule this optimizer runs (``"sgd"``, ``"adam"``, ...; read-only)."""
+        return self._RULE
+
+    @property
     def state_names(self):
         """The names of the rows of :attr:`state`, in order."""
-        return _layout.STATE_ROWS[self.rule]
+        return _spec.STATE_ROWS[self._RULE]
 
     @property
     def state(self):
@@ -189,10 +194,10 @@ class Optimizer:
     def _check_door(self):
         """Before the kernel runs: the state must still fit the network exactly (it reads raw pointers)."""
         params = self._net.params
-        expected = (len(_layout.STATE_ROWS[self.rule]), params.size)
+        expected = (len(_spec.STATE_ROWS[self._RULE]), params.size)
         if (self._state.shape != expected or self._state.dtype != params.dtype
                 or not self._state.flags.c_contiguous or self._steps.shape != (1,)
-                or self._steps.dtype != np.int64 or self._hyper.shape != (_layout.N_HYPER,)
+                or self._steps.dtype != np.int64 or self._hyper.shape != (_spec.N_HYPER,)
                 or self._hyper.dtype != np.float64):
             raise RuntimeError(f"{type(self).__name__}: its state no longer matches the network's parameters "
                                f"(state {self._state.shape} {self._state.dtype}, params {params.shape} "
@@ -238,10 +243,10 @@ class Optimizer:
         Returns
         -------
         dict
-            ``rule`` (str), ``hyper`` (float64 array of ``_layout.N_HYPER`` slots), ``state`` (array of
+            ``rule`` (str), ``hyper`` (float64 array of ``_spec.N_HYPER`` slots), ``state`` (array of
             shape ``(len(state_names), n_params)``) and ``steps`` (int).
         """
-        return {"rule": self.rule, "hyper": self._hyper.copy(), "state": self._state.copy(),
+        return {"rule": self._RULE, "hyper": self._hyper.copy(), "state": self._state.copy(),
                 "steps": int(self._steps[0])}
 
     def load_state_dict(self, state_dict):
@@ -260,11 +265,11 @@ class Optimizer:
             raise ValueError(f"state_dict lacks {sorted(missing)}")
         rule = state_dict["rule"]
         rule = rule.item() if isinstance(rule, np.ndarray) and rule.shape == () else rule
-        if rule != self.rule:
-            raise ValueError(f"state_dict is for rule {rule!r}; this optimizer is {self.rule!r}")
+        if rule != self._RULE:
+            raise ValueError(f"state_dict is for rule {rule!r}; this optimizer is {self._RULE!r}")
         hyper = _as_real_array(state_dict["hyper"], "state_dict['hyper']", np.float64)
-        if hyper.shape != (_layout.N_HYPER,):
-            raise ValueError(f"state_dict['hyper'] must have shape ({_layout.N_HYPER},); got {hyper.shape}")
+        if hyper.shape != (_spec.N_HYPER,):
+            raise ValueError(f"state_dict['hyper'] must have shape ({_spec.N_HYPER},); got {hyper.shape}")
         state = state_dict["state"]
         if not isinstance(state, np.ndarray) or state.dtype != self._state.dtype:
             raise TypeError(f"state_dict['state'] must be an array of dtype {self._state.dtype}; got "
@@ -292,7 +297,7 @@ class Optimizer:
                                              f"got {value}")
                         value = value == 1.0
                     setattr(self, name, value)
-                if hyper[_layout.HYPER_RESERVED_L2] != 0:
+                if hyper[_spec.HYPER_RESERVED_L2] != 0:
                     raise ValueError("state_dict['hyper'][7] is reserved and must be 0")
             except (TypeError, ValueError):
                 np.copyto(self._hyper, old)
@@ -321,7 +326,7 @@ class Optimizer:
             raise TypeError(f"grads must be a fastbp.Gradients; got {_describe(grads)}")
         net = self._net
         new_weights, new_biases = net._check_params(grads.weights, grads.biases)
-        for (W, b), value_W, value_b in zip(_reference.layer_views(net.layer_sizes, self._grad),
+        for (W, b), value_W, value_b in zip(_spec.layer_views(net.layer_sizes, self._grad),
                                             new_weights, new_biases):
             W[...] = value_W
             b[...] = value_b
@@ -344,8 +349,16 @@ class Optimizer:
                 error.epoch, error.batch = 0, 0
                 raise error
 
-    def train_step(self, X, Y):
+    def train_step(self, X, Y, sample_weight=None):
         """Forward, backward and update on one batch in one backend call.
+
+        Parameters
+        ----------
+        X, Y : array_like
+            One batch, as for :meth:`Network.loss`.
+        sample_weight : array_like of shape (n,) or None
+            Per-example factors (finite, >= 0, not all zero): the step minimises
+            ``sum_i w_i l_i / sum_i w_i``.
 
         Returns
         -------
@@ -359,8 +372,9 @@ class Optimizer:
             left unchanged.
         """
         net = self._net
-        X2, Y2, _ = net._prepare(X, Y)
+        X2, Y2, single = net._prepare(X, Y)
         n = X2.shape[0]
+        weights = net._prepare_sample_weight(sample_weight, n, single)
         params, state = net.params, self._state
         with net._exclusive(f"{type(self).__name__}.train_step"):
             self._check_door()
@@ -370,21 +384,20 @@ class Optimizer:
             if uses_state:
                 np.copyto(self._state_backup, state)
             steps_before = int(self._steps[0])
-            loss_sum, done, status = _training.run_epoch(net, ws, self, X2, Y2, n, -1)
-            if status == 2:
+            loss_sum, weight_sum, done, status = _training.run_epoch(net, ws, self, X2, Y2, weights, n, -1)
+            if status == _spec.STATUS_INTERRUPTED:
                 raise KeyboardInterrupt
-            if status == 1 or not (net._module.all_finite(params)
-                                   and (not uses_state or net._module.all_finite(state))):
+            if status == _spec.STATUS_NONFINITE or not (net._module.all_finite(params) and self._state_finite()):
                 np.copyto(params, self._backup)
                 if uses_state:
                     np.copyto(state, self._state_backup)
                 self._steps[0] = steps_before
-                what = "the loss" if status == 1 else "a parameter"
+                what = "the loss" if status == _spec.STATUS_NONFINITE else "a parameter"
                 error = FloatingPointError(f"train_step diverged: {what} became NaN or infinite (lr="
                                            f"{self.lr}); the parameters are left unchanged")
                 error.epoch, error.batch = 0, 0
                 raise error
-        return loss_sum / n
+        return loss_sum / weight_sum
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -423,11 +436,11 @@ class SGD(Optimizer):
     Nesterov, else ``g = v`` (when momentum is nonzero); ``theta -= lr * g``.
     """
 
-    rule = "sgd"
-    weight_decay = _Hyper(_layout.HYPER_WEIGHT_DECAY, _non_negative, "L2 coefficient added to the gradient (>= 0).")
-    momentum = _Hyper(_layout.HYPER_SGD_MOMENTUM, _non_negative, "Momentum factor (>= 0).",
+    _RULE = "sgd"
+    weight_decay = _Hyper(_spec.HYPER_WEIGHT_DECAY, _non_negative, "L2 coefficient added to the gradient (>= 0).")
+    momentum = _Hyper(_spec.HYPER_SGD_MOMENTUM, _non_negative, "Momentum factor (>= 0).",
                       relation=_sgd_momentum_relation)
-    nesterov = _Hyper(_layout.HYPER_SGD_NESTEROV, _check_bool, "Nesterov momentum (needs momentum > 0).",
+    nesterov = _Hyper(_spec.HYPER_SGD_NESTEROV, _check_bool, "Nesterov momentum (needs momentum > 0).",
                       flag=True, relation=_sgd_nesterov_relation)
     velocity = _StateRow(0, "The momentum buffer, laid out like ``net.params`` (zero until a step with "
                             "momentum).")
@@ -450,11 +463,11 @@ class SGD(Optimizer):
 
 class _AdamBase(Optimizer):
     _non_negative_rows = (1, 2)
-    beta1 = _Hyper(_layout.HYPER_ADAM_BETA1, _unit_interval, "Decay of the first moment, in [0, 1).")
-    beta2 = _Hyper(_layout.HYPER_ADAM_BETA2, _unit_interval, "Decay of the second moment, in [0, 1).")
-    eps = _Hyper(_layout.HYPER_ADAM_EPS, _positive, "Added to the denominator (> 0).")
-    weight_decay = _Hyper(_layout.HYPER_WEIGHT_DECAY, _non_negative, "Weight decay (>= 0).")
-    amsgrad = _Hyper(_layout.HYPER_ADAM_AMSGRAD, _check_bool, "Use the running maximum of the second moment.",
+    beta1 = _Hyper(_spec.HYPER_ADAM_BETA1, _unit_interval, "Decay of the first moment, in [0, 1).")
+    beta2 = _Hyper(_spec.HYPER_ADAM_BETA2, _unit_interval, "Decay of the second moment, in [0, 1).")
+    eps = _Hyper(_spec.HYPER_ADAM_EPS, _positive, "Added to the denominator (> 0).")
+    weight_decay = _Hyper(_spec.HYPER_WEIGHT_DECAY, _non_negative, "Weight decay (>= 0).")
+    amsgrad = _Hyper(_spec.HYPER_ADAM_AMSGRAD, _check_bool, "Use the running maximum of the second moment.",
                      flag=True)
     exp_avg = _StateRow(0, "First moment estimate, laid out like ``net.params``.")
     exp_avg_sq = _StateRow(1, "Second moment estimate, laid out like ``net.params``.")
@@ -510,7 +523,7 @@ class Adam(_AdamBase):
     ``theta -= lr / (1 - beta1^t) * m / (sqrt(s) / sqrt(1 - beta2^t) + eps)``.
     """
 
-    rule = "adam"
+    _RULE = "adam"
 
     def __init__(self, net, lr=1e-3, betas=(0.9, 0.999), eps=1e-8, weight_decay=0.0, amsgrad=False):
         super().__init__(net, lr, betas, eps, weight_decay, amsgrad)
@@ -523,7 +536,7 @@ class AdamW(_AdamBase):
     ``1 - lr * weight_decay`` before each update instead of entering the gradient.
     """
 
-    rule = "adamw"
+    _RULE = "adamw"
 
     def __init__(self, net, lr=1e-3, betas=(0.9, 0.999), eps=1e-8, weight_decay=1e-2, amsgrad=False):
         super().__init__(net, lr, betas, eps, weight_decay, amsgrad)
@@ -556,13 +569,13 @@ class RMSprop(Optimizer):
         Divide by the estimated standard deviation of the gradient instead of its root mean square.
     """
 
-    rule = "rmsprop"
+    _RULE = "rmsprop"
     _non_negative_rows = (0,)
-    alpha = _Hyper(_layout.HYPER_RMSPROP_ALPHA, _alpha, "Smoothing constant, in [0, 1].")
-    eps = _Hyper(_layout.HYPER_RMSPROP_EPS, _positive, "Added to the denominator (> 0).")
-    weight_decay = _Hyper(_layout.HYPER_WEIGHT_DECAY, _non_negative, "L2 coefficient added to the gradient (>= 0).")
-    momentum = _Hyper(_layout.HYPER_RMSPROP_MOMENTUM, _non_negative, "Momentum factor (>= 0).")
-    centered = _Hyper(_layout.HYPER_RMSPROP_CENTERED, _check_bool, "Centered RMSprop.", flag=True)
+    alpha = _Hyper(_spec.HYPER_RMSPROP_ALPHA, _alpha, "Smoothing constant, in [0, 1].")
+    eps = _Hyper(_spec.HYPER_RMSPROP_EPS, _positive, "Added to the denominator (> 0).")
+    weight_decay = _Hyper(_spec.HYPER_WEIGHT_DECAY, _non_negative, "L2 coefficient added to the gradient (>= 0).")
+    momentum = _Hyper(_spec.HYPER_RMSPROP_MOMENTUM, _non_negative, "Momentum factor (>= 0).")
+    centered = _Hyper(_spec.HYPER_RMSPROP_CENTERED, _check_bool, "Centered RMSprop.", flag=True)
     square_avg = _StateRow(0, "Running average of the squared gradient.")
     momentum_buffer = _StateRow(1, "Momentum buffer (used when ``momentum > 0``).")
     grad_avg = _StateRow(2, "Running average of the gradient (used when ``centered``).")
@@ -598,12 +611,12 @@ class Rprop(Optimizer):
     it uses only the sign of the gradient.
     """
 
-    rule = "rprop"
+    _RULE = "rprop"
     _non_negative_rows = (1,)
-    eta_minus = _Hyper(_layout.HYPER_RPROP_ETA_MINUS, _positive, "Step shrink factor, in (0, 1).")
-    eta_plus = _Hyper(_layout.HYPER_RPROP_ETA_PLUS, _positive, "Step growth factor, > 1.")
-    step_min = _Hyper(_layout.HYPER_RPROP_STEP_MIN, _non_negative, "Smallest step size (>= 0).")
-    step_max = _Hyper(_layout.HYPER_RPROP_STEP_MAX, _non_negative, "Largest step size.")
+    eta_minus = _Hyper(_spec.HYPER_RPROP_ETA_MINUS, _positive, "Step shrink factor, in (0, 1).")
+    eta_plus = _Hyper(_spec.HYPER_RPROP_ETA_PLUS, _positive, "Step growth factor, > 1.")
+    step_min = _Hyper(_spec.HYPER_RPROP_STEP_MIN, _non_negative, "Smallest step size (>= 0).")
+    step_max = _Hyper(_spec.HYPER_RPROP_STEP_MAX, _non_negative, "Largest step size.")
     prev = _StateRow(0, "The gradient used at the previous step (zero after a sign change).")
     step_size = _StateRow(1, "Each parameter's current step size (filled with lr at the first step).")
 
@@ -630,8 +643,8 @@ class Rprop(Optimizer):
         eta_minus, eta_plus = self._pair(value, "etas")
         if not 0 < eta_minus < 1 < eta_plus:
             raise ValueError(f"etas must satisfy 0 < eta_minus < 1 < eta_plus; got {(eta_minus, eta_plus)}")
-        self._hyper[_layout.HYPER_RPROP_ETA_MINUS] = eta_minus
-        self._hyper[_layout.HYPER_RPROP_ETA_PLUS] = eta_plus
+        self._hyper[_spec.HYPER_RPROP_ETA_MINUS] = eta_minus
+        self._hyper[_spec.HYPER_RPROP_ETA_PLUS] = eta_plus
 
     @property
     def step_sizes(self):
@@ -643,8 +656,8 @@ class Rprop(Optimizer):
         step_min, step_max = self._pair(value, "step_sizes")
         if not 0 <= step_min <= step_max:
             raise ValueError(f"step_sizes must satisfy 0 <= step_min <= step_max; got {(step_min, step_max)}")
-        self._hyper[_layout.HYPER_RPROP_STEP_MIN] = step_min
-        self._hyper[_layout.HYPER_RPROP_STEP_MAX] = step_max
+        self._hyper[_spec.HYPER_RPROP_STEP_MIN] = step_min
+        self._hyper[_spec.HYPER_RPROP_STEP_MAX] = step_max
 
     def __setattr__(self, name, value):
         # eta_minus/eta_plus and step_min/step_max only make sense as pairs: set them through etas and

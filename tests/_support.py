@@ -15,7 +15,7 @@ TOLERANCES = {
     np.dtype(np.float32): {"rtol": 1e-5, "atol": 1e-6},
 }
 ACTIVATIONS = ("identity", "sigmoid", "relu", "tanh")
-LOSSES = ("half_sse", "mse", "cross_entropy")
+LOSSES = ("half_sse", "mse", "cross_entropy", "binary_cross_entropy", "poisson")
 
 
 def load_example(path):
@@ -54,13 +54,17 @@ def random_targets(rng, loss, n, n_out, dtype, as_indices=True):
             return rng.integers(0, n_out, size=n)
         probabilities = rng.uniform(0.05, 1.0, size=(n, n_out))
         return (probabilities / probabilities.sum(axis=1, keepdims=True)).astype(dtype)
+    if loss == "binary_cross_entropy":
+        return rng.uniform(0, 1, size=(n, n_out)).astype(dtype)
+    if loss == "poisson":
+        return rng.poisson(1.5, size=(n, n_out)).astype(dtype)
     return rng.normal(size=(n, n_out)).astype(dtype)
 
 
 def layer_activations(activation, depth, loss):
-    """One activation for every layer; cross_entropy needs identity (logits) on the last layer."""
+    """One activation for every layer; the logit losses need identity on the last layer."""
     names = [activation] * depth
-    if loss == "cross_entropy":
+    if loss in ("cross_entropy", "binary_cross_entropy", "poisson"):
         names[-1] = "identity"
     return names
 

@@ -13,7 +13,14 @@ import os
 import numpy as np
 import pytest
 
-import fastbp
+try:
+    import fastbp
+except ImportError as error:  # the README's test command run before its install command
+    raise pytest.UsageError(
+        f"fastbp is not installed in this environment ({error}). The tests run against the installed "
+        "package: install it first from the checkout's root (pip install \".[demo]\", the README's first "
+        "command), or build it in place for development (python setup.py build_ext --inplace && "
+        "python -m pytest).") from error
 from _support import TOLERANCES
 
 

@@ -352,13 +352,13 @@ def test_golden_text(backend):
 
 
 def test_documented_output_is_what_the_command_prints():
-    """The README's "See every number" section shows the golden text verbatim."""
-    readme = pathlib.Path(__file__).resolve().parent.parent / "README.md"
+    """docs/EXPLAIN.md shows the golden text verbatim."""
+    readme = pathlib.Path(__file__).resolve().parent.parent / "docs" / "EXPLAIN.md"
     command = "$ fastbp explain tests/data/worked-examples/sigmoid-2-2-1.json\n"
     text = readme.read_text(encoding="utf-8")
-    assert command in text, "README.md no longer shows the explain example"
+    assert command in text, "docs/EXPLAIN.md no longer shows the explain example"
     shown = text.split(command, 1)[1].split("```", 1)[0]
-    assert shown == GOLDEN.read_text(encoding="utf-8"), "README.md is out of date with the golden file"
+    assert shown == GOLDEN.read_text(encoding="utf-8"), "docs/EXPLAIN.md is out of date with the golden file"
 
 
 def test_overflowing_gradient_is_a_floating_point_error(backend):

@@ -29,7 +29,7 @@ FORBIDDEN = {
 # (cli.py, sklearn.py); each entry is (file, imported module).
 KNOWN_LOCAL_IMPORTS = {
     ("cli.py", "fastbp"), ("cli.py", "fastbp.explain"), ("cli.py", "fastbp.demo"), ("cli.py", "fastbp._version"),
-    ("sklearn.py", "fastbp.network"), ("sklearn.py", "fastbp._layout"),
+    ("sklearn.py", "fastbp.network"), ("sklearn.py", "fastbp._spec"),
 }
 
 

@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 
 import fastbp
-from fastbp import _layout, _reference
+from fastbp import _reference, _spec
 from _support import random_net, random_targets
 
 PARITY = {
@@ -155,44 +155,44 @@ def test_step_from_gradients_matches_torch(dtype, backend):
 # The two backends, and the codes
 
 
-def test_rule_and_slot_codes_agree_between_layout_and_kernel():
+def test_rule_and_slot_codes_agree_between_spec_and_kernel():
     core = pytest.importorskip("fastbp._core")
     codes = core._enum_codes()
-    assert codes["RULES"] == tuple(range(len(_layout.RULES)))
-    assert codes["N_RULES"] == len(_layout.RULES)
-    assert codes["N_HYPER"] == _layout.N_HYPER
+    assert codes["RULES"] == tuple(range(len(_spec.RULES)))
+    assert codes["N_RULES"] == len(_spec.RULES)
+    assert codes["N_HYPER"] == _spec.N_HYPER
     for name, value in codes.items():
         if name.startswith("HYPER_"):
-            assert getattr(_layout, name) == value, name
-    python_slots = {name for name in dir(_layout) if name.startswith("HYPER_")}
+            assert getattr(_spec, name) == value, name
+    python_slots = {name for name in dir(_spec) if name.startswith("HYPER_")}
     assert python_slots == {name for name in codes if name.startswith("HYPER_")}
 
 
 def _hyper_for(rule, rng):
-    hyper = np.zeros(_layout.N_HYPER)
-    hyper[_layout.HYPER_LR] = rng.uniform(0.001, 0.1)
-    hyper[_layout.HYPER_WEIGHT_DECAY] = 0.0 if rule == "rprop" else rng.choice([0.0, 0.03])
+    hyper = np.zeros(_spec.N_HYPER)
+    hyper[_spec.HYPER_LR] = rng.uniform(0.001, 0.1)
+    hyper[_spec.HYPER_WEIGHT_DECAY] = 0.0 if rule == "rprop" else rng.choice([0.0, 0.03])
     if rule == "sgd":
-        hyper[_layout.HYPER_SGD_MOMENTUM] = 0.9
-        hyper[_layout.HYPER_SGD_NESTEROV] = rng.integers(0, 2)
+        hyper[_spec.HYPER_SGD_MOMENTUM] = 0.9
+        hyper[_spec.HYPER_SGD_NESTEROV] = rng.integers(0, 2)
     elif rule in ("adam", "adamw"):
         hyper[[2, 3, 4]] = 0.9, 0.999, 1e-8
-        hyper[_layout.HYPER_ADAM_AMSGRAD] = rng.integers(0, 2)
+        hyper[_spec.HYPER_ADAM_AMSGRAD] = rng.integers(0, 2)
     elif rule == "rmsprop":
         hyper[[2, 3, 4]] = 0.99, 1e-8, rng.choice([0.0, 0.5])
-        hyper[_layout.HYPER_RMSPROP_CENTERED] = rng.integers(0, 2)
+        hyper[_spec.HYPER_RMSPROP_CENTERED] = rng.integers(0, 2)
     else:
         hyper[[2, 3, 4, 5]] = 0.5, 1.2, 1e-6, 50
     return hyper
 
 
-@pytest.mark.parametrize("rule", _layout.RULES)
+@pytest.mark.parametrize("rule", _spec.RULES)
 def test_compiled_and_twin_optimizer_step_agree(rule, dtype):
     core = pytest.importorskip("fastbp._core")
-    rng = np.random.default_rng(_layout.RULE_CODES[rule])
+    rng = np.random.default_rng(_spec.RULE_CODES[rule])
     n = 257
     hyper = _hyper_for(rule, rng)
-    rows = len(_layout.STATE_ROWS[rule])
+    rows = len(_spec.STATE_ROWS[rule])
     params = rng.normal(size=n).astype(dtype)
     state = np.abs(rng.normal(size=(rows, n))).astype(dtype) * (rule != "rprop")
     steps = np.array([0], dtype=np.int64)
@@ -201,8 +201,8 @@ def test_compiled_and_twin_optimizer_step_agree(rule, dtype):
     for _ in range(6):
         grad = rng.normal(size=n).astype(dtype)
         grad[:5] = 0  # zero gradients: the sign branches of Rprop
-        core.optimizer_step(params, grad, _layout.RULE_CODES[rule], hyper, state, steps)
-        _reference.optimizer_step(twin[0], grad, _layout.RULE_CODES[rule], hyper, twin[1], twin[2])
+        core.optimizer_step(params, grad, _spec.RULE_CODES[rule], hyper, state, steps)
+        _reference.optimizer_step(twin[0], grad, _spec.RULE_CODES[rule], hyper, twin[1], twin[2])
         np.testing.assert_allclose(params, twin[0], **tol)
         np.testing.assert_allclose(state, twin[1], **tol)
         assert steps[0] == twin[2][0]
@@ -247,8 +247,8 @@ def test_load_state_dict_checks_everything_and_changes_nothing_on_failure(backen
                                    good["state"])},
         {**good, "state": -np.abs(good["state"]) - 1},   # a negative second moment
         {**good, "steps": -1},
-        {**good, "hyper": np.where(np.arange(8) == _layout.HYPER_ADAM_BETA1, 1.5, good["hyper"])},
-        {**good, "hyper": np.where(np.arange(8) == _layout.HYPER_ADAM_AMSGRAD, 0.5, good["hyper"])},
+        {**good, "hyper": np.where(np.arange(8) == _spec.HYPER_ADAM_BETA1, 1.5, good["hyper"])},
+        {**good, "hyper": np.where(np.arange(8) == _spec.HYPER_ADAM_AMSGRAD, 0.5, good["hyper"])},
         {**good, "hyper": good["hyper"][:7]},
         {key: value for key, value in good.items() if key != "steps"},
     ]

@@ -169,15 +169,15 @@ def test_no_overflow_warnings_at_large_pre_activations(backend, dtype, activatio
 
 @pytest.mark.parametrize("dtype", ["float64", "float32"])
 def test_reference_sigmoid_and_log_softmax_are_stable(dtype):
-    from fastbp import _reference
+    from fastbp import _spec
     z = np.array([-1e4, -1e3, -100, -1, 0, 1, 100, 1e3, 1e4], dtype=dtype)
     with warnings.catch_warnings():
         warnings.simplefilter("error")
         with np.errstate(over="warn", invalid="warn", divide="warn", under="ignore"):
-            s = _reference.sigmoid(z)
+            s = _spec.sigmoid(z)
             logits = np.array([[1e4, -1e4, 0], [-1e4, -1e4, -1e4]], dtype=dtype)
-            log_p = _reference.log_softmax(logits)
-            loss, delta = _reference.cross_entropy(logits, np.eye(3, dtype=dtype)[[1, 2]])
+            log_p = _spec.log_softmax(logits)
+            loss, delta = _spec.cross_entropy(logits, np.eye(3, dtype=dtype)[[1, 2]])
     assert s[0] == 0 and s[-1] == 1 and s[4] == 0.5 and np.isfinite(s).all()
     assert np.isfinite(log_p).all() and np.isclose(log_p[0, 0], 0)
     assert np.isclose(loss, (2e4 + np.log(3)) / 2, rtol=1e-6) and np.isfinite(delta).all()
@@ -313,9 +313,18 @@ def test_zero_dimensional_input_is_treated_alike_in_every_dtype(backend):
 # --------------------------------------------------------------------------------------------------------
 
 CHILD = textwrap.dedent("""
-    import json, sys, time
+    import json, os, sys, time
     import numpy as np
     import fastbp
+
+    def main_thread_cpu():
+        # CPU seconds of this main thread (the one that runs fit), read where the parent reads it too
+        try:
+            with open(f"/proc/self/task/{os.getpid()}/stat") as stat:
+                fields = stat.read().rsplit(")", 1)[1].split()
+            return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+        except OSError:
+            return None
 
     backend, batch, momentum = sys.argv[1], int(sys.argv[2]), float(sys.argv[3])
     rng = np.random.default_rng(0)
@@ -332,8 +341,9 @@ CHILD = textwrap.dedent("""
         net.fit(X, Y, epochs=100000, batch_size=batch, optimizer=optimizer, shuffle=False, callbacks=[remember])
         result = {"interrupted": False}
     except KeyboardInterrupt:
-        caught = time.time()
-        result = {"interrupted": True, "caught": caught, "finite": bool(np.isfinite(net.params).all()),
+        caught, caught_cpu = time.time(), main_thread_cpu()
+        result = {"interrupted": True, "caught": caught, "caught_cpu": caught_cpu,
+                  "finite": bool(np.isfinite(net.params).all()),
                   "epochs": len(epoch_starts) - 1}
         # The parameters must be those after some whole number of updates of the current epoch:
         # replay train_step batch by batch from the epoch's start and look for an exact match.
@@ -356,11 +366,28 @@ CHILD = textwrap.dedent("""
 """)
 
 
+def _main_thread_cpu(pid):
+    """CPU seconds used so far by the main thread of process ``pid`` (None where /proc is missing)."""
+    try:
+        with open(f"/proc/{pid}/task/{pid}/stat") as stat:
+            fields = stat.read().rsplit(")", 1)[1].split()
+    except OSError:
+        return None
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
 @pytest.mark.parametrize("batch_size,momentum", [(32, 0.0), (1, 0.0), (32, 0.9)])
 def test_ctrl_c_stops_fit_quickly_and_keeps_a_consistent_state(backend, batch_size, momentum):
     """batch_size 1 takes the compiled kernel's fused per-example loop, 32 the mini-batch loop (updating in
-    place during backpropagation), momentum the separate optimizer step after it."""
-    env = dict(os.environ, PYTHONPATH=FASTBP_ROOT + os.pathsep + os.environ.get("PYTHONPATH", ""))
+    place during backpropagation), momentum the separate optimizer step after it.
+
+    "Quickly" is measured in CPU time of the child's main thread between the signal and the handler, not in
+    wall time: on a busy machine the child gets a fraction of a core, and the wall time says more about the
+    other processes than about how often the kernel looks for signals. The BLAS runs one thread in the
+    child for the same reason (the interrupt path does not depend on it; its thread choice is tested in
+    test_threads.py)."""
+    env = dict(os.environ, PYTHONPATH=FASTBP_ROOT + os.pathsep + os.environ.get("PYTHONPATH", ""),
+               OPENBLAS_NUM_THREADS="1", OMP_NUM_THREADS="1", MKL_NUM_THREADS="1")
     # cwd outside the repository: `python -c` puts the working directory first on sys.path, and the source
     # tree (no compiled kernel in a fresh clone) would hide the installed package
     child = subprocess.Popen([sys.executable, "-c", CHILD, backend, str(batch_size), str(momentum)], stdout=subprocess.PIPE,
@@ -368,10 +395,16 @@ def test_ctrl_c_stops_fit_quickly_and_keeps_a_consistent_state(backend, batch_si
     try:
         line = child.stdout.readline()
         assert line.strip() == "started", (line, child.stderr.read() if child.poll() is not None else "")
-        time.sleep(1.0)  # inside fit, a few epochs in
-        sent = time.time()
+        # Inside fit, a few epochs in: wait until the child has spent 0.5 s of CPU training (any wall time).
+        cpu_started = _main_thread_cpu(child.pid)
+        if cpu_started is None:
+            time.sleep(1.0)
+        else:
+            while child.poll() is None and _main_thread_cpu(child.pid) < cpu_started + 0.5:
+                time.sleep(0.01)
+        sent, sent_cpu = time.time(), _main_thread_cpu(child.pid)
         os.kill(child.pid, signal.SIGINT)
-        out, err = child.communicate(timeout=60)
+        out, err = child.communicate(timeout=600)  # a hang, not a slow machine
     finally:
         if child.poll() is None:
             child.kill()
@@ -379,9 +412,15 @@ def test_ctrl_c_stops_fit_quickly_and_keeps_a_consistent_state(backend, batch_si
     result = json.loads(out.strip().splitlines()[-1])
     assert result["interrupted"], (out, err)
     latency = result["caught"] - sent
-    print(f"\n[{backend}, batch_size {batch_size}, momentum {momentum}] Ctrl-C latency: {latency * 1000:.1f} ms (goal 200 ms); "
-          f"stopped after {result['epochs']} epochs + {result['updates_in_epoch']} updates")
-    assert latency < 2.0, f"KeyboardInterrupt took {latency:.3f} s"
+    cpu = None if sent_cpu is None or result["caught_cpu"] is None else result["caught_cpu"] - sent_cpu
+    print(f"\n[{backend}, batch_size {batch_size}, momentum {momentum}] Ctrl-C latency: {latency * 1000:.1f} ms "
+          f"wall, {'?' if cpu is None else f'{cpu * 1000:.0f}'} ms CPU (goal 200 ms); stopped after "
+          f"{result['epochs']} epochs + {result['updates_in_epoch']} updates")
+    if cpu is not None:
+        # /proc counts in clock ticks (10 ms): the bound is well above the goal and far below an epoch
+        assert cpu < 1.0, f"KeyboardInterrupt took {cpu:.3f} s of CPU time after the signal"
+    else:
+        assert latency < 30.0, f"KeyboardInterrupt took {latency:.3f} s"
     assert result["finite"]
     assert result["updates_in_epoch"] is not None, "the parameters match no whole number of updates"
     assert result["usable_after"]
@@ -828,9 +867,9 @@ def test_load_refuses_hostile_files(backend, tmp_path):
 @needs_proc
 def test_load_refuses_a_zip_bomb_without_inflating_it(tmp_path):
     """A deflated params member of 256 MiB zeros (about 256 KiB on disk) for a net that needs that many."""
-    from fastbp import _layout
+    from fastbp import _spec
     sizes = [4096, 8191, 1]
-    count = _layout.param_offsets(sizes)[1]  # 33,566,719 parameters: 256 MiB of float64
+    count = _spec.param_offsets(sizes)[1]  # 33,566,719 parameters: 256 MiB of float64
     header = "{'descr': '<f8', 'fortran_order': False, 'shape': (%d,), }" % count
     header = header + " " * (64 - (10 + len(header) + 1) % 64) + "\n"
     path = tmp_path / "bomb.npz"

@@ -1,0 +1,209 @@
+"""The backend contract: fastbp._core and its twin fastbp._reference export exactly
+``fastbp._backend.INTERFACE`` and agree entry by entry on random networks (every activation, loss and dtype,
+with and without sample weights), and the kernel's codes are ``fastbp._spec``'s.
+
+Modelled on bottleneck's ``bn.slow`` mirror: the same call goes to both modules with the same arrays, and
+the results (return values and every buffer written) are compared.
+"""
+
+from __future__ import annotations
+
+import itertools
+
+import numpy as np
+import pytest
+
+from fastbp import _backend, _reference, _spec
+
+core = pytest.importorskip("fastbp._core")
+
+MODULES = {"numpy": _reference, "cython": core}
+TOL = {np.dtype(np.float64): {"rtol": 1e-10, "atol": 1e-12}, np.dtype(np.float32): {"rtol": 2e-4, "atol": 1e-5}}
+
+
+@pytest.mark.parametrize("name", sorted(MODULES))
+def test_both_modules_export_exactly_the_interface(name):
+    module = MODULES[name]
+    assert tuple(module.__all__) == _backend.INTERFACE
+    for entry in _backend.INTERFACE:
+        assert callable(getattr(module, entry)), entry
+
+
+def test_the_stub_lists_the_interface():
+    import pathlib
+    import re
+
+    import fastbp
+
+    stub = (pathlib.Path(fastbp.__file__).parent / "_core.pyi").read_text()
+    declared = set(re.findall(r"^(?:def|class) (\w+)", stub, flags=re.M))
+    assert set(_backend.INTERFACE) <= declared
+
+
+def test_the_kernel_codes_are_the_specs():
+    assert core.ACTIVATION_CODES == _spec.ACTIVATION_CODES
+    assert core.LOSS_CODES == _spec.LOSS_CODES
+    assert core.STATUS_CODES == {"STATUS_OK": _spec.STATUS_OK, "STATUS_NONFINITE": _spec.STATUS_NONFINITE,
+                                 "STATUS_INTERRUPTED": _spec.STATUS_INTERRUPTED}
+
+
+def _case(rng, hidden, last, loss, dtype, n, K=3):
+    sizes = [4, 5, 3, K]
+    names = [hidden, hidden, last]
+    codes = [_spec.ACTIVATION_CODES[a] for a in names]
+    _, total = _spec.param_offsets(sizes)
+    params = rng.uniform(-0.8, 0.8, size=total).astype(dtype)
+    X = rng.normal(size=(n, sizes[0])).astype(dtype)
+    if loss == "cross_entropy":
+        Y = np.eye(K, dtype=dtype)[rng.integers(0, K, size=n)]
+    elif loss == "binary_cross_entropy":
+        Y = rng.uniform(0, 1, size=(n, K)).astype(dtype)
+    elif loss == "poisson":
+        Y = rng.poisson(1.0, size=(n, K)).astype(dtype)
+    else:
+        Y = rng.normal(size=(n, K)).astype(dtype)
+    return sizes, codes, params, X, Y
+
+
+def _cases():
+    for hidden, loss in itertools.product(_spec.ACTIVATIONS, _spec.LOSSES):
+        lasts = ["identity"] if loss in _spec.LOGIT_LOSSES else list(_spec.ACTIVATIONS)
+        for last in lasts:
+            yield hidden, last, loss
+
+
+CASES = list(_cases())
+
+
+@pytest.mark.parametrize("weighted", [False, True])
+@pytest.mark.parametrize("dtype", [np.float64, np.float32])
+@pytest.mark.parametrize("hidden,last,loss", CASES)
+def test_predict_and_loss_and_gradient_agree(hidden, last, loss, dtype, weighted):
+    rng = np.random.default_rng([CASES.index((hidden, last, loss)), weighted])
+    n = 7
+    sizes, codes, params, X, Y = _case(rng, hidden, last, loss, dtype, n)
+    weights = rng.uniform(0, 2, size=n).astype(dtype) if weighted else None
+    results = {}
+    for name, module in MODULES.items():
+        ws = module.Workspace(sizes, codes, _spec.LOSS_CODES[loss], dtype, n)
+        out = np.empty((n, sizes[-1]), dtype=dtype)
+        module.predict(ws, params, X, out)
+        loss_value = module.loss_and_gradient(ws, params, X, Y, weights)
+        results[name] = (out, loss_value, ws.grad.copy())
+    tol = TOL[np.dtype(dtype)]
+    for a, b in zip(results["cython"], results["numpy"]):
+        np.testing.assert_allclose(a, b, **tol)
+
+
+def _optimizer_arguments(rule, params, **hyper_values):
+    """``rule, hyper, state, steps`` for the backends' train_epoch: a fresh state for ``rule``."""
+    hyper = np.zeros(_spec.N_HYPER)
+    for name, value in hyper_values.items():
+        hyper[getattr(_spec, "HYPER_" + name.upper())] = value
+    state = np.zeros((len(_spec.STATE_ROWS[rule]), params.size), dtype=params.dtype)
+    return _spec.RULE_CODES[rule], hyper, state, np.zeros(1, dtype=np.int64)
+
+
+RULE_SETTINGS = {
+    "sgd": dict(lr=0.05, sgd_momentum=0.5, sgd_nesterov=1, weight_decay=0.01),
+    "adam": dict(lr=0.01, adam_beta1=0.9, adam_beta2=0.999, adam_eps=1e-8, adam_amsgrad=1),
+    "adamw": dict(lr=0.01, adam_beta1=0.8, adam_beta2=0.99, adam_eps=1e-6, weight_decay=0.1),
+    "rmsprop": dict(lr=0.01, rmsprop_alpha=0.9, rmsprop_eps=1e-8, rmsprop_momentum=0.5, rmsprop_centered=1),
+    "rprop": dict(lr=0.01, rprop_eta_minus=0.5, rprop_eta_plus=1.2, rprop_step_min=1e-6, rprop_step_max=50),
+}
+
+
+@pytest.mark.parametrize("dtype", [np.float64, np.float32])
+@pytest.mark.parametrize("batch_size", [1, 4])
+@pytest.mark.parametrize("rule", list(RULE_SETTINGS))
+def test_train_epoch_agrees_for_every_rule(rule, batch_size, dtype):
+    rng = np.random.default_rng([_spec.RULE_CODES[rule], batch_size])
+    n = 11
+    sizes, codes, params0, X, Y = _case(rng, "tanh", "identity", "mse", dtype, n)
+    results = {}
+    for name, module in MODULES.items():
+        ws = module.Workspace(sizes, codes, _spec.LOSS_CODES["mse"], dtype, batch_size)
+        params = params0.copy()
+        arguments = _optimizer_arguments(rule, params, **RULE_SETTINGS[rule])
+        returned = module.train_epoch(ws, params, X, Y, None, batch_size, *arguments, _spec.epoch_key(5, 0))
+        results[name] = (returned, params, arguments[2], arguments[3])
+    (ret_c, params_c, state_c, steps_c), (ret_n, params_n, state_n, steps_n) = results["cython"], results["numpy"]
+    tol = TOL[np.dtype(dtype)]
+    assert ret_c[2:] == ret_n[2:]
+    assert steps_c[0] == steps_n[0] == -(-n // batch_size)
+    np.testing.assert_allclose(ret_c[:2], ret_n[:2], **tol)
+    np.testing.assert_allclose(params_c, params_n, **tol)
+    np.testing.assert_allclose(state_c, state_n, **tol)
+
+
+@pytest.mark.parametrize("weighted", [False, True])
+@pytest.mark.parametrize("dtype", [np.float64, np.float32])
+@pytest.mark.parametrize("batch_size,momentum,shuffle", [(1, 0.0, True), (1, 0.9, False), (4, 0.0, True),
+                                                         (4, 0.5, True), (11, 0.0, False)])
+@pytest.mark.parametrize("hidden,last,loss", [c for c in CASES if c[0] == c[1] or c[1] == "identity"])
+def test_train_epoch_agrees(hidden, last, loss, batch_size, momentum, shuffle, dtype, weighted):
+    rng = np.random.default_rng([CASES.index((hidden, last, loss)), batch_size, weighted])
+    n = 11
+    sizes, codes, params0, X, Y = _case(rng, hidden, last, loss, dtype, n)
+    weights = rng.uniform(0, 2, size=n).astype(dtype) if weighted else None
+    if weighted:
+        weights[:2] = 0
+    key = _spec.epoch_key(3, 0) if shuffle else -1
+    results = {}
+    for name, module in MODULES.items():
+        ws = module.Workspace(sizes, codes, _spec.LOSS_CODES[loss], dtype, batch_size)
+        params = params0.copy()
+        arguments = _optimizer_arguments("sgd", params, lr=0.05, sgd_momentum=momentum)
+        returned = module.train_epoch(ws, params, X, Y, weights, batch_size, *arguments, key)
+        results[name] = (returned, params, arguments[2][0])
+    (ret_c, params_c, vel_c), (ret_n, params_n, vel_n) = results["cython"], results["numpy"]
+    tol = TOL[np.dtype(dtype)]
+    assert ret_c[2:] == ret_n[2:]  # examples_done, status
+    np.testing.assert_allclose(ret_c[:2], ret_n[:2], **tol)
+    np.testing.assert_allclose(params_c, params_n, **tol)
+    np.testing.assert_allclose(vel_c, vel_n, **tol)
+
+
+@pytest.mark.parametrize("dtype", [np.float64, np.float32])
+@pytest.mark.parametrize("sizes,loss", [([3, 4, 2], "mse"), ([3, 4, 2], "half_sse"),   # the tiny-network loop
+                                        ([6, 7, 3], "mse"), ([4, 5, 3], "cross_entropy"),
+                                        ([4, 5, 3], "binary_cross_entropy"), ([4, 5, 3], "poisson")])
+def test_train_rows_is_the_per_example_path(sizes, loss, dtype):
+    """The twin's train_rows, written as the fused per-example loops, equals train_epoch at batch size 1
+    on both backends (which takes fastbp_train_rows or fastbp_train_rows_small in the kernel)."""
+    rng = np.random.default_rng(sizes)
+    last = "identity" if loss in _spec.LOGIT_LOSSES else "sigmoid"
+    codes = [_spec.ACTIVATION_CODES["tanh"], _spec.ACTIVATION_CODES[last]]
+    _, total = _spec.param_offsets(sizes)
+    params0 = rng.uniform(-0.8, 0.8, size=total).astype(dtype)
+    n = 9
+    X = rng.normal(size=(n, sizes[0])).astype(dtype)
+    Y = (np.eye(sizes[-1])[rng.integers(0, sizes[-1], size=n)] if loss == "cross_entropy"
+         else rng.uniform(0, 1, size=(n, sizes[-1]))).astype(dtype)
+    key = _spec.epoch_key(1, 0)
+    ws = _reference.Workspace(sizes, codes, _spec.LOSS_CODES[loss], dtype, 1)
+    params_rows = params0.copy()
+    loss_sum, done, status = _reference.train_rows(ws, params_rows, X, Y, dtype(0.1), _spec.permutation(n, key))
+    assert (done, status) == (n, 0)
+    tol = TOL[np.dtype(dtype)]
+    for module in MODULES.values():
+        ws = module.Workspace(sizes, codes, _spec.LOSS_CODES[loss], dtype, 1)
+        params = params0.copy()
+        returned = module.train_epoch(ws, params, X, Y, None, 1, *_optimizer_arguments("sgd", params, lr=0.1), key)
+        np.testing.assert_allclose(params, params_rows, **tol)
+        np.testing.assert_allclose(returned[0], loss_sum, **tol)
+
+
+@pytest.mark.parametrize("dtype", [np.float64, np.float32])
+def test_all_finite_agrees(dtype):
+    rng = np.random.default_rng(0)
+    for size in (0, 1, 7, 70_000):
+        values = rng.normal(size=size).astype(dtype)
+        cases = [values]
+        if size:
+            for bad in (np.nan, np.inf, -np.inf):
+                spoiled = values.copy()
+                spoiled[rng.integers(size)] = bad
+                cases.append(spoiled)
+        for case in cases:
+            assert core.all_finite(case) == _reference.all_finite(case) == bool(np.isfinite(case).all())
