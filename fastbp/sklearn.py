@@ -56,7 +56,7 @@ import numpy as np
 try:
     import scipy.optimize
     import scipy.sparse
-    from scipy.special import expit, xlogy
+    from scipy.special import xlogy
     from sklearn.base import BaseEstimator, ClassifierMixin, RegressorMixin
     from sklearn.exceptions import ConvergenceWarning
     from sklearn.metrics import accuracy_score, r2_score
@@ -72,6 +72,7 @@ except ImportError as error:  # pragma: no cover - depends on the environment
         f"(or pip install 'scikit-learn>=1.6'); importing it failed with: {error}"
     ) from error
 
+from fastbp import _spec
 from fastbp._threads import num_threads
 from fastbp.network import Network
 from fastbp.optimizers import SGD, Adam
@@ -111,26 +112,6 @@ def _check_number(name, value, *, low, high=None, low_inclusive=True, high_inclu
         raise ValueError(f"The '{name}' parameter must be in the range {bounds}, got {value!r}")
 
 
-def _network_supports_loss(loss):
-    try:
-        Network([1, 1], "identity", loss=loss, seed=0)
-    except ValueError:
-        return False
-    return True
-
-
-def _layer_views(flat, layer_sizes):
-    """``(W, b)`` views of a flat buffer laid out like ``Network.params`` (weights row-major, then biases)."""
-    views, position = [], 0
-    for n_in, n_out in zip(layer_sizes[:-1], layer_sizes[1:]):
-        W = flat[position:position + n_in * n_out].reshape(n_out, n_in)
-        position += n_in * n_out
-        b = flat[position:position + n_out]
-        position += n_out
-        views.append((W, b))
-    return views
-
-
 def _dense_rows(X, rows):
     """``X[rows]`` as a C-contiguous dense array (sparse rows are densified here, one batch at a time)."""
     part = X[rows]
@@ -149,9 +130,8 @@ class _Objective:
     Poisson deviance's ``xlogy(y, y) - y`` term). The L2 term on the weights is added here.
     """
 
-    def __init__(self, net, alpha, out_activation, n_outputs, pinned=False):
+    def __init__(self, net, alpha, out_activation, n_outputs):
         self.net = net
-        self.pinned = pinned
         self.alpha = float(alpha)
         self.out_activation = out_activation
         K = n_outputs
@@ -175,17 +155,17 @@ class _Objective:
 
     def batch(self, X, Y, sample_weight, constants, l2=True):
         """scikit-learn's loss and gradient (a ``Gradients``, modified in place) of one batch; ``l2=False``
-        leaves the L2 term out."""
+        leaves the L2 term out. The gradient is None for a batch whose weights are all 0."""
         net = self.net
-        if self.pinned:
-            Y = np.hstack([1 - Y, Y])
         if sample_weight is None:
             grads = net.gradients(X, Y)
             sw_sum = X.shape[0]
             constant = 0.0 if constants is None else float(np.mean(constants))
         else:
+            sw_sum = float(np.sum(sample_weight, dtype=np.float64))
+            if not sw_sum > 0:
+                return 0.0, None  # a batch of zero weight makes no update (scikit-learn divides by 0)
             grads = net.gradients(X, Y, sample_weight=sample_weight)
-            sw_sum = float(np.sum(sample_weight))
             constant = 0.0 if constants is None else float(np.average(constants, weights=sample_weight))
         loss = grads.loss * self.loss_factor + constant
         if self.grad_factor != 1.0:
@@ -193,9 +173,6 @@ class _Objective:
                 W *= self.grad_factor
             for b in grads.biases:
                 b *= self.grad_factor
-        if self.pinned:
-            grads.weights[-1][0] = 0
-            grads.biases[-1][0] = 0
         if self.alpha and l2:
             loss += self.alpha * self.l2() / sw_sum
             scale = self.alpha / sw_sum
@@ -431,36 +408,18 @@ class _BaseMLP(BaseEstimator):
         return _OUTPUT_LOSSES[self.out_activation_]
 
     def _build_network(self, layer_units, dtype):
-        """A network for ``layer_units`` with this estimator's activations and output loss.
-
-        Where fastbp lacks ``binary_cross_entropy``, one logistic output is emulated exactly by a softmax
-        over two logits whose first row of weights and intercept stays 0 (``softmax([0, z]) = [1 - s, s]``
-        with ``s = sigmoid(z)``; its gradient is zeroed at each step): ``self._pinned`` says so.
-        """
+        """A network for ``layer_units`` with this estimator's activations and output loss."""
         loss = self._network_loss()
-        self._pinned = False
-        if not _network_supports_loss(loss):
-            if loss == "binary_cross_entropy" and layer_units[-1] == 1:
-                loss, layer_units, self._pinned = "cross_entropy", [*layer_units[:-1], 2], True
-            else:
-                raise ValueError(
-                    f"{type(self).__name__} with out_activation_={self.out_activation_!r} needs fastbp's "
-                    f"{loss!r} loss, which this fastbp version lacks"
-                )
         activations = [_ACTIVATIONS[self.activation]] * (len(layer_units) - 2) + ["identity"]
         return Network(layer_units, activations, loss=loss, dtype=dtype, seed=0, backend=self.backend)
 
     def _objective(self, net):
-        return _Objective(net, self.alpha, self.out_activation_, self.n_outputs_,
-                          pinned=getattr(self, "_pinned", False))
+        return _Objective(net, self.alpha, self.out_activation_, self.n_outputs_)
 
     def _set_network_params(self, net, coefs, intercepts):
         """Copy ``coefs`` ((n_in, n_out) each) and ``intercepts`` into ``net``."""
         weights = [np.asarray(c).T for c in coefs]
         biases = [np.asarray(b).reshape(-1) for b in intercepts]
-        if getattr(self, "_pinned", False):
-            weights[-1] = np.vstack([np.zeros_like(weights[-1]), weights[-1]])
-            biases[-1] = np.concatenate([np.zeros_like(biases[-1]), biases[-1]])
         net.set_params(weights, biases)
 
     def _attach(self, net):
@@ -468,9 +427,6 @@ class _BaseMLP(BaseEstimator):
         self.network_ = net
         self.coefs_ = [W.T for W in net.weights]
         self.intercepts_ = list(net.biases)
-        if getattr(self, "_pinned", False):
-            self.coefs_[-1] = net.weights[-1][1:].T
-            self.intercepts_[-1] = net.biases[-1][1:]
         self._param_views = (list(self.coefs_), list(self.intercepts_))
         self.n_layers_ = len(net.layer_sizes)
 
@@ -531,9 +487,21 @@ class _BaseMLP(BaseEstimator):
         if incremental and self.early_stopping:
             raise ValueError("partial_fit does not support early_stopping=True")
         first_pass = not hasattr(self, "coefs_") or (not self.warm_start and not incremental)
+        if sample_weight is not None:
+            # Checked before the input (whose check records classes_ and the feature names) so that bad
+            # weights leave the estimator as it was.
+            n_rows = getattr(X, "shape", None)
+            try:
+                n_rows = n_rows[0] if n_rows is not None else len(X)
+            except TypeError:
+                n_rows = None  # validate_data says what is wrong with X
+            if n_rows is not None:
+                sample_weight = self._check_sample_weight(sample_weight, n_rows)
+                if not sample_weight.sum() > 0:
+                    raise ValueError("sample_weight must not be all zero")
         X, y = self._validate_input(X, y, incremental, reset=first_pass)
         if sample_weight is not None:
-            sample_weight = self._check_sample_weight(sample_weight, X)
+            sample_weight = self._check_sample_weight(sample_weight, X.shape[0])
         if y.ndim == 1:
             y = y.reshape((-1, 1))
         if dtype is None:
@@ -571,10 +539,27 @@ class _BaseMLP(BaseEstimator):
                 self._fit_lbfgs(X, Y, sample_weight)
         return self
 
-    def _check_sample_weight(self, sample_weight, X):
-        from sklearn.utils.validation import _check_sample_weight
-
-        return _check_sample_weight(sample_weight, X, dtype=X.dtype)
+    @staticmethod
+    def _check_sample_weight(sample_weight, n):
+        """``sample_weight`` as a float64 array of shape (n,): finite and >= 0 (a number is every row's
+        weight)."""
+        if isinstance(sample_weight, numbers.Number):
+            sample_weight = np.full(n, sample_weight, dtype=np.float64)
+        try:
+            weights = np.asarray(sample_weight, dtype=np.float64)
+        except (TypeError, ValueError):
+            raise TypeError(f"sample_weight must be an array of numbers; got {type(sample_weight).__name__}") \
+                from None
+        if weights.ndim != 1:
+            raise ValueError(f"Sample weights must be 1D array or scalar, got shape {weights.shape}")
+        if weights.shape != (n,):
+            raise ValueError(f"sample_weight.shape == {weights.shape}, expected ({n},)!")
+        if not np.isfinite(weights).all():
+            raise ValueError("sample_weight must be finite (no NaN or infinity)")
+        if (weights < 0).any():
+            raise ValueError("Negative values in data passed to sample_weight: fastbp's MLP estimators need "
+                             "sample weights >= 0")
+        return weights
 
     @staticmethod
     def _non_finite_error(error=None):
@@ -632,7 +617,7 @@ class _BaseMLP(BaseEstimator):
         constants = objective.row_constants(Y_train)
         dense = not scipy.sparse.issparse(X_train)
         use_kernel = (solver.kernel_ok() and dense and sw_train is None and objective.alpha == 0
-                      and constants is None and not objective.pinned)
+                      and constants is None)
 
         try:
             self.n_iter_ = 0
@@ -665,7 +650,8 @@ class _BaseMLP(BaseEstimator):
                                                                 batch_constants)
                             if not np.isfinite(batch_loss):
                                 raise FloatingPointError("the batch loss is not finite")
-                            solver.step(grads)
+                            if grads is not None:
+                                solver.step(grads)
                             accumulated_loss += batch_loss * (batch_slice.stop - batch_slice.start)
                 except FloatingPointError as error:
                     if not early_stopping:
@@ -745,7 +731,7 @@ class _BaseMLP(BaseEstimator):
         n = X.shape[0]
         chunk = n if not scipy.sparse.issparse(X) else _SPARSE_CHUNK_ROWS
         flat_grad = np.empty(net.params.shape, dtype=np.float64)
-        grad_views = _layer_views(flat_grad, net.layer_sizes)
+        grad_views = _spec.layer_views(net.layer_sizes, flat_grad)
         total_weight = n if sample_weight is None else float(np.sum(sample_weight))
 
         def loss_and_gradient(packed):
@@ -814,25 +800,20 @@ class _BaseMLP(BaseEstimator):
             if X.dtype != net.dtype:
                 X = X.astype(net.dtype)
             out = net.predict(np.ascontiguousarray(X))
-        if getattr(self, "_pinned", False):
-            out = out[:, 1:]
         return out.astype(out_dtype, copy=False)
 
     def _output(self, X, check_input=True):
         """scikit-learn's ``_forward_pass_fast``: the output activation applied (probabilities, rates)."""
         z = self._forward(X, check_input=check_input)
         out = self.out_activation_
-        with np.errstate(over="ignore"):
-            if out == "identity":
-                return z
-            if out == "exp":
+        if out == "identity":
+            return z
+        if out == "exp":
+            with np.errstate(over="ignore"):  # an overflowing rate is inf, as in scikit-learn
                 return np.exp(z)
-            if out == "logistic":
-                return expit(z)
-        z = z - z.max(axis=1, keepdims=True)
-        np.exp(z, out=z)
-        z /= z.sum(axis=1, keepdims=True)
-        return z
+        if out == "logistic":
+            return _spec.sigmoid(z)
+        return _spec.softmax(z)
 
     # ------------------------------------------------------------------------------------------ pickling
     def __getstate__(self):
@@ -1020,24 +1001,38 @@ class MLPRegressor(RegressorMixin, _BaseMLP):
     def _score_validation(self, X, y, sample_weight):
         return _score_or_nan(r2_score, y, self._predict(X, check_input=False), sample_weight)
 
-    def fit(self, X, y):
+    def fit(self, X, y, sample_weight=None):
         """Fit the model to ``X`` (n_samples, n_features; dense or CSR/CSC) and ``y``.
 
+        Parameters
+        ----------
+        X : {array-like, sparse matrix} of shape (n_samples, n_features)
+        y : array-like of shape (n_samples,) or (n_samples, n_outputs)
+        sample_weight : array-like of shape (n_samples,), default=None
+            Non-negative weights: each batch's loss is the weighted mean of its examples' losses and the L2
+            term is divided by the batch's weight sum, as in scikit-learn.
+
         Returns
         -------
         self
         """
-        return self._fit(X, y, incremental=False)
+        return self._fit(X, y, sample_weight=sample_weight, incremental=False)
 
     @available_if(_check_stochastic)
-    def partial_fit(self, X, y):
+    def partial_fit(self, X, y, sample_weight=None):
         """One epoch of the stochastic solver over ``X, y`` (starting a network on the first call).
+
+        Parameters
+        ----------
+        X : {array-like, sparse matrix} of shape (n_samples, n_features)
+        y : array-like of shape (n_samples,) or (n_samples, n_outputs)
+        sample_weight : array-like of shape (n_samples,), default=None
 
         Returns
         -------
         self
         """
-        return self._fit(X, y, incremental=True)
+        return self._fit(X, y, sample_weight=sample_weight, incremental=True)
 
     def _predict(self, X, check_input=True):
         y_pred = self._output(X, check_input=check_input)
@@ -1115,24 +1110,32 @@ class MLPClassifier(ClassifierMixin, _BaseMLP):
     def _score_validation(self, X, y, sample_weight):
         return _score_or_nan(accuracy_score, y, self._predict(X, check_input=False), sample_weight)
 
-    def fit(self, X, y):
+    def fit(self, X, y, sample_weight=None):
         """Fit the model to ``X`` (n_samples, n_features; dense or CSR/CSC) and labels ``y`` (n_samples,),
         or a label-indicator matrix (n_samples, n_labels) for multilabel classification.
+
+        Parameters
+        ----------
+        X : {array-like, sparse matrix} of shape (n_samples, n_features)
+        y : array-like of shape (n_samples,) or (n_samples, n_labels)
+        sample_weight : array-like of shape (n_samples,), default=None
+            Non-negative weights, as for :meth:`MLPRegressor.fit`.
 
         Returns
         -------
         self
         """
-        return self._fit(X, y, incremental=False)
+        return self._fit(X, y, sample_weight=sample_weight, incremental=False)
 
     @available_if(_check_stochastic)
-    def partial_fit(self, X, y, classes=None):
+    def partial_fit(self, X, y, sample_weight=None, classes=None):
         """One epoch of the stochastic solver over ``X, y``.
 
         Parameters
         ----------
         X : {array-like, sparse matrix} of shape (n_samples, n_features)
         y : array-like of shape (n_samples,) or (n_samples, n_labels)
+        sample_weight : array-like of shape (n_samples,), default=None
         classes : array-like, optional
             Every class label; required on the first call, as in scikit-learn.
 
@@ -1148,7 +1151,7 @@ class MLPClassifier(ClassifierMixin, _BaseMLP):
             else:
                 binarizer.fit(classes)
             self._label_binarizer = binarizer
-        return self._fit(X, y, incremental=True)
+        return self._fit(X, y, sample_weight=sample_weight, incremental=True)
 
     def _check_partial_fit_first_call(self, classes):
         if getattr(self, "classes_", None) is None and classes is None:
@@ -1196,6 +1199,5 @@ class MLPClassifier(ClassifierMixin, _BaseMLP):
     def __sklearn_tags__(self):
         tags = super().__sklearn_tags__()
         tags.input_tags.sparse = True
-        # Multilabel targets need fastbp's binary cross-entropy (one logistic output per label).
-        tags.classifier_tags.multi_label = _network_supports_loss("binary_cross_entropy")
+        tags.classifier_tags.multi_label = True
         return tags

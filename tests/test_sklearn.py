@@ -602,3 +602,99 @@ def test_pickle_round_trip_continues_exactly_for_each_solver(small_classificatio
     for mine, reference in zip(restored.coefs_ + restored.intercepts_, model.coefs_ + model.intercepts_):
         np.testing.assert_array_equal(mine, reference)
     assert restored._optimizer.learning_rate == model._optimizer.learning_rate
+
+
+# ------------------------------------------------------------------- sample weights, multilabel, Poisson
+def _weights(n, seed=3):
+    return np.random.default_rng(seed).uniform(0.2, 3.0, size=n)
+
+
+@pytest.mark.parametrize("solver", ["sgd", "adam", "lbfgs"])
+@pytest.mark.parametrize("target", ["multiclass", "binary", "regression"])
+def test_sample_weight_same_as_sklearn(solver, target, backend):
+    params = dict(hidden_layer_sizes=(6,), solver=solver, max_iter=8, random_state=0, learning_rate_init=0.02,
+                  batch_size=16, alpha=1e-3)
+    if target == "regression":
+        X, y = _regression(1)
+        estimator = "regressor"
+    else:
+        X, y = _classification(3 if target == "multiclass" else 2)
+        estimator = "classifier"
+    ours, theirs = fit_both(estimator, params, X, y, backend, sample_weight=_weights(len(X)))
+    assert_same_model(ours, theirs, atol=1e-10 if solver != "lbfgs" else 1e-7, rtol_loss=1e-9)
+
+
+def test_sample_weight_with_early_stopping_same_as_sklearn(backend):
+    X, y = _regression(1)
+    params = dict(hidden_layer_sizes=(6,), early_stopping=True, validation_fraction=0.2, max_iter=12,
+                  random_state=0, learning_rate_init=0.01, batch_size=10)
+    ours, theirs = fit_both("regressor", params, X, y, backend, sample_weight=_weights(len(X)))
+    assert_same_model(ours, theirs)
+
+
+def test_partial_fit_sample_weight_same_as_sklearn(backend):
+    X, y = _classification(3)
+    weights = _weights(len(X))
+    ours = MLPClassifier(hidden_layer_sizes=(5,), random_state=0, backend=backend)
+    theirs = sk_nn.MLPClassifier(hidden_layer_sizes=(5,), random_state=0)
+    for _ in range(3):
+        ours.partial_fit(X, y, weights, classes=[0, 1, 2])
+        theirs.partial_fit(X, y, weights, classes=[0, 1, 2])
+    assert_same_model(ours, theirs)
+
+
+def test_integer_sample_weight_equals_repeated_rows_with_lbfgs(backend):
+    """Full-batch L-BFGS sees the same objective when a row of weight k is repeated k times."""
+    X, y = _classification(3)
+    counts = np.random.default_rng(4).integers(0, 3, size=len(X))
+    params = dict(hidden_layer_sizes=(5,), solver="lbfgs", max_iter=40, random_state=0, backend=backend)
+    weighted = quiet(MLPClassifier(**params).fit, X, y, sample_weight=counts)
+    repeated = quiet(MLPClassifier(**params).fit, np.repeat(X, counts, axis=0), np.repeat(y, counts))
+    for mine, reference in zip(weighted.coefs_ + weighted.intercepts_, repeated.coefs_ + repeated.intercepts_):
+        np.testing.assert_allclose(mine, reference, rtol=0, atol=1e-6)
+
+
+@pytest.mark.parametrize(
+    "weights, error, match",
+    [
+        (-np.ones(90), ValueError, "Negative values in data passed to sample_weight"),
+        (np.ones(89), ValueError, "sample_weight.shape"),
+        (np.full(90, np.nan), ValueError, "sample_weight must be finite"),
+        (np.zeros(90), ValueError, "sample_weight must not be all zero"),
+        (np.ones((90, 1)), ValueError, "1D array or scalar"),
+        (["a"] * 90, TypeError, "sample_weight must be an array of numbers"),
+    ],
+)
+def test_bad_sample_weight_leaves_the_estimator_unchanged(weights, error, match):
+    X, y = _classification(3)
+    model = MLPClassifier(hidden_layer_sizes=(3,), max_iter=2)
+    with pytest.raises(error, match=match):
+        model.fit(X, y, sample_weight=weights)
+    assert not hasattr(model, "coefs_") and not hasattr(model, "classes_")
+
+
+@pytest.mark.parametrize("solver", ["sgd", "adam", "lbfgs"])
+def test_multilabel_same_as_sklearn(solver, backend):
+    from sklearn.datasets import make_multilabel_classification
+
+    X, Y = make_multilabel_classification(n_samples=80, n_features=6, n_classes=4, random_state=0)
+    params = dict(hidden_layer_sizes=(7,), solver=solver, max_iter=10, random_state=0, learning_rate_init=0.05,
+                  alpha=1e-3, batch_size=20)
+    ours, theirs = fit_both("classifier", params, X, Y, backend)
+    assert ours.out_activation_ == "logistic" and ours.n_outputs_ == 4
+    assert_same_model(ours, theirs, atol=1e-10 if solver != "lbfgs" else 1e-7, rtol_loss=1e-9)
+    np.testing.assert_array_equal(ours.predict(X), theirs.predict(X))
+    np.testing.assert_allclose(ours.predict_proba(X), theirs.predict_proba(X), rtol=1e-9)
+
+
+@pytest.mark.parametrize("solver", ["sgd", "adam", "lbfgs"])
+def test_poisson_same_as_sklearn(solver, backend):
+    rng = np.random.default_rng(0)
+    X = rng.normal(size=(90, 4))
+    y = rng.poisson(np.exp(0.3 * X[:, 0] - 0.2 * X[:, 1] + 0.5)).astype(float)
+    params = dict(loss="poisson", hidden_layer_sizes=(5,), solver=solver, max_iter=10, random_state=0,
+                  learning_rate_init=0.01, batch_size=20)
+    ours, theirs = fit_both("regressor", params, X, y, backend)
+    assert ours.out_activation_ == "exp"
+    assert_same_model(ours, theirs, atol=1e-10 if solver != "lbfgs" else 1e-7, rtol_loss=1e-9)
+    np.testing.assert_allclose(ours.predict(X), theirs.predict(X), rtol=1e-9)

@@ -31,23 +31,6 @@ PRIVATE = {
 
 
 
-def _missing_capabilities():
-    """Cases that need a capability this fastbp build lacks (none once the kernel has them all)."""
-    import inspect
-
-    from fastbp.sklearn import MLPRegressor, _network_supports_loss
-
-    missing = {}
-    if not _network_supports_loss("binary_cross_entropy"):
-        reason = "needs fastbp's binary_cross_entropy loss (multilabel targets)"
-        missing.update(test_multilabel_classification=reason, test_predict_proba_multilabel=reason)
-    if not _network_supports_loss("poisson"):
-        missing["test_mlp_vs_poisson_glm_equivalent"] = "needs fastbp's poisson loss"
-    if "sample_weight" not in inspect.signature(MLPRegressor.fit).parameters:
-        missing["test_mlp_sample_weight_with_early_stopping"] = "needs sample weights in fastbp's Network"
-    return missing
-
-
 # scikit-learn's conftest provides the global_random_seed fixture (42 unless SKLEARN_TESTS_GLOBAL_RANDOM_SEED
 # says otherwise); the copied file runs outside scikit-learn's tree, so this one stands in for it.
 CONFTEST = '''
@@ -88,8 +71,7 @@ def test_rewritten_file_imports_fastbp():
 
 def test_sklearn_test_mlp_passes_against_fastbp(tmp_path):
     (tmp_path / "test_mlp_fastbp.py").write_text(_source().replace(IMPORT, REPLACEMENT))
-    skip = {**PRIVATE, **_missing_capabilities()}
-    (tmp_path / "conftest.py").write_text(CONFTEST.format(skip=skip))
+    (tmp_path / "conftest.py").write_text(CONFTEST.format(skip=PRIVATE))
     root = str(Path(fastbp.__file__).resolve().parent.parent)
     env = dict(os.environ)
     env["PYTHONPATH"] = os.pathsep.join([root, env.get("PYTHONPATH", "")]).rstrip(os.pathsep)
@@ -110,4 +92,4 @@ def test_sklearn_test_mlp_passes_against_fastbp(tmp_path):
     assert passed >= 50, summary
     skipped = re.findall(r"^SKIPPED \[\d+\] (.*)$", output, flags=re.MULTILINE)
     for line in skipped:
-        assert "pandas" in line or any(reason in line for reason in skip.values()), line
+        assert "pandas" in line or any(reason in line for reason in PRIVATE.values()), line
