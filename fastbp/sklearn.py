@@ -19,6 +19,8 @@ What scikit-learn's MLP does, and so what these classes do:
 - ``alpha`` is an L2 penalty on the weights only (not the intercepts), divided by the batch's size (or its
   sample-weight sum): each update adds ``alpha * W / batch_size`` to the weights' gradient and
   ``0.5 * alpha * sum(W**2) / batch_size`` to the batch loss.
+- ``sample_weight`` (``fit``, ``partial_fit``) makes each batch's loss the weighted mean of its examples'
+  losses; the validation split of early stopping splits the weights too and scores with them.
 - ``solver="adam"`` is scikit-learn's Adam, whose ``epsilon`` is added to ``sqrt(v)`` before the bias
   correction (``torch.optim.Adam`` adds it after); ``"sgd"`` with ``momentum``/``nesterovs_momentum`` and the
   ``learning_rate`` schedules ``"constant"``, ``"invscaling"`` (per epoch, ``learning_rate_init / (t_ + 1) **
@@ -39,8 +41,16 @@ Differences from scikit-learn, by design:
   kept: without early stopping ``fit`` raises scikit-learn's "Solver produced non-finite parameter weights"
   ``ValueError``; with early stopping the epoch's validation score is recorded as NaN, training stops and
   the best parameters are restored (scikit-learn runs the remaining epochs on NaN weights first).
-- Sparse input (CSR/CSC) is densified one mini-batch (or, for lbfgs and prediction, one chunk of rows) at a
-  time.
+- Sample weights must be finite and >= 0; a mini-batch whose weights are all 0 makes no update (scikit-learn
+  divides by zero there).
+- Sparse input (CSR/CSC) is densified one mini-batch at a time (``batch_size x n_features`` floats; for
+  lbfgs and prediction, chunks of 2,048 rows): memory in proportion to a batch, not to the data set, but the
+  first layer's product is a dense one.
+
+How the training runs: whole epochs inside the compiled kernel (``Network.fit``) where that makes exactly
+scikit-learn's updates (``solver="sgd"`` with ``alpha=0``, no sample weights, dense input, not Poisson);
+otherwise one compiled ``Network.gradients`` call and one compiled optimizer step per mini-batch, with the L2
+term and the per-output factor applied in between.
 
 Requires scikit-learn >= 1.6 (``pip install 'fastbp[sklearn]'``).
 """

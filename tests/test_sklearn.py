@@ -698,3 +698,15 @@ def test_poisson_same_as_sklearn(solver, backend):
     assert ours.out_activation_ == "exp"
     assert_same_model(ours, theirs, atol=1e-10 if solver != "lbfgs" else 1e-7, rtol_loss=1e-9)
     np.testing.assert_allclose(ours.predict(X), theirs.predict(X), rtol=1e-9)
+
+
+def test_a_batch_of_zero_weight_makes_no_update(backend):
+    X, y = _regression(1)
+    weights = np.r_[np.zeros(20), np.ones(70)]
+    params = dict(hidden_layer_sizes=(4,), solver="sgd", batch_size=20, shuffle=False, max_iter=3,
+                  random_state=0, backend=backend)
+    weighted = quiet(MLPRegressor(**params).fit, X, y, sample_weight=weights)
+    without = quiet(MLPRegressor(**params).fit, X[20:], y[20:])
+    for mine, reference in zip(weighted.coefs_ + weighted.intercepts_, without.coefs_ + without.intercepts_):
+        np.testing.assert_allclose(mine, reference, rtol=0, atol=1e-13)
+    assert all(np.isfinite(c).all() for c in weighted.coefs_)
