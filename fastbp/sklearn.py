@@ -533,8 +533,10 @@ class _BaseMLP(BaseEstimator):
             self._initialize(y, layer_units, dtype)
         if not scipy.sparse.issparse(X):
             X = np.ascontiguousarray(X, dtype=dtype)
-        elif X.dtype != dtype:
-            X = X.astype(dtype)
+        else:
+            # Mini-batches are sets of rows: CSR gives them without a scan of every column (a copy of the
+            # non-zeros, once, for CSC input).
+            X = X.tocsr().astype(dtype, copy=False)
         # The targets keep their dtype (bool for the classifier) until after the validation split, whose
         # stratification and error messages see them as scikit-learn does.
         Y = y
