@@ -1,17 +1,21 @@
-"""pytest-benchmark suite: one epoch of ``Network.fit`` per backend x workload x dtype.
+"""pytest-benchmark suite: one epoch of ``Network.fit`` per backend x workload x dtype x optimizer.
 
     pytest bench/                                    # quick: small epochs, 3 rounds
     FASTBP_BENCH_FULL=1 pytest bench/                # longer epochs, 10 rounds
     FASTBP_BACKEND=numpy pytest bench/               # the NumPy twin only
     pytest bench/ -k "cython and mnist"              # a subset
+    pytest bench/ -k adam                            # the Adam rows only (-k sgd: the SGD rows)
     pytest bench/ --benchmark-json=out.json          # machine-readable (extra_info has examples/s)
 
 Every benchmark first checks that what it is about to time is a real training run (from the shared
 initial weights: the loss is finite and falls over three epochs, the parameters changed and are finite,
 and the compiled backend's losses match the NumPy twin's), then times ``fit(X, Y, epochs=1,
-shuffle=False)`` with ``benchmark.pedantic``; ``setup`` resets the parameters to the initial weights
-before each round, so every round makes the same updates. Groups are the workloads; ``extra_info`` carries
-the backend, dtype, examples per epoch, examples/s (median round) and the correctness flag.
+shuffle=False, optimizer=...)`` with ``benchmark.pedantic``; ``setup`` resets the parameters to the
+initial weights (and the optimizer's state to a fresh one) before each round, so every round makes the same
+updates. The optimizer is plain SGD at the workload's lr (``sgd``) or ``fastbp.Adam`` with torch's
+defaults and lr ``peers.ADAM_LR`` (``adam``), the same settings as ``bench/compare.py --optimizer``.
+Groups are the workloads; ``extra_info`` carries the backend, dtype, optimizer, examples per epoch,
+examples/s (median round) and the correctness flag.
 The cross-library comparison (PyTorch, JAX, FANN, GEMM-only, GEMM peak) is ``bench/compare.py``.
 """
 
@@ -24,6 +28,7 @@ import numpy as np
 import pytest
 
 import workloads as wl
+from peers import ADAM_LR
 
 fastbp = pytest.importorskip("fastbp")
 
@@ -41,6 +46,7 @@ EXAMPLES = {
 }
 # Compiled vs twin loss agreement after a few epochs of the check run (summation order differs).
 TWIN_RTOL = {"float64": 1e-9, "float32": 1e-3}
+OPTIMIZERS = ("sgd", "adam")
 
 
 def _compiled_available():
@@ -75,13 +81,21 @@ def _network(w, dtype, backend):
     return net, weights, biases
 
 
-def _check_run(w, dtype, backend):
+def _optimizer(net, w, optimizer):
+    """A fresh optimizer on ``net``: plain SGD at the workload's lr, or Adam (torch's defaults, ADAM_LR)."""
+    if optimizer == "adam":
+        return fastbp.Adam(net, lr=ADAM_LR)
+    return fastbp.SGD(net, lr=w.lr)
+
+
+def _check_run(w, dtype, backend, optimizer):
     """Three epochs on a short prefix from the shared initial weights; returns (ok, details)."""
     n = 300 if w.batch == 1 else min(4 * w.batch, w.n_full)
     X, Y = wl.data(w, n, dtype)
     net, _, _ = _network(w, dtype, backend)
     p0 = net.params.copy()
-    losses = list(net.fit(X, Y, epochs=3, batch_size=w.batch, lr=w.lr, shuffle=False).loss)
+    losses = list(net.fit(X, Y, epochs=3, batch_size=w.batch, optimizer=_optimizer(net, w, optimizer),
+                          shuffle=False).loss)
     details = {"check_losses": [float(x) for x in losses]}
     problems = []
     if not np.all(np.isfinite(losses)):
@@ -94,7 +108,8 @@ def _check_run(w, dtype, backend):
         problems.append("parameters unchanged")
     if backend == "cython":
         twin, _, _ = _network(w, dtype, "numpy")
-        twin_losses = list(twin.fit(X, Y, epochs=3, batch_size=w.batch, lr=w.lr, shuffle=False).loss)
+        twin_losses = list(twin.fit(X, Y, epochs=3, batch_size=w.batch,
+                                    optimizer=_optimizer(twin, w, optimizer), shuffle=False).loss)
         details["twin_losses"] = [float(x) for x in twin_losses]
         if not np.allclose(losses, twin_losses, rtol=TWIN_RTOL[dtype], atol=0):
             problems.append(f"compiled losses {losses} differ from the twin's {twin_losses}")
@@ -102,25 +117,28 @@ def _check_run(w, dtype, backend):
     return not problems, details
 
 
+@pytest.mark.parametrize("optimizer", OPTIMIZERS)
 @pytest.mark.parametrize("backend", _backends())
 @pytest.mark.parametrize("name, dtype", _cases())
-def test_fit_epoch(benchmark, backend, name, dtype):
+def test_fit_epoch(benchmark, backend, name, dtype, optimizer):
     w = wl.get(name)
-    ok, details = _check_run(w, dtype, backend)
+    ok, details = _check_run(w, dtype, backend, optimizer)
     benchmark.group = name
     benchmark.extra_info.update(backend=backend, workload=name, dtype=dtype, batch=w.batch,
-                                correct=ok, **details)
-    assert ok, f"{name} {dtype} on {backend} is not a real training run: {details['problems']}"
+                                optimizer=optimizer, correct=ok, **details)
+    assert ok, f"{name} {dtype} {optimizer} on {backend} is not a real training run: {details['problems']}"
 
     n = wl.round_examples(w, EXAMPLES[FULL][name])
     X, Y = wl.data(w, n, dtype)
     net, weights, biases = _network(w, dtype, backend)
+    opt = _optimizer(net, w, optimizer)
 
     def reset():
         net.set_params(weights, biases)
+        opt.zero_state()   # Adam's moments and step count as a fresh optimizer's (SGD has none in use)
 
     history = benchmark.pedantic(net.fit, args=(X, Y),
-                                 kwargs=dict(epochs=1, batch_size=w.batch, lr=w.lr, shuffle=False),
+                                 kwargs=dict(epochs=1, batch_size=w.batch, optimizer=opt, shuffle=False),
                                  setup=reset, rounds=ROUNDS, warmup_rounds=1, iterations=1)
     assert np.isfinite(history.loss[0])
     benchmark.extra_info["examples"] = n

@@ -3,7 +3,12 @@
 The archive holds plain arrays: ``format_version``, ``fastbp_version``, ``layer_sizes`` (int64),
 ``activations`` (unicode), ``loss``, ``dtype``, ``params`` (the flat parameter buffer, little-endian) and
 ``checksum`` (SHA-256 over all of them, so that a corrupted or edited file is refused instead of silently
-loading changed parameters). Members are stored uncompressed. ``load`` opens the file without blocking,
+loading changed parameters). Saved with an optimizer (``net.save(path, optimizer=opt)``), it also holds
+``optimizer_class`` (``"SGD"``, ``"Adam"``...), ``optimizer_rule``, ``optimizer_hyper`` (float64),
+``optimizer_state`` (the parameters' dtype, one row per state row), ``optimizer_steps`` (int64) and
+``optimizer_checksum`` (SHA-256 over the model's checksum and those members: the optimizer cannot be moved
+onto other parameters unnoticed). A reader that does not know these members still loads the network.
+Members are stored uncompressed. ``load`` opens the file without blocking,
 checks that the opened descriptor is a regular file, refuses compressed members (fastbp never writes them:
 a compressed member is how a few KiB on disk become GiB in memory), reads every array header first and
 checks dtype and size against the file's real size before any data is read, and then reads at most the
@@ -29,9 +34,12 @@ from fastbp._version import __version__
 FORMAT_VERSION = 1
 _MAX_LAYERS = 100_000
 _MAX_PARAMS = 2**31 - 1
-_MAX_COMPRESSED_MEMBER = 64 * 2**20  # kept for callers that read it; compressed members are now refused
+_MAX_COMPRESSED_MEMBER = 64 * 2**20  # a public-looking name callers may read; load refuses compressed members
 _MAX_HEADER = 10_000  # bytes of a .npy header (NumPy's own default limit)
 _REQUIRED = ("format_version", "layer_sizes", "activations", "loss", "dtype", "params", "checksum")
+_OPTIMIZER_MEMBERS = ("optimizer_class", "optimizer_rule", "optimizer_hyper", "optimizer_state",
+                      "optimizer_steps", "optimizer_checksum")
+_MAX_NAME = 64  # characters of an optimizer class or rule name
 
 
 def _checksum(layer_sizes, activations, loss, dtype_name, params):
@@ -39,6 +47,16 @@ def _checksum(layer_sizes, activations, loss, dtype_name, params):
     header = f"fastbp/{FORMAT_VERSION}|{list(layer_sizes)}|{list(activations)}|{loss}|{dtype_name}|"
     digest.update(header.encode("utf-8"))
     digest.update(np.ascontiguousarray(params, dtype=params.dtype.newbyteorder("<")).tobytes())
+    return digest.hexdigest()
+
+
+def _optimizer_checksum(model_checksum, class_name, rule, hyper, state, steps):
+    digest = hashlib.sha256()
+    digest.update(f"fastbp-optimizer/{FORMAT_VERSION}|{model_checksum}|{class_name}|{rule}|".encode("utf-8"))
+    digest.update(np.ascontiguousarray(hyper, dtype="<f8").tobytes())
+    digest.update(f"|{state.shape}|{state.dtype.name}|".encode("utf-8"))
+    digest.update(np.ascontiguousarray(state, dtype=state.dtype.newbyteorder("<")).tobytes())
+    digest.update(np.asarray(steps, dtype="<i8").tobytes())
     return digest.hexdigest()
 
 
@@ -55,8 +73,12 @@ def _shown(path):
     return os.fsdecode(path)
 
 
-def _snapshot(net):
+def _snapshot(net, optimizer=None):
     """One consistent copy of ``net.params``: a state the network really had.
+
+    With ``optimizer``, returns ``(params, state_dict)``: the optimizer's state copied in the same window
+    as the parameters (the kernel updates both under the network's busy lock), so that the pair is one
+    state training really had.
 
     The kernel updates the buffer in place while ``fit`` (or ``train_step``, ``step``, ``set_params``)
     holds the network's busy lock. Taking that lock here would make a ``fit`` started meanwhile in another
@@ -68,15 +90,21 @@ def _snapshot(net):
     it, the kernel is between epochs, so the buffer is consistent as it is.
     """
     params = net.params
+
+    def copy():
+        if optimizer is None:
+            return params.copy()
+        return params.copy(), optimizer.state_dict()
+
     if getattr(net, "_busy_owner", None) == threading.get_ident():
-        return params.copy()
+        return copy()
     delay = 1e-4
     while True:
         before = getattr(net, "_writes", 0)
         if before % 2 == 0 and not net._busy.locked():
-            copy = params.copy()
+            taken = copy()
             if getattr(net, "_writes", 0) == before:
-                return copy
+                return taken
         time.sleep(delay)
         delay = min(delay * 2, 0.01)
 
@@ -97,8 +125,10 @@ def _file_mode(path):
     return None  # os.open's mode argument, filtered by the umask, then decides
 
 
-def save(net, path):
-    """Write ``net`` to ``path`` (exactly that name; no extension is added).
+def save(net, path, optimizer=None, optimizer_class=None):
+    """Write ``net`` to ``path`` (exactly that name; no extension is added), with ``optimizer``'s state
+    (hyper-parameters, state rows, step count) when one is given; ``optimizer_class`` names its public
+    class (``Network.save`` checks the optimizer and names it).
 
     The parameters are copied once (a state the network really had, even while another thread trains
     it: see ``docs/ROBUSTNESS.md``), checked, hashed and written from that copy. The file is written to a
@@ -111,9 +141,11 @@ def save(net, path):
     ValueError
         When ``path`` names something other than a regular file, or when the network holds what
         :func:`load` would refuse (NaN or infinite parameters, written through ``weights``/``params``
-        views; more than 100,000 layers; more than 2**31 - 1 parameters). Nothing is written then.
+        views; more than 100,000 layers; more than 2**31 - 1 parameters; a non-finite optimizer state),
+        Nothing is written then.
     """
     path = _check_path(path)
+    class_name = optimizer_class
     shown = _shown(path)
     if os.path.exists(path) and not os.path.isfile(path):
         # The rename would replace a device, FIFO or socket node (as root: /dev/null) with a regular file.
@@ -125,7 +157,11 @@ def save(net, path):
     if net.params.size > _MAX_PARAMS:
         raise ValueError(f"save: the network has {net.params.size} parameters, more than a model file may "
                          f"hold ({_MAX_PARAMS}); nothing was written")
-    params = np.ascontiguousarray(_snapshot(net), dtype=net.dtype.newbyteorder("<"))
+    if optimizer is None:
+        params, optimizer_state = _snapshot(net), None
+    else:
+        params, optimizer_state = _snapshot(net, optimizer)
+    params = np.ascontiguousarray(params, dtype=net.dtype.newbyteorder("<"))
     if not np.isfinite(params).all():
         bad = int(np.flatnonzero(~np.isfinite(params))[0])
         raise ValueError(f"save: the parameters hold NaN or infinity (params[{bad}] = {params[bad]}), "
@@ -142,6 +178,23 @@ def save(net, path):
         "checksum": np.array(_checksum(sizes, net.activations, net.loss_name, net.dtype.name, params),
                              dtype=np.str_),
     }
+    if optimizer_state is not None:
+        state = np.ascontiguousarray(optimizer_state["state"], dtype=net.dtype.newbyteorder("<"))
+        hyper = np.ascontiguousarray(optimizer_state["hyper"], dtype="<f8")
+        if not (np.isfinite(state).all() and np.isfinite(hyper).all()):
+            raise ValueError("save: the optimizer's state holds NaN or infinity; load would refuse the file, "
+                             "so nothing was written")
+        steps = np.array(optimizer_state["steps"], dtype="<i8")
+        arrays.update({
+            "optimizer_class": np.array(class_name, dtype=np.str_),
+            "optimizer_rule": np.array(optimizer_state["rule"], dtype=np.str_),
+            "optimizer_hyper": hyper,
+            "optimizer_state": state,
+            "optimizer_steps": steps,
+            "optimizer_checksum": np.array(
+                _optimizer_checksum(str(arrays["checksum"]), class_name, optimizer_state["rule"], hyper,
+                                    state, steps), dtype=np.str_),
+        })
     directory, base = os.path.split(os.path.abspath(path))
     mode = _file_mode(path)
     dot, suffix = (b".", b".tmp") if isinstance(base, bytes) else (".", ".tmp")
@@ -266,12 +319,14 @@ class _Archive:
         return array.reshape(found_shape, order="F" if fortran_order else "C").copy()
 
 
-def load(path):
+def load(path, with_optimizer=False):
     """Read a file written by :func:`save` as plain data: ``(config, params)``, every parameter bit for bit.
 
     ``config`` holds ``layer_sizes``, ``activations``, ``loss`` and ``dtype``; ``params`` is the flat
     parameter buffer (native byte order). ``fastbp.Network.load`` builds the network and checks the
-    description (activation and loss names).
+    description (activation and loss names). With ``with_optimizer``, returns ``(config, params,
+    optimizer)``, ``optimizer`` being ``None`` for a file saved without one, else ``{"class": name,
+    "state_dict": {...}}`` (checked against its checksum; ``Optimizer.load_state_dict`` checks the values).
 
     Raises
     ------
@@ -314,6 +369,9 @@ def load(path):
             if params.dtype.itemsize != dtype.itemsize:
                 raise ValueError(f"{path}: params have dtype {params.dtype}, expected {dtype_name}")
             checksum = str(archive.read("checksum", "U", 1, shape=()))
+            optimizer = None
+            if with_optimizer:
+                optimizer = _read_optimizer(archive, zf, path, total, dtype)
     except ValueError:
         raise
     except MemoryError:
@@ -328,4 +386,48 @@ def load(path):
     if not np.isfinite(params).all():
         raise ValueError(f"{path}: params contain NaN or infinity")
     config = {"layer_sizes": list(sizes), "activations": activations, "loss": loss, "dtype": dtype_name}
-    return config, params.astype(dtype)  # exact: same dtype (a byte order change is lossless)
+    if not with_optimizer:
+        return config, params.astype(dtype)  # exact: same dtype (a byte order change is lossless)
+    if optimizer is not None:
+        state_dict = optimizer["state_dict"]
+        if optimizer.pop("checksum") != _optimizer_checksum(checksum, optimizer["class"], state_dict["rule"],
+                                                            state_dict["hyper"], state_dict["state"],
+                                                            state_dict["steps"]):
+            raise ValueError(f"{path}: optimizer checksum mismatch: the file is corrupted or was modified")
+        if not (np.isfinite(state_dict["state"]).all() and np.isfinite(state_dict["hyper"]).all()):
+            raise ValueError(f"{path}: the optimizer state contains NaN or infinity")
+        state_dict["state"] = state_dict["state"].astype(dtype)
+        state_dict["hyper"] = state_dict["hyper"].astype(np.float64)
+        state_dict["steps"] = int(state_dict["steps"])
+    return config, params.astype(dtype), optimizer
+
+
+def _read_optimizer(archive, zf, path, n_params, dtype):
+    """The optimizer members as ``{"class", "checksum", "state_dict"}``, or None when the file has none."""
+    names = set(zf.namelist())
+    present = [name for name in _OPTIMIZER_MEMBERS if name + ".npy" in names]
+    if not present:
+        return None
+    if len(present) != len(_OPTIMIZER_MEMBERS):
+        missing = [name for name in _OPTIMIZER_MEMBERS if name not in present]
+        raise ValueError(f"{path}: the optimizer state is incomplete (missing {', '.join(missing)})")
+    class_name = str(archive.read("optimizer_class", "U", _MAX_NAME, shape=()))
+    if not class_name.isidentifier():
+        raise ValueError(f"{path}: optimizer_class must be a class name; got {class_name[:_MAX_NAME]!r}")
+    rule = str(archive.read("optimizer_rule", "U", _MAX_NAME, shape=()))
+    if rule not in _spec.STATE_ROWS:
+        raise ValueError(f"{path}: optimizer_rule must be one of {sorted(_spec.STATE_ROWS)}; got "
+                         f"{rule[:_MAX_NAME]!r}")
+    hyper = archive.read("optimizer_hyper", "f", _spec.N_HYPER, shape=(_spec.N_HYPER,))
+    if hyper.dtype.itemsize != 8:
+        raise ValueError(f"{path}: optimizer_hyper has dtype {hyper.dtype}, expected float64")
+    rows = len(_spec.STATE_ROWS[rule])
+    state = archive.read("optimizer_state", "f", rows * n_params, shape=(rows, n_params))
+    if state.dtype.itemsize != dtype.itemsize:
+        raise ValueError(f"{path}: optimizer_state has dtype {state.dtype}, expected {dtype.name}")
+    steps = archive.read("optimizer_steps", "i", 1, shape=())
+    if steps.dtype.itemsize != 8 or int(steps) < 0:
+        raise ValueError(f"{path}: optimizer_steps must be a non-negative int64")
+    checksum = str(archive.read("optimizer_checksum", "U", 1, shape=()))
+    return {"class": class_name, "checksum": checksum,
+            "state_dict": {"rule": rule, "hyper": hyper, "state": state, "steps": int(steps)}}

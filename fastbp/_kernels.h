@@ -120,8 +120,8 @@ FASTBP_DEFINE_DOT(double, f64)
  * Double: x = (64 m + j) ln2/64 + r with |r| <= ln2/128 (Cody-Waite, ln2/64 split in two so that k ln2/64
  * is exact), exp(x) = 2^m * 2^(j/64) * exp(r), with 2^(j/64) from a table of correctly rounded values
  * and exp(r) - 1 as a degree-5 Taylor polynomial (truncation error below 4e-17). Within 1 ulp of the
- * exact value (checked against long double on 2e7 arguments); 35 cycles of latency against 41 for the
- * degree-13 polynomial over |r| <= ln2/2 it replaced. The table index and the power of two come from the
+ * exact value (checked against long double on 2e7 arguments); 35 cycles of latency against 41 for a
+ * degree-13 polynomial over |r| <= ln2/2. The table index and the power of two come from the
  * low bits of k + 1.5 * 2^52, so no float-to-integer conversion sits on the chain.
  *
  * Float: x = n ln2 + r with |r| <= ln2/2 and a degree-7 Taylor polynomial; within 1-2 ulp. */

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+import stat
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -121,9 +123,15 @@ class History:
 
         Raises
         ------
+        TypeError
+            When ``path`` is not a str, bytes, os.PathLike or None.
+        ValueError
+            When ``path`` names something other than a regular file (a directory, a FIFO, a device: a FIFO
+            would block the write forever), or has an extension matplotlib cannot write.
         ImportError
             When matplotlib is not installed.
         """
+        target = None if path is None else _plot_path(path)
         try:
             from matplotlib.figure import Figure
         except ImportError as error:
@@ -155,6 +163,55 @@ class History:
             axes.set_xticks(epochs)
         axes.legend()
         figure.tight_layout()
-        if path is not None:
-            figure.savefig(path)
+        if target is not None:
+            _save_figure(figure, target)
         return figure
+
+
+def _plot_path(path):
+    """``path`` as a file name, refused unless it is a new name or an existing regular file."""
+    try:
+        name = os.fspath(path)
+    except TypeError:
+        raise TypeError(f"path must be a str, bytes, os.PathLike or None; got {type(path).__name__}") from None
+    try:
+        info = os.stat(name)
+    except FileNotFoundError:
+        return name
+    except (OSError, ValueError) as error:
+        raise ValueError(f"path {os.fsdecode(name)!r} cannot be written: {error}") from None
+    if not stat.S_ISREG(info.st_mode):
+        raise ValueError(f"path {os.fsdecode(name)!r} is not a regular file (a directory, FIFO, device or "
+                         "socket); the plot is written only to a regular file")
+    return name
+
+
+def _save_figure(figure, name):
+    """Write ``figure`` to ``name`` through a descriptor checked to be a regular file.
+
+    The name was checked before the figure was drawn; opening without blocking and checking the opened
+    descriptor keeps a FIFO put there meanwhile from blocking the write.
+    """
+    shown = os.fsdecode(name)
+    extension = os.path.splitext(shown)[1][1:].lower()
+    supported = figure.canvas.get_supported_filetypes()
+    if extension and extension not in supported:
+        raise ValueError(f"path {shown!r}: matplotlib cannot write {extension!r} files; use one of "
+                         f"{', '.join(sorted(supported))}")
+    flags = os.O_WRONLY | os.O_CREAT | getattr(os, "O_NONBLOCK", 0) | getattr(os, "O_CLOEXEC", 0)
+    try:
+        descriptor = os.open(name, flags, 0o666)
+    except OSError as error:  # a directory; a FIFO without a reader (ENXIO)
+        raise ValueError(f"path {shown!r} cannot be written as a file: {error.strerror or error}") from None
+    try:
+        if not stat.S_ISREG(os.fstat(descriptor).st_mode):
+            raise ValueError(f"path {shown!r} is not a regular file; the plot is written only to a regular file")
+        os.ftruncate(descriptor, 0)
+        if hasattr(os, "set_blocking"):
+            os.set_blocking(descriptor, True)
+        handle = os.fdopen(descriptor, "wb")
+    except BaseException:
+        os.close(descriptor)
+        raise
+    with handle:
+        figure.savefig(handle, format=extension or None)

@@ -2,7 +2,7 @@
 
 Subcommands::
 
-    fastbp explain SPEC.json [--markdown] [--steps N] [--decimals D] [--backend NAME]
+    fastbp explain SPEC.json [--markdown] [--steps N] [--decimals D] [--per-example] [--backend NAME]
     fastbp diagnose SPEC.json [--backend NAME]
     fastbp check-gradients SPEC.json [--eps EPS] [--tol TOL] [--backend NAME]
     fastbp demo [demo options]
@@ -323,7 +323,8 @@ def _run_explain(args) -> int:
 
     spec = load_spec(args.spec, need_lr=True)
     net = build_network(spec, args.backend)
-    report = fastbp.explain_step(net, spec["x"], spec["y"], spec["lr"], decimals=args.decimals)
+    report = fastbp.explain_step(net, spec["x"], spec["y"], spec["lr"], decimals=args.decimals,
+                                 per_example=args.per_example)
     print(report.to_markdown() if args.markdown else report.render(), end="")
     if args.steps > 1:
         rows = [(1, report.loss_before, report.loss_after)]
@@ -463,6 +464,11 @@ def _parser() -> argparse.ArgumentParser:
     )
     explain.add_argument(
         "--decimals", type=_decimals, default=4, metavar="D", help="decimals shown (default 4)"
+    )
+    explain.add_argument(
+        "--per-example",
+        action="store_true",
+        help="for a mini-batch, show each example's term of every gradient sum",
     )
 
     add("diagnose", "dead and saturated units, weight and gradient norms, vanishing/exploding verdict")

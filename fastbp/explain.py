@@ -26,7 +26,7 @@ from typing import Any, Dict, List, Optional, Union
 
 import numpy as np
 
-from fastbp._spec import DERIVATIVES_FROM_OUTPUT, LOGIT_LOSSES, LOSS_FUNCTIONS, softmax
+from fastbp._spec import DERIVATIVES_FROM_OUTPUT, LOGIT_LOSSES, LOSS_FUNCTIONS, PROBABILITY_MAPS
 from fastbp._validation import _as_real_array
 from fastbp.optimizers import SGD
 
@@ -127,7 +127,9 @@ class GradientRow:
     ``dL/dW[j][i] = sum_b delta[b, j] * input[b, i]`` and ``dL/db[j] = sum_b delta[b, j]``.
 
     ``delta`` and ``input_value`` are given for a single example (``None`` for a batch, where the gradient is
-    a sum over examples); ``input_value`` is ``None`` for a bias.
+    a sum over examples); ``input_value`` is ``None`` for a bias. ``terms`` are the per-example terms the
+    gradient adds up: ``delta[b, j] * input[b, i]`` (weight) or ``delta[b, j]`` (bias), one per example, from
+    the trace's deltas and activations (their sum equals ``gradient`` up to rounding).
     """
 
     name: str
@@ -138,13 +140,15 @@ class GradientRow:
     delta: Optional[float]
     input_value: Optional[float]
     gradient: float
+    terms: tuple = ()
 
 
 @dataclass(frozen=True)
 class UnchangedReason:
     """Why one parameter kept its value: ``code`` is one of ``"zero_input"``, ``"dead_relu"``,
-    ``"zero_upstream_delta"``, ``"zero_derivative"``, ``"cancelled"``, ``"update_too_small"``,
-    ``"zero_learning_rate"``; ``text`` says it in words."""
+    ``"relu_kink"``, ``"zero_upstream_delta"``, ``"zero_derivative"``, ``"zero_terms"`` (every example's
+    term is 0, each for its own reason, given per example), ``"cancelled"`` (nonzero terms summing to 0),
+    ``"update_too_small"``, ``"zero_learning_rate"``; ``text`` says it in words."""
 
     code: str
     text: str
@@ -182,8 +186,10 @@ class UpdateRow:
 class CheckRow:
     """One output of one example, before and after the step, against its target.
 
-    For cross-entropy the compared values are the probabilities ``softmax(output)``, since the outputs are
-    logits and the target is a class (one-hot) or a probability row.
+    Where the loss reads the outputs through a link, the compared values are what the loss compares with the
+    target: the probabilities ``softmax(output)`` for ``cross_entropy`` and ``sigmoid(output)`` for
+    ``binary_cross_entropy`` (the outputs are logits), the rates ``exp(output)`` for ``poisson`` (the outputs
+    are log rates); otherwise the outputs themselves.
     """
 
     example: int
@@ -349,6 +355,8 @@ class StepReport:
     ``deltas``, ``grad_weights``, ``grad_biases``, ``old_weights``, ``old_biases``, ``new_weights``,
     ``new_biases`` (each a list over layers; per-example arrays have shape ``(B, n)``), and ``output``,
     ``output_after`` (``(B, n_out)``). ``as_dict()`` gives all of it as plain Python values.
+    ``per_example``: whether a mini-batch's gradient tables show each example's term (the rows always hold
+    them, in ``GradientRow.terms``).
     """
 
     layer_sizes: List[int]
@@ -386,6 +394,7 @@ class StepReport:
     dead_neurons: List[str]
     dry_run: bool = False
     decimals: int = 4
+    per_example: bool = False
 
     # ---- derived numbers -------------------------------------------------------------------------------
     @property
@@ -701,8 +710,23 @@ class StepReport:
                         f"dL/dW{n}[j][i] = sum_b delta{n}[b, j] * {source}[b, i];  dL/db{n}[j] = sum_b delta{n}[b, j]",
                     )
                 )
-                rows = [[r.name, _fmt(r.gradient, d)] for r in grads_by_layer[n]]
-                backward.append(_Table(["parameter", "gradient"], rows, [False, True]))
+                if self.per_example:
+                    backward.append(
+                        _Line(
+                            "the terms, one per example",
+                            f"delta{n}[b, j] * {source}[b, i] (weights), delta{n}[b, j] (biases); "
+                            "the gradient is their sum",
+                        )
+                    )
+                    headers = ["parameter"] + [f"b={b}" for b in range(self.batch_size)] + ["gradient (sum)"]
+                    rows = [
+                        [r.name] + [_fmt(t, d) for t in r.terms] + [_fmt(r.gradient, d)]
+                        for r in grads_by_layer[n]
+                    ]
+                    backward.append(_Table(headers, rows, [False] + [True] * (len(headers) - 1)))
+                else:
+                    rows = [[r.name, _fmt(r.gradient, d)] for r in grads_by_layer[n]]
+                    backward.append(_Table(["parameter", "gradient"], rows, [False, True]))
         yield "3. Backward pass", backward
 
         # 4. Update
@@ -741,8 +765,8 @@ class StepReport:
         yield "5. Summary", summary
 
         # 6. Check
-        if self.loss_name == "cross_entropy":
-            what = "the probabilities softmax(yhat) against the target"
+        if self.loss_name in _COMPARED:
+            what = f"{_COMPARED[self.loss_name][0]} against the target (what the loss compares)"
         else:
             what = "each output against its target"
         check: List[_Block] = [_Line(f"a second forward pass with the new parameters: {what}")]
@@ -850,9 +874,24 @@ def _batch(net, x, y):
     return X, Y_net, np.array(targets, dtype=dtype), classes, single
 
 
-def _softmax(logits: np.ndarray) -> np.ndarray:
-    with np.errstate(over="ignore", invalid="ignore"):  # overflowed (inf) logits give NaN, not warnings
-        return softmax(logits)
+def _through(link):
+    def mapped(values: np.ndarray) -> np.ndarray:
+        with np.errstate(over="ignore", invalid="ignore"):  # overflowed (inf) logits give NaN, not warnings
+            return link(values)
+
+    return mapped
+
+
+# What the check compares with the target, for losses that read the outputs through a link: the loss's own
+# probability map (the one predict_proba uses), or the Poisson loss's log link undone.
+_COMPARED = {
+    "cross_entropy": ("the probabilities softmax(yhat)", _through(PROBABILITY_MAPS["cross_entropy"])),
+    "binary_cross_entropy": (
+        "the probabilities sigmoid(yhat)",
+        _through(PROBABILITY_MAPS["binary_cross_entropy"]),
+    ),
+    "poisson": ("the rates exp(yhat)", _through(np.exp)),
+}
 
 
 def _derivative(activation: str, z: np.ndarray, a: np.ndarray) -> np.ndarray:
@@ -874,10 +913,24 @@ def _delta_zero_reasons(l, j, activations, z, upstream, derivative, n_layers) ->
     """Why neuron ``j`` of layer index ``l`` has delta 0 on every example."""
     n = l + 1
     if activations[l] == "relu" and np.all(z[l][:, j] <= 0):
+        at_kink = np.flatnonzero(z[l][:, j] == 0)
+        if at_kink.size == z[l].shape[0]:
+            return [
+                UnchangedReason(
+                    "relu_kink",
+                    f"ReLU at its kink: z{n}[{j}] = 0 exactly, where relu has no derivative; fastbp uses "
+                    f"relu'(0) = 0, as PyTorch does, so delta{n}[{j}] = 0",
+                )
+            ]
+        kink_note = ""
+        if at_kink.size:
+            which = ", ".join(str(int(b)) for b in at_kink)
+            kink_note = (f" (on example{'s' if at_kink.size > 1 else ''} {which} z{n}[{j}] = 0 exactly: the "
+                         f"kink, where relu'(0) = 0 is used)")
         return [
             UnchangedReason(
                 "dead_relu",
-                f"dead ReLU neuron: z{n}[{j}] <= 0, so relu'(z{n}[{j}]) = 0 and delta{n}[{j}] = 0",
+                f"dead ReLU neuron: z{n}[{j}] <= 0, so relu'(z{n}[{j}]) = 0 and delta{n}[{j}] = 0{kink_note}",
             )
         ]
     if np.all(upstream[l][:, j] == 0):
@@ -933,7 +986,8 @@ def _overflow_shows_as_inf(function):
 
 
 @_overflow_shows_as_inf
-def explain_step(net, x, y, lr, *, dry_run: bool = False, decimals: int = 4) -> StepReport:
+def explain_step(net, x, y, lr, *, dry_run: bool = False, decimals: int = 4,
+                 per_example: bool = False) -> StepReport:
     """Run one SGD step and explain it: every number a hand calculation shows, in that order.
 
     Parameters
@@ -951,6 +1005,10 @@ def explain_step(net, x, y, lr, *, dry_run: bool = False, decimals: int = 4) -> 
         Explain the step without changing ``net`` (the step is taken on a copy).
     decimals : int, default 4
         Decimals shown by ``str(report)`` and ``report.to_markdown()`` (the data keep full precision).
+    per_example : bool, default False
+        For a mini-batch, show in each gradient table the per-example terms that the gradient adds up
+        (``delta[b, j] * input[b, i]``, one column per example). The terms are always in
+        ``report.gradient_rows[k].terms``.
 
     Returns
     -------
@@ -971,6 +1029,8 @@ def explain_step(net, x, y, lr, *, dry_run: bool = False, decimals: int = 4) -> 
         raise ValueError(f"lr must be finite, got {lr}")
     if isinstance(decimals, bool) or not isinstance(decimals, (int, np.integer)) or not 0 <= decimals <= 17:
         raise ValueError(f"decimals must be an int from 0 to 17, got {decimals!r}")
+    if not isinstance(per_example, (bool, np.bool_)):
+        raise TypeError(f"per_example must be True or False, got {type(per_example).__name__}")
 
     sizes = [int(s) for s in net.layer_sizes]
     n_layers = len(sizes) - 1
@@ -1046,6 +1106,7 @@ def explain_step(net, x, y, lr, *, dry_run: bool = False, decimals: int = 4) -> 
             for i in range(sizes[l]):
                 name = f"W{n}[{j}][{i}]"
                 g = grad_weights[l][j, i]
+                terms = deltas[l][:, j] * inputs_of[l][:, i]  # what sum_b adds up, from the trace's values
                 gradient_rows.append(
                     GradientRow(
                         name,
@@ -1056,6 +1117,7 @@ def explain_step(net, x, y, lr, *, dry_run: bool = False, decimals: int = 4) -> 
                         float(deltas[l][0, j]) if single else None,
                         float(inputs_of[l][0, i]) if single else None,
                         float(g),
+                        tuple(float(t) for t in terms),
                     )
                 )
                 old, new = old_weights[l][j, i], new_weights[l][j, i]
@@ -1097,7 +1159,15 @@ def explain_step(net, x, y, lr, *, dry_run: bool = False, decimals: int = 4) -> 
             g = grad_biases[l][j]
             gradient_rows.append(
                 GradientRow(
-                    name, n, "bias", j, None, float(deltas[l][0, j]) if single else None, None, float(g)
+                    name,
+                    n,
+                    "bias",
+                    j,
+                    None,
+                    float(deltas[l][0, j]) if single else None,
+                    None,
+                    float(g),
+                    tuple(float(t) for t in deltas[l][:, j]),
                 )
             )
             old, new = old_biases[l][j], new_biases[l][j]
@@ -1131,10 +1201,9 @@ def explain_step(net, x, y, lr, *, dry_run: bool = False, decimals: int = 4) -> 
         if np.all(z[l][:, j] <= 0)
     ]
 
-    if net.loss_name == "cross_entropy":
-        compared_before, compared_after = _softmax(output.astype(np.float64)), _softmax(
-            output_after.astype(np.float64)
-        )
+    if net.loss_name in _COMPARED:
+        link = _COMPARED[net.loss_name][1]
+        compared_before, compared_after = link(output.astype(np.float64)), link(output_after.astype(np.float64))
     else:
         compared_before, compared_after = output, output_after
     check_rows = []
@@ -1188,6 +1257,7 @@ def explain_step(net, x, y, lr, *, dry_run: bool = False, decimals: int = 4) -> 
         dead_neurons=dead_neurons,
         dry_run=bool(dry_run),
         decimals=int(decimals),
+        per_example=bool(per_example),
     )
 
 
@@ -1213,13 +1283,61 @@ def _weight_reasons(
     if np.all(deltas[l][:, j] == 0):
         reasons += _delta_zero_reasons(l, j, activations, z, upstream, derivatives, n_layers)
     if not reasons:
-        reasons.append(
-            UnchangedReason(
-                "cancelled",
-                "the examples' contributions cancel: the sum over the batch of delta * input is 0",
+        terms = deltas[l][:, j] * inputs_of[l][:, i]
+        if np.all(terms == 0):
+            reasons.append(_zero_terms_reason(l, j, i, inputs_of, deltas, activations, z, upstream, derivatives))
+        else:
+            reasons.append(
+                UnchangedReason(
+                    "cancelled",
+                    "the examples' contributions cancel: the terms delta * input are not all 0, but their "
+                    "sum over the batch is 0",
+                )
             )
-        )
     return reasons
+
+
+def _zero_terms_reason(l, j, i, inputs_of, deltas, activations, z, upstream, derivatives) -> UnchangedReason:
+    """Every example's term ``delta[b, j] * input[b, i]`` is 0, though neither factor is 0 on every example:
+    say, example by example, which factor is 0 and why."""
+    n = l + 1
+    source = "x" if l == 0 else f"a{l}"
+    parts = []
+    for b in range(deltas[l].shape[0]):
+        if inputs_of[l][b, i] == 0:
+            why = f"{source}[{i}] = 0"
+            if l > 0 and activations[l - 1] == "relu":
+                why += f" ({_relu_side(l - 1, i, z[l - 1][b, i])})"
+            parts.append(f"example {b}: {why}")
+        elif deltas[l][b, j] == 0:
+            parts.append(f"example {b}: delta{n}[{j}] = 0 because "
+                         + _delta_zero_on(l, j, b, activations, z, upstream, derivatives))
+        else:
+            parts.append(f"example {b}: delta{n}[{j}] * {source}[{i}] underflows to 0")
+    return UnchangedReason(
+        "zero_terms",
+        f"every example's term delta{n}[{j}] * {source}[{i}] is 0, nothing cancels: {'; '.join(parts)}",
+    )
+
+
+def _relu_side(l, j, z_value) -> str:
+    """Why a ReLU unit's output or derivative is 0 on one example: switched off, or exactly at its kink."""
+    n = l + 1
+    if z_value == 0:
+        return f"z{n}[{j}] = 0 is exactly the ReLU kink, where relu'(0) = 0 (as in PyTorch)"
+    return f"z{n}[{j}] = {float(z_value):.4g} < 0, the ReLU is off"
+
+
+def _delta_zero_on(l, j, b, activations, z, upstream, derivatives) -> str:
+    """Why ``delta[b, j]`` of layer index ``l`` is 0 on example ``b``, in words."""
+    n = l + 1
+    if activations[l] == "relu" and z[l][b, j] <= 0:
+        return _relu_side(l, j, z[l][b, j])
+    if upstream[l][b, j] == 0:
+        return f"dL/da{n}[{j}] = 0"
+    if derivatives[l][b, j] == 0:
+        return f"f'(z{n}[{j}]) = 0 (saturated)"
+    return f"dL/da{n}[{j}] * f'(z{n}[{j}]) underflows to 0"
 
 
 def _bias_reasons(l, j, g, lr, dtype, deltas, activations, z, upstream, derivatives, n_layers):

@@ -20,7 +20,7 @@ from fastbp import _backend, _io, _metrics, _spec, _threads, _torch_interop, _tr
 from fastbp import _reference
 from fastbp._results import Gradients, Trace
 from fastbp._validation import _as_real_array, _check_bool, _check_int, _check_real, _describe
-from fastbp.optimizers import LBFGS, SGD, Optimizer
+from fastbp.optimizers import LBFGS, SGD, Adam, AdamW, Optimizer, RMSprop, Rprop
 from fastbp.schedules import make_schedule
 
 _PREDICT_CHUNK = 4096  # most rows per chunk in predict/loss
@@ -168,8 +168,9 @@ class Network:
     # -- copying, pickling ------------------------------------------------------------------------------
 
     def __getstate__(self):
+        # One consistent copy, as save takes it: never half of a step another thread's fit is making.
         return {"layer_sizes": self.layer_sizes, "activations": self.activations, "loss": self.loss_name,
-                "dtype": self.dtype.name, "backend": self.backend, "params": self.params.copy()}
+                "dtype": self.dtype.name, "backend": self.backend, "params": _io._snapshot(self)}
 
     def __setstate__(self, state):
         self._configure(state["layer_sizes"], list(state["activations"]), state["loss"], state["dtype"],
@@ -185,11 +186,16 @@ class Network:
         dtype : {"float64", "float32"}, numpy dtype or None
             The copy's dtype; None keeps this network's. Parameters are converted (rounded to nearest when
             narrowing).
+
+        Notes
+        -----
+        The parameters are read once, consistently, as :meth:`save` reads them: while another thread trains
+        this network, the copy holds a state training really had (between two updates).
         """
         config = self._config()
         if dtype is not None:
             config["dtype"] = dtype
-        return type(self)._from_parts(config, self.params, self.backend, check=False)
+        return type(self)._from_parts(config, _io._snapshot(self), self.backend, check=False)
 
     def _config(self):
         """The configuration as plain data: what :meth:`_from_parts` takes."""
@@ -765,14 +771,88 @@ class Network:
 
     # -- persistence and interop ------------------------------------------------------------------------
 
-    def save(self, path):
-        """Write the network to ``path`` as ``.npz`` (no pickle), atomically; see :meth:`load`."""
-        _io.save(self, path)
+    def save(self, path, *, optimizer=None):
+        """Write the network to ``path`` as ``.npz`` (no pickle), atomically; see :meth:`load`.
+
+        Parameters
+        ----------
+        path : str, bytes or os.PathLike
+            The file name, used as given (no extension is added).
+        optimizer : SGD, Adam, AdamW, RMSprop or Rprop, optional
+            An optimizer bound to this network: its hyper-parameters, state rows and step count are stored
+            in the same file (stored members, checksummed, copied in the same consistent snapshot as the
+            parameters), so that ``Network.load(path, with_optimizer=True)`` resumes training exactly.
+        """
+        class_name = None if optimizer is None else self._saved_optimizer_class(optimizer)
+        _io.save(self, path, optimizer=optimizer, optimizer_class=class_name)
+
+    # The optimizers whose state a model file can hold, by the class name stored in it.
+    _SAVED_OPTIMIZERS = {klass.__name__: klass for klass in (SGD, Adam, AdamW, RMSprop, Rprop)}
+
+    def _saved_optimizer_class(self, optimizer):
+        """The public class name stored for ``optimizer``, after checking that it has state and is ours."""
+        if isinstance(optimizer, LBFGS):
+            raise TypeError("optimizer: LBFGS keeps no state between calls (each fit starts scipy afresh); "
+                            "save the network alone")
+        names = ", ".join(self._SAVED_OPTIMIZERS)
+        if not isinstance(optimizer, Optimizer):
+            raise TypeError(f"optimizer must be a fastbp optimizer ({names}) or None; got {_describe(optimizer)}")
+        if optimizer.net is not self:
+            raise ValueError("optimizer is bound to another network (optimizer.net is not this network); its "
+                             "state belongs to that network's parameters")
+        for klass in type(optimizer).__mro__:
+            if self._SAVED_OPTIMIZERS.get(klass.__name__) is klass:
+                return klass.__name__
+        raise TypeError(f"optimizer must be a fastbp optimizer ({names}); got {_describe(optimizer)}")
 
     @classmethod
-    def load(cls, path, *, backend=None):
-        """Read a network written by :meth:`save`; every parameter is restored bit for bit."""
-        config, params = _io.load(path)
+    def load(cls, path, *, backend=None, with_optimizer=False):
+        """Read a network written by :meth:`save`; every parameter is restored bit for bit.
+
+        Parameters
+        ----------
+        path : str, bytes or os.PathLike
+        backend : {"cython", "numpy"} or None
+            The network's backend (default: ``fastbp.BACKEND``).
+        with_optimizer : bool, default False
+            Also rebuild the optimizer saved with ``save(path, optimizer=opt)``: the same class, bound to the
+            loaded network, with its hyper-parameters, state and step count. Training then continues bit
+            for bit as if the file had never been written.
+
+        Returns
+        -------
+        Network, or ``(Network, optimizer)`` with ``with_optimizer=True``
+
+        Raises
+        ------
+        ValueError
+            For a file that is not a valid model file (see ``fastbp._io.load``), or, with
+            ``with_optimizer=True``, a file saved without an optimizer.
+        """
+        if not isinstance(with_optimizer, (bool, np.bool_)):
+            raise TypeError(f"with_optimizer must be True or False; got {type(with_optimizer).__name__}")
+        if not with_optimizer:
+            config, params = _io.load(path)
+            return cls._build_loaded(path, config, params, backend)
+        config, params, saved = _io.load(path, with_optimizer=True)
+        if saved is None:
+            raise ValueError(f"{path}: holds no optimizer state (it was saved without optimizer=...); "
+                             "load it with with_optimizer=False and create a new optimizer")
+        net = cls._build_loaded(path, config, params, backend)
+        optimizer_class = cls._SAVED_OPTIMIZERS.get(saved["class"])
+        state_dict = saved["state_dict"]
+        if optimizer_class is None or optimizer_class._RULE != state_dict["rule"]:
+            raise ValueError(f"{path}: optimizer_class {saved['class']!r} with rule {state_dict['rule']!r} is "
+                             f"not one of {', '.join(cls._SAVED_OPTIMIZERS)} with its rule")
+        try:
+            optimizer = optimizer_class(net, lr=float(state_dict["hyper"][_spec.HYPER_LR]))
+            optimizer.load_state_dict(state_dict)
+        except (ValueError, TypeError) as error:
+            raise ValueError(f"{path}: invalid optimizer state: {error}") from None
+        return net, optimizer
+
+    @classmethod
+    def _build_loaded(cls, path, config, params, backend):
         try:
             return cls._from_parts(config, params, backend)
         except (ValueError, TypeError) as error:

@@ -118,6 +118,46 @@ def test_check_gradients_exit_status_follows_the_tolerance(backend):
     assert "FAILED" in result.stdout
 
 
+KINK_SPEC = {
+    # relu hidden layer; on example 1, z1[0] = 1 * 1 + 1 * 0 - 1 = 0 exactly (the kink), and example 0 has
+    # x[0] = 0: W1[0][0]'s two terms are both 0, and b1[0]'s central difference straddles the kink.
+    "layer_sizes": [2, 2, 1],
+    "activations": ["relu", "identity"],
+    "loss": "half_sse",
+    "lr": 0.1,
+    "weights": [[[1.0, 1.0], [0.5, 0.25]], [[0.5, -0.5]]],
+    "biases": [[-1.0, 0.0], [0.0]],
+    "x": [[0.0, 2.0], [1.0, 0.0]],
+    "y": [[1.0], [2.0]],
+}
+
+
+def test_check_gradients_at_a_relu_kink_passes_and_says_why(backend, tmp_path):
+    path = tmp_path / "kink.json"
+    path.write_text(json.dumps(KINK_SPEC))
+    result = run_fastbp(backend, "check-gradients", path)
+    assert result.returncode == 0, result.stdout
+    out = result.stdout
+    assert "PASSED" in out and "FAILED" not in out
+    # W1[0][0] and b1[0] move z1[0] of example 1 off the kink; W1[0][1] does not (x[1] = 0 there).
+    assert "2 parameters are at a ReLU kink" in out and "relu has no derivative at z = 0" in out
+    kink_table = out.split("parameter  backprop")[1]
+    assert "W1[0][0]" in kink_table and "b1[0]" in kink_table and "W1[0][1]" not in kink_table
+    assert "z1[0] of example 1" in kink_table
+
+
+def test_explain_per_example_and_kink_reasons(backend, tmp_path):
+    path = tmp_path / "kink.json"
+    path.write_text(json.dumps(KINK_SPEC))
+    result = run_fastbp(backend, "explain", path, "--per-example")
+    assert result.returncode == 0, result.stderr
+    out = result.stdout
+    assert "b=0" in out and "b=1" in out and "gradient (sum)" in out
+    assert "contributions cancel" not in out
+    assert "is exactly the ReLU kink" in out
+    assert "b=0" not in run_fastbp(backend, "explain", path).stdout
+
+
 def test_batch_spec(backend, tmp_path):
     spec = load_example(SIGMOID)
     spec["x"] = [[1.0, 0.0], [0.0, 1.0], [0.5, 0.5]]

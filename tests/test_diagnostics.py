@@ -114,6 +114,89 @@ def test_check_gradients_rejects_a_bad_eps(backend):
         fastbp.check_gradients(net, X, Y, eps="small")
 
 
+def kink_network(backend, z_hidden=0.0, dtype="float64"):
+    """2-2-1, relu hidden, identity output, half_sse, on x = [1, 1], y = 1: hidden unit 0 has the
+    pre-activation ``z_hidden`` (0 puts it exactly on the kink), unit 1 has 0.8.
+
+    By hand: yhat = 0.7 relu(z1[0]) - 0.3 * 0.8 + 0.2, and dL/dyhat = yhat - 1. At z1[0] = 0 the central
+    difference for W1[0][i] (x[i] = 1) and b1[0] sees slope 0 on one side and 0.7 (yhat - 1) on the other:
+    it gives their average, 0.5 * 0.7 * (yhat - 1), where backprop gives relu'(0) = 0.
+    """
+    net = fastbp.Network([2, 2, 1], ["relu", "identity"], loss="half_sse", backend=backend, dtype=dtype)
+    net.set_params([np.array([[1.0, -1.0], [0.5, 0.2]]), np.array([[0.7, -0.3]])],
+                   [np.array([z_hidden, 0.1]), np.array([0.2])])
+    return net, np.array([1.0, 1.0]), np.array([1.0])
+
+
+def test_check_gradients_names_a_relu_kink_and_judges_the_rest(backend):
+    net, x, y = kink_network(backend)
+    result = fastbp.check_gradients(net, x, y)
+    assert [kink.name for kink in result.kinks] == ["W1[0][0]", "W1[0][1]", "b1[0]"]
+    yhat = 0.7 * 0.0 - 0.3 * 0.8 + 0.2
+    for kink in result.kinks:
+        assert (kink.layer, kink.neuron, kink.example, kink.z) == (1, 0, 0, 0.0)
+        assert kink.backprop == 0.0
+        assert kink.numeric == pytest.approx(0.5 * 0.7 * (yhat - 1.0), rel=1e-6)
+    # Judged on the other six, which agree: PASSED, and the report says why three were left out.
+    assert result.n_checked == 6
+    assert result.passed() and result.max_relative_error < 1e-7
+    text = str(result)
+    assert "PASSED" in text and "FAILED" not in text
+    assert "3 parameters are at a ReLU kink" in text and "relu has no derivative at z = 0" in text
+    assert "z1[0] of example 0" in text
+    assert [entry["parameter"] for entry in result.as_dict()["kinks"]] == ["W1[0][0]", "W1[0][1]", "b1[0]"]
+
+
+def test_check_gradients_kinks_do_not_hide_a_wrong_gradient(backend, monkeypatch):
+    net, x, y = kink_network(backend)
+    honest = net.gradients
+
+    def corrupted(X_, Y_):
+        grads = honest(X_, Y_)
+        weights = [np.array(w, copy=True) for w in grads.weights]
+        weights[0][1, 0] *= 1.01  # a parameter away from the kink
+        return fastbp.Gradients(grads.loss, weights, [np.array(b, copy=True) for b in grads.biases])
+
+    monkeypatch.setattr(net, "gradients", corrupted)
+    result = fastbp.check_gradients(net, x, y)
+    assert len(result.kinks) == 3
+    assert not result.passed()
+    assert result.per_layer[0].worst_parameter == "W1[1][0]"
+    assert "FAILED" in str(result)
+
+
+@pytest.mark.parametrize("z_hidden, eps, expected", [(3e-7, 1e-6, 3), (-3e-7, 1e-6, 3), (1e-3, 1e-6, 0),
+                                                     (1e-3, 1e-2, 3)])
+def test_check_gradients_kink_means_within_the_step(z_hidden, eps, expected, backend):
+    # A pre-activation closer to 0 than the step moves it makes a kink; one farther away does not.
+    net, x, y = kink_network(backend, z_hidden)
+    result = fastbp.check_gradients(net, x, y, eps=eps)
+    assert len(result.kinks) == expected
+    if expected == 0:
+        assert "kink" not in str(result)
+        assert result.passed()
+    assert result.passed(1e-3)
+
+
+def test_check_gradients_without_relu_reports_no_kink(backend):
+    net, X, Y = random_problem(backend, "tanh", "mse")
+    result = fastbp.check_gradients(net, X, Y)
+    assert result.kinks == [] and "kink" not in str(result)
+    assert result.n_checked == net.params.size
+
+
+def test_check_gradients_tolerance_is_checked(backend):
+    net, X, Y = random_problem(backend, "tanh", "mse")
+    result = fastbp.check_gradients(net, X, Y)
+    assert result.passed(float("inf")) and result.passed(np.float32(1e-3)) and result.passed(1)
+    for tol in (10**400, -1e-3, float("nan"), -(10**400)):
+        with pytest.raises(ValueError, match="tol"):
+            result.passed(tol)
+    for tol in ("1e-3", None.__class__, True):
+        with pytest.raises(TypeError, match="tol"):
+            result.passed(tol)
+
+
 # --------------------------------------------------------------------------------------------------------
 # diagnose
 # --------------------------------------------------------------------------------------------------------

@@ -238,6 +238,109 @@ def test_batch_contributions_that_cancel(backend):
     assert report.unchanged_rows[0].reason_codes == ("cancelled",)
 
 
+def kink_batch_net(backend):
+    """2-2-1, relu hidden, identity output, half_sse, on two examples chosen so that W1[0][0]'s two terms
+    are both 0 for different reasons: example 0 has x[0] = 0 (neuron 0 active, z1[0] = 1); example 1 has
+    z1[0] = 1 * 1 + 1 * 0 - 1 = 0 exactly, the ReLU kink (relu'(0) = 0, so delta1[0] = 0)."""
+    net = fastbp.Network([2, 2, 1], ["relu", "identity"], loss="half_sse", backend=backend)
+    net.set_params([np.array([[1.0, 1.0], [0.5, 0.25]]), np.array([[0.5, -0.5]])],
+                   [np.array([-1.0, 0.0]), np.array([0.0])])
+    return net, np.array([[0.0, 2.0], [1.0, 0.0]]), np.array([[1.0], [2.0]])
+
+
+def test_terms_zero_by_a_kink_and_a_zero_input_are_not_called_a_cancellation(backend):
+    net, X, Y = kink_batch_net(backend)
+    report = fastbp.explain_step(net, X, Y, 0.1)
+    by_name = {row.name: row for row in report.update_rows}
+    row = by_name["W1[0][0]"]
+    assert not row.changed and row.reason_codes == ("zero_terms",)
+    assert "cancel" not in row.reason.replace("nothing cancels", "")
+    assert "example 0: x[0] = 0" in row.reason
+    assert "example 1: delta1[0] = 0 because z1[0] = 0 is exactly the ReLU kink" in row.reason
+    # By hand: example 0's delta1[0] = (yhat - y) * W2[0][0] * relu'(1) with yhat = 0.5 * 1 - 0.5 * 0.5
+    yhat0 = 0.5 * 1.0 - 0.5 * (0.5 * 0.0 + 0.25 * 2.0)
+    delta0 = (yhat0 - 1.0) / 2 * 0.5  # half_sse's mean over B = 2
+    assert report.deltas[0][0, 0] == pytest.approx(delta0, rel=1e-12) and report.deltas[0][1, 0] == 0
+    # The bias of the same neuron is not zero (example 0's delta) and changed; the kink is not hidden there.
+    assert by_name["b1[0]"].changed
+    assert "cancel" not in str(report).replace("nothing cancels", "")
+
+
+def test_relu_exactly_at_its_kink_on_one_example_says_so(backend):
+    net, X, Y = kink_batch_net(backend)
+    report = fastbp.explain_step(net, X[1], Y[1], 0.1)
+    by_name = {row.name: row for row in report.update_rows}
+    assert by_name["b1[0]"].reason_codes == ("relu_kink",)
+    assert "z1[0] = 0 exactly" in by_name["b1[0]"].reason and "relu'(0) = 0" in by_name["b1[0]"].reason
+
+
+def test_cancelling_terms_still_say_cancel(backend):
+    net = fastbp.Network([2, 1], ["identity"], loss="half_sse", backend=backend)
+    net.set_params([np.array([[0.5, 0.0]])], [np.array([0.0])])
+    report = fastbp.explain_step(net, [[1.0, 1.0], [1.0, -1.0]], [[0.0], [0.0]], 0.1)
+    row = report.unchanged_rows[0]
+    assert row.reason_codes == ("cancelled",) and "not all 0" in row.reason
+    terms = {r.name: r.terms for r in report.gradient_rows}["W1[0][1]"]
+    assert terms[0] == -terms[1] != 0
+
+
+def test_per_example_terms_are_what_the_gradient_adds_up(backend):
+    rng = np.random.default_rng(7)
+    net = fastbp.Network([3, 4, 2], ["relu", "identity"], loss="mse", seed=3, backend=backend)
+    X, Y = rng.normal(size=(3, 3)), rng.normal(size=(3, 2))
+    trace = net.trace(X, Y)
+    report = fastbp.explain_step(net, X, Y, 0.1, per_example=True, dry_run=True)
+    rows = {row.name: row for row in report.gradient_rows}
+    # Independent truth: the gradient by PyTorch-free finite differences, and the terms by hand from the
+    # trace's deltas and activations.
+    for l, (n_in, n_out) in enumerate([(3, 4), (4, 2)]):
+        inputs = X if l == 0 else trace.activations[l - 1]
+        for j in range(n_out):
+            for i in range(n_in):
+                row = rows[f"W{l + 1}[{j}][{i}]"]
+                expected = [trace.deltas[l][b, j] * inputs[b, i] for b in range(3)]
+                np.testing.assert_allclose(row.terms, expected, rtol=1e-14, atol=0)
+                assert sum(row.terms) == pytest.approx(row.gradient, rel=1e-12, abs=1e-15)
+            bias = rows[f"b{l + 1}[{j}]"]
+            np.testing.assert_allclose(bias.terms, trace.deltas[l][:, j], rtol=0, atol=0)
+    gradients = fastbp.check_gradients(net, X, Y)
+    np.testing.assert_allclose([sum(rows[f"W1[{j}][{i}]"].terms) for j in range(4) for i in range(3)],
+                               gradients.per_layer[0].numeric_weights.ravel(), rtol=1e-6, atol=1e-9)
+    text = str(report)
+    assert "the terms, one per example" in text and "b=0" in text and "gradient (sum)" in text
+    line = next(line for line in text.splitlines() if line.strip().startswith("W2[1][3] "))
+    cells = line.split()
+    assert cells[1:4] == [f"{t:.4f}".replace("-0.0000", "0.0000") for t in rows["W2[1][3]"].terms]
+    assert "| b=0 |" in report.to_markdown()
+    # Without the option the table shows the sums only; the data hold the terms either way.
+    plain = fastbp.explain_step(net, X, Y, 0.1, dry_run=True)
+    assert "b=0" not in str(plain) and plain.gradient_rows[0].terms == report.gradient_rows[0].terms
+    with pytest.raises(TypeError, match="per_example"):
+        fastbp.explain_step(net, X, Y, 0.1, per_example="yes")
+
+
+@pytest.mark.parametrize("loss, link, lr", [
+    ("binary_cross_entropy", lambda z: 1 / (1 + np.exp(-z)), 0.5),
+    ("poisson", np.exp, 0.1),
+])
+def test_check_compares_what_the_loss_compares(loss, link, lr, backend):
+    # One weight, identity output: for BCE the logit 2 moves up toward target 1 (the probability moves
+    # toward 1 while the raw logit moves away from 1); for Poisson the log rate 0 moves down toward the
+    # target rate 0.5 (the rate exp(z) moves toward 0.5 while the raw log rate moves away from it).
+    net = fastbp.Network([1, 1], ["identity"], loss=loss, backend=backend)
+    target = 1.0 if loss == "binary_cross_entropy" else 0.5
+    net.set_params([np.array([[2.0 if loss == "binary_cross_entropy" else 0.0]])], [np.array([0.0])])
+    report = fastbp.explain_step(net, [1.0], [target], lr)
+    (row,) = report.check_rows
+    z_before, z_after = float(report.output[0, 0]), float(report.output_after[0, 0])
+    assert row.before == pytest.approx(link(z_before), rel=1e-12)
+    assert row.after == pytest.approx(link(z_after), rel=1e-12)
+    assert abs(z_after - target) > abs(z_before - target)  # the raw output moved away...
+    assert row.direction == "toward" and report.loss_after < report.loss_before  # ...what the loss sees did not
+    word = "probabilities sigmoid(yhat)" if loss == "binary_cross_entropy" else "rates exp(yhat)"
+    assert word in str(report)
+
+
 # --------------------------------------------------------------------------------------------------------
 # Modes and formats
 # --------------------------------------------------------------------------------------------------------

@@ -344,7 +344,7 @@ def test_a_huge_header_length_or_bad_version_is_refused_naming_the_member(tmp_pa
 # --------------------------------------------------------------------------------------------------------
 
 
-SCALAR = REPO / "tests" / "data" / "worked-examples" / "scalar-1-1-1.json"
+SCALAR = pathlib.Path(__file__).parent / "data" / "worked-examples" / "scalar-1-1-1.json"
 
 
 def _limit_memory():  # pragma: no cover - runs in the child
