@@ -31,7 +31,8 @@ fastbp's own parameters:
 - ``dtype``: None (default) trains in the input's floating dtype, as scikit-learn does (float32 input gives
   float32 parameters); ``"float32"``/``"float64"`` choose it.
 - ``backend``: the compiled kernel (``"cython"``) or its NumPy twin (``"numpy"``); None is fastbp's default.
-- ``threads``: at most this many BLAS threads while fitting (``fastbp.num_threads``); None leaves them.
+- ``threads``: at most this many BLAS threads while fitting (``fastbp.num_threads``); None picks them per
+  fit as ``Network.fit`` does (one thread for small products, or the cores other processes leave free).
 - ``network_``: the trained :class:`fastbp.Network`; its output layer gives the logits (or log-rates) and
   its ``weights`` are the transposes of ``coefs_`` (``coefs_[i]`` is a view of ``network_.weights[i].T``).
 
@@ -59,7 +60,6 @@ from __future__ import annotations
 
 import numbers
 import warnings
-from contextlib import nullcontext
 
 import numpy as np
 
@@ -83,7 +83,7 @@ except ImportError as error:  # pragma: no cover - depends on the environment
     ) from error
 
 from fastbp import _spec
-from fastbp._threads import num_threads
+from fastbp import _threads
 from fastbp.network import Network
 from fastbp.optimizers import SGD, Adam
 
@@ -543,8 +543,16 @@ class _BaseMLP(BaseEstimator):
         if sample_weight is not None:
             sample_weight = np.ascontiguousarray(sample_weight, dtype=dtype)
 
-        limit = nullcontext() if self.threads is None else num_threads(int(self.threads))
-        with limit:
+        # The BLAS thread count as Network.fit picks it for one call (threads= when given; else one thread for
+        # small products, or the cores other processes leave free).
+        n_rows = X.shape[0]
+        if self.solver == "lbfgs":
+            rows_per_product = n_rows if not scipy.sparse.issparse(X) else min(n_rows, _SPARSE_CHUNK_ROWS)
+        elif self.batch_size == "auto":
+            rows_per_product = min(200, n_rows)
+        else:
+            rows_per_product = int(np.clip(self.batch_size, 1, n_rows))
+        with _threads.limit_for_call(self.threads, rows_per_product, self.network_.layer_sizes):
             if self.solver in _STOCHASTIC_SOLVERS:
                 self._fit_stochastic(X, Y, sample_weight, incremental)
             else:
@@ -926,7 +934,7 @@ class MLPRegressor(RegressorMixin, _BaseMLP):
     backend : {"cython", "numpy"} or None, default=None
         The fastbp backend (None: fastbp's default).
     threads : int or None, default=None
-        At most this many BLAS threads while fitting.
+        At most this many BLAS threads while fitting; None picks them as ``fastbp.Network.fit`` does.
 
     Attributes
     ----------
