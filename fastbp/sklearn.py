@@ -1,22 +1,57 @@
-"""scikit-learn estimators backed by fastbp: ``MLPRegressor`` and ``MLPClassifier``.
+"""scikit-learn's ``MLPClassifier`` and ``MLPRegressor``, trained by fastbp.
 
-They take the parameters of ``sklearn.neural_network.MLPRegressor``/``MLPClassifier`` that make sense for
-mini-batch SGD (the only solver fastbp has) and train a :class:`fastbp.Network` with :class:`fastbp.SGD`, one
-compiled epoch per call so that the ``tol``/``n_iter_no_change`` and early-stopping rules of scikit-learn can
-run between epochs. They work wherever a scikit-learn estimator does (``Pipeline``, ``GridSearchCV``,
-``cross_val_score``, joblib's dask backend) and pass ``sklearn.utils.estimator_checks.check_estimator``.
+The two classes take every parameter of ``sklearn.neural_network.MLPClassifier``/``MLPRegressor`` with the
+same name, default and meaning, expose the same fitted attributes (``coefs_`` in scikit-learn's
+``(n_in, n_out)`` layout, ``intercepts_``, ``loss_``, ``loss_curve_``, ``n_iter_``, ``t_``, ...) and make the
+same updates: given the same ``random_state`` they draw the same initial weights (Glorot uniform), the same
+shuffles and the same validation split as scikit-learn, so ``solver="sgd"`` and ``"adam"`` reproduce
+scikit-learn's weights to rounding, and ``"lbfgs"`` minimises the same objective with the same
+``scipy.optimize.minimize`` call. The forward and backward passes run in fastbp's compiled kernel
+(``fastbp.Network``), the updates in fastbp's optimizers (``fastbp.SGD``, ``fastbp.Adam``).
 
-Differences from scikit-learn's own MLP, by design:
+What scikit-learn's MLP does, and so what these classes do:
 
-- ``solver`` is always SGD with ``torch.optim.SGD`` semantics (``momentum``, ``nesterovs_momentum``); the
-  learning rate is constant (``learning_rate_init``).
-- ``alpha`` is the SGD ``weight_decay``: each step adds ``alpha * theta`` to the gradient of every parameter,
-  biases included, as ``torch.optim.SGD(weight_decay=alpha)`` does (scikit-learn scales its L2 term by the
-  batch size and leaves biases out).
-- The regressor minimises ``"mse"`` (``torch.nn.MSELoss``), the classifier ``"cross_entropy"`` on one logit
-  per class (also for two classes); ``loss_curve_`` holds these mean training losses, without the L2 term.
-- ``dtype`` chooses float32 or float64 for the parameters and the computation; ``backend`` chooses the
-  compiled kernel or the NumPy twin (default: fastbp's default).
+- Output layer and loss: the regressor has an identity output and the half squared error (``loss_`` is
+  ``0.5 * mean((y - y_pred)**2)``) or, with ``loss="poisson"``, an exponential output and the half Poisson
+  deviance; the classifier has a softmax output and the cross-entropy for more than two classes, and one
+  logistic output per label (binary cross-entropy summed over the labels) for two classes and for
+  multilabel targets.
+- ``alpha`` is an L2 penalty on the weights only (not the intercepts), divided by the batch's size (or its
+  sample-weight sum): each update adds ``alpha * W / batch_size`` to the weights' gradient and
+  ``0.5 * alpha * sum(W**2) / batch_size`` to the batch loss.
+- ``sample_weight`` (``fit``, ``partial_fit``) makes each batch's loss the weighted mean of its examples'
+  losses; the validation split of early stopping splits the weights too and scores with them.
+- ``solver="adam"`` is scikit-learn's Adam, whose ``epsilon`` is added to ``sqrt(v)`` before the bias
+  correction (``torch.optim.Adam`` adds it after); ``"sgd"`` with ``momentum``/``nesterovs_momentum`` and the
+  ``learning_rate`` schedules ``"constant"``, ``"invscaling"`` (per epoch, ``learning_rate_init / (t_ + 1) **
+  power_t``) and ``"adaptive"`` (divided by 5 after ``n_iter_no_change`` epochs without improvement).
+
+fastbp's own parameters:
+
+- ``dtype``: None (default) trains in the input's floating dtype, as scikit-learn does (float32 input gives
+  float32 parameters); ``"float32"``/``"float64"`` choose it.
+- ``backend``: the compiled kernel (``"cython"``) or its NumPy twin (``"numpy"``); None is fastbp's default.
+- ``threads``: at most this many BLAS threads while fitting (``fastbp.num_threads``); None picks them per
+  fit as ``Network.fit`` does (one thread for small products, or the cores other processes leave free).
+- ``network_``: the trained :class:`fastbp.Network`; its output layer gives the logits (or log-rates) and
+  its ``weights`` are the transposes of ``coefs_`` (``coefs_[i]`` is a view of ``network_.weights[i].T``).
+
+Differences from scikit-learn, by design:
+
+- A loss or parameter that becomes NaN or infinite stops training at once with the last finite parameters
+  kept: without early stopping ``fit`` raises scikit-learn's "Solver produced non-finite parameter weights"
+  ``ValueError``; with early stopping the epoch's validation score is recorded as NaN, training stops and
+  the best parameters are restored (scikit-learn runs the remaining epochs on NaN weights first).
+- Sample weights must be finite and >= 0; a mini-batch whose weights are all 0 makes no update (scikit-learn
+  divides by zero there).
+- Sparse input (CSR/CSC) is densified one mini-batch at a time (``batch_size x n_features`` floats; for
+  lbfgs and prediction, chunks of 2,048 rows): memory in proportion to a batch, not to the data set, but the
+  first layer's product is a dense one.
+
+How the training runs: whole epochs inside the compiled kernel (``Network.fit``) where that makes exactly
+scikit-learn's updates (``solver="sgd"`` with ``alpha=0``, no sample weights, dense input, not Poisson);
+otherwise one compiled ``Network.gradients`` call and one compiled optimizer step per mini-batch, with the L2
+term and the per-output factor applied in between.
 
 Requires scikit-learn >= 1.6 (``pip install 'fastbp[sklearn]'``).
 """
@@ -28,15 +63,18 @@ import warnings
 
 import numpy as np
 
-from fastbp import _spec
-
 try:
+    import scipy.optimize
+    import scipy.sparse
+    from scipy.special import xlogy
     from sklearn.base import BaseEstimator, ClassifierMixin, RegressorMixin
     from sklearn.exceptions import ConvergenceWarning
     from sklearn.metrics import accuracy_score, r2_score
     from sklearn.model_selection import train_test_split
+    from sklearn.preprocessing import LabelBinarizer
     from sklearn.utils import check_random_state
-    from sklearn.utils.multiclass import check_classification_targets, type_of_target, unique_labels
+    from sklearn.utils.metaestimators import available_if
+    from sklearn.utils.multiclass import type_of_target, unique_labels
     from sklearn.utils.validation import check_is_fitted, column_or_1d, validate_data
 except ImportError as error:  # pragma: no cover - depends on the environment
     raise ImportError(
@@ -44,23 +82,35 @@ except ImportError as error:  # pragma: no cover - depends on the environment
         f"(or pip install 'scikit-learn>=1.6'); importing it failed with: {error}"
     ) from error
 
+from fastbp import _spec
+from fastbp import _threads
+from fastbp.network import Network
+from fastbp.optimizers import SGD, Adam
+
 __all__ = ["MLPClassifier", "MLPRegressor"]
 
-# scikit-learn's activation names, and fastbp's own, to fastbp's.
-_ACTIVATIONS = {
-    "identity": "identity",
-    "logistic": "sigmoid",
-    "sigmoid": "sigmoid",
-    "tanh": "tanh",
-    "relu": "relu",
-}
+# scikit-learn's hidden-layer activation names to fastbp's.
+_ACTIVATIONS = {"identity": "identity", "logistic": "sigmoid", "tanh": "tanh", "relu": "relu"}
 _DTYPES = ("float32", "float64")
-_SEED_BOUND = np.iinfo(np.int32).max
+_SOLVERS = ("lbfgs", "sgd", "adam")
+_STOCHASTIC_SOLVERS = ("sgd", "adam")
+_LEARNING_RATES = ("constant", "invscaling", "adaptive")
+# The output activation (scikit-learn's name in ``out_activation_``) to the fastbp loss on the network's
+# linear output whose gradient with respect to that output is scikit-learn's ``activation - y`` (up to the
+# per-output factor handled in ``_Objective``).
+_OUTPUT_LOSSES = {
+    "identity": "half_sse",
+    "exp": "poisson",
+    "softmax": "cross_entropy",
+    "logistic": "binary_cross_entropy",
+}
+# Rows per chunk when a full-batch computation (lbfgs, prediction) densifies sparse input.
+_SPARSE_CHUNK_ROWS = 2048
 
 
 def _check_number(name, value, *, low, high=None, low_inclusive=True, high_inclusive=True, integer=False):
     kind = numbers.Integral if integer else numbers.Real
-    if isinstance(value, bool) or not isinstance(value, kind):
+    if isinstance(value, (bool, np.bool_)) or not isinstance(value, kind):
         expected = "an int" if integer else "a real number"
         raise TypeError(f"The '{name}' parameter must be {expected}, got {value!r}")
     too_low = value < low if low_inclusive else value <= low
@@ -72,51 +122,233 @@ def _check_number(name, value, *, low, high=None, low_inclusive=True, high_inclu
         raise ValueError(f"The '{name}' parameter must be in the range {bounds}, got {value!r}")
 
 
-class _BaseMLP(BaseEstimator):
-    """Shared parameters, validation and the training loop of the two estimators."""
+def _dense_rows(X, rows):
+    """``X[rows]`` as a C-contiguous dense array (sparse rows are densified here, one batch at a time)."""
+    part = X[rows]
+    if scipy.sparse.issparse(part):
+        return part.toarray()
+    return np.ascontiguousarray(part)
 
-    _loss: str | None = None  # "mse" or "cross_entropy", set by the subclasses
+
+class _Objective:
+    """scikit-learn's batch loss and gradient, computed by ``Network.gradients``.
+
+    fastbp's losses are means over the batch (``cross_entropy``, ``half_sse``) or over all n*K outputs
+    (``binary_cross_entropy``, ``poisson``), where scikit-learn's output deltas are ``activation - y`` divided
+    by the batch size for every loss: ``grad_factor`` is K for the latter. ``loss_factor`` and ``constant``
+    turn fastbp's loss into the value scikit-learn reports (``0.5 * mean`` of the squared error over n*K; the
+    Poisson deviance's ``xlogy(y, y) - y`` term). The L2 term on the weights is added here.
+    """
+
+    def __init__(self, net, alpha, out_activation, n_outputs):
+        self.net = net
+        self.alpha = float(alpha)
+        self.out_activation = out_activation
+        K = n_outputs
+        if out_activation == "identity":
+            self.loss_factor, self.grad_factor = 1.0 / K, 1.0
+        elif out_activation == "softmax":
+            self.loss_factor, self.grad_factor = 1.0, 1.0
+        else:  # logistic (BCE over n*K) and exp (Poisson over n*K)
+            self.loss_factor, self.grad_factor = float(K), float(K)
+
+    def row_constants(self, Y):
+        """Per-row term scikit-learn's Poisson deviance adds to fastbp's Poisson loss (None otherwise)."""
+        if self.out_activation != "exp":
+            return None
+        return np.sum(xlogy(Y, Y) - Y, axis=1, dtype=np.float64)
+
+    def l2(self):
+        """``0.5 * sum(W**2)`` over every weight matrix (not the intercepts)."""
+        with np.errstate(over="ignore", invalid="ignore"):  # a diverging model's penalty is inf, silently
+            return 0.5 * sum(float(np.vdot(W, W)) for W in self.net.weights)
+
+    def batch(self, X, Y, sample_weight, constants, l2=True):
+        """scikit-learn's loss and gradient (a ``Gradients``, modified in place) of one batch; ``l2=False``
+        leaves the L2 term out. The gradient is None for a batch whose weights are all 0."""
+        net = self.net
+        if sample_weight is None:
+            grads = net.gradients(X, Y)
+            sw_sum = X.shape[0]
+            constant = 0.0 if constants is None else float(np.mean(constants))
+        else:
+            sw_sum = float(np.sum(sample_weight, dtype=np.float64))
+            if not sw_sum > 0:
+                return 0.0, None  # a batch of zero weight makes no update (scikit-learn divides by 0)
+            grads = net.gradients(X, Y, sample_weight=sample_weight)
+            constant = 0.0 if constants is None else float(np.average(constants, weights=sample_weight))
+        loss = grads.loss * self.loss_factor + constant
+        if self.grad_factor != 1.0:
+            for W in grads.weights:
+                W *= self.grad_factor
+            for b in grads.biases:
+                b *= self.grad_factor
+        if self.alpha and l2:
+            loss += self.alpha * self.l2() / sw_sum
+            scale = self.alpha / sw_sum
+            for G, W in zip(grads.weights, net.weights):
+                G += scale * W
+        return loss, grads
+
+
+class _Solver:
+    """The stochastic solver's state between epochs (scikit-learn's ``_optimizer``): the fastbp optimizer,
+    the current ``learning_rate`` and the schedule rules of scikit-learn's ``SGDOptimizer`` and
+    ``AdamOptimizer``."""
+
+    def __init__(self, estimator, net, grad_factor):
+        self.solver = estimator.solver
+        self.learning_rate_init = float(estimator.learning_rate_init)
+        self.learning_rate = self.learning_rate_init
+        self.lr_schedule = estimator.learning_rate
+        self.power_t = float(estimator.power_t)
+        self.grad_factor = grad_factor
+        self.net = net
+        if self.solver == "sgd":
+            self.momentum = float(estimator.momentum)
+            self.nesterov = bool(estimator.nesterovs_momentum) and self.momentum > 0
+            self.optimizer = SGD(net, self.learning_rate, momentum=self.momentum, nesterov=self.nesterov)
+        else:
+            self.beta_1, self.beta_2 = float(estimator.beta_1), float(estimator.beta_2)
+            self.epsilon = float(estimator.epsilon)
+            self.t = 0
+            self.optimizer = Adam(net, self.learning_rate, betas=(self.beta_1, self.beta_2),
+                                  eps=self._torch_eps(1))
+
+    def _torch_eps(self, t):
+        """The epsilon of ``torch.optim.Adam`` that makes step ``t`` scikit-learn's: scikit-learn adds
+        epsilon to ``sqrt(v)`` before the bias correction ``sqrt(1 - beta_2**t)``, torch after it."""
+        return self.epsilon / np.sqrt(1 - self.beta_2 ** t)
+
+    # ---------------------------------------------------------------------------------------- updates
+    def step(self, grads):
+        if self.solver == "adam":
+            self.optimizer.eps = self._torch_eps(self.t + 1)
+            self.optimizer.step(grads)
+            self.t += 1
+            self.learning_rate = (self.learning_rate_init * np.sqrt(1 - self.beta_2 ** self.t)
+                                  / (1 - self.beta_1 ** self.t))
+        else:
+            self.optimizer.step(grads)
+
+    def kernel_epoch(self, X, Y, batch_size):
+        """One epoch inside the compiled kernel (``Network.fit``); the summed batch losses (fastbp's)."""
+        opt = self.optimizer
+        # scikit-learn's gradient is grad_factor times fastbp's: the same SGD step with lr * grad_factor (the
+        # velocity, kept in units of the gradient, is then fastbp's gradient's).
+        opt.lr = self.learning_rate * self.grad_factor
+        try:
+            history = self.net.fit(X, Y, epochs=1, batch_size=batch_size, optimizer=opt, shuffle=False)
+        finally:
+            opt.lr = self.learning_rate
+        return history.loss[-1] * X.shape[0]
+
+    def kernel_ok(self):
+        return self.solver == "sgd"
+
+    # ---------------------------------------------------------------------------------------- schedules
+    def _set_sgd_lr(self, lr):
+        # scikit-learn's velocity is u = momentum * u - lr * g (p += u); fastbp's (torch's) is v with
+        # p -= lr * v, so u = -lr * v: keep u when lr changes by rescaling v.
+        old = self.learning_rate
+        self.learning_rate = lr
+        self.optimizer.lr = lr
+        if self.momentum and old != lr:
+            self.optimizer.velocity *= old / lr
+
+    def iteration_ends(self, time_step):
+        if self.solver == "sgd" and self.lr_schedule == "invscaling":
+            self._set_sgd_lr(self.learning_rate_init / (time_step + 1) ** self.power_t)
+
+    def trigger_stopping(self, msg, verbose):
+        if self.solver != "sgd" or self.lr_schedule != "adaptive":
+            if verbose:
+                print(msg + " Stopping.")
+            return True
+        if self.learning_rate <= 1e-6:
+            if verbose:
+                print(msg + " Learning rate too small. Stopping.")
+            return True
+        self._set_sgd_lr(self.learning_rate / 5.0)
+        if verbose:
+            print(msg + " Setting learning rate to %f" % self.learning_rate)
+        return False
+
+    # ---------------------------------------------------------------------------------------- pickling
+    def state(self):
+        if self.solver == "sgd":
+            return {"learning_rate": self.learning_rate, "velocity": np.array(self.optimizer.velocity)}
+        return {"learning_rate": self.learning_rate, "t": self.t, "optimizer": self.optimizer.state_dict()}
+
+    def load(self, state):
+        self.learning_rate = float(state["learning_rate"])
+        if self.solver == "sgd":
+            self.optimizer.lr = self.learning_rate
+            self.optimizer.velocity = state["velocity"]
+            return
+        self.t = int(state["t"])
+        self.optimizer.load_state_dict(state["optimizer"])
+
+
+class _BaseMLP(BaseEstimator):
+    """Shared parameters, validation and the training loops of the two estimators."""
 
     def __init__(
         self,
         hidden_layer_sizes=(100,),
         activation="relu",
         *,
-        learning_rate_init=0.001,
-        batch_size="auto",
-        max_iter=200,
-        momentum=0.9,
-        nesterovs_momentum=True,
+        solver="adam",
         alpha=0.0001,
+        batch_size="auto",
+        learning_rate="constant",
+        learning_rate_init=0.001,
+        power_t=0.5,
+        max_iter=200,
         shuffle=True,
         random_state=None,
-        early_stopping=False,
-        validation_fraction=0.1,
-        n_iter_no_change=10,
         tol=1e-4,
         verbose=False,
         warm_start=False,
-        dtype="float64",
+        momentum=0.9,
+        nesterovs_momentum=True,
+        early_stopping=False,
+        validation_fraction=0.1,
+        beta_1=0.9,
+        beta_2=0.999,
+        epsilon=1e-8,
+        n_iter_no_change=10,
+        max_fun=15000,
+        dtype=None,
         backend=None,
+        threads=None,
     ):
         self.hidden_layer_sizes = hidden_layer_sizes
         self.activation = activation
-        self.learning_rate_init = learning_rate_init
-        self.batch_size = batch_size
-        self.max_iter = max_iter
-        self.momentum = momentum
-        self.nesterovs_momentum = nesterovs_momentum
+        self.solver = solver
         self.alpha = alpha
+        self.batch_size = batch_size
+        self.learning_rate = learning_rate
+        self.learning_rate_init = learning_rate_init
+        self.power_t = power_t
+        self.max_iter = max_iter
         self.shuffle = shuffle
         self.random_state = random_state
-        self.early_stopping = early_stopping
-        self.validation_fraction = validation_fraction
-        self.n_iter_no_change = n_iter_no_change
         self.tol = tol
         self.verbose = verbose
         self.warm_start = warm_start
+        self.momentum = momentum
+        self.nesterovs_momentum = nesterovs_momentum
+        self.early_stopping = early_stopping
+        self.validation_fraction = validation_fraction
+        self.beta_1 = beta_1
+        self.beta_2 = beta_2
+        self.epsilon = epsilon
+        self.n_iter_no_change = n_iter_no_change
+        self.max_fun = max_fun
         self.dtype = dtype
         self.backend = backend
+        self.threads = threads
 
     # ----------------------------------------------------------------------------------------------- checks
     def _validate_params(self):
@@ -132,466 +364,798 @@ class _BaseMLP(BaseEstimator):
             ) from None
         for size in sizes:
             _check_number("hidden_layer_sizes", size, low=1, integer=True)
-        if self.activation not in _ACTIVATIONS:
-            raise ValueError(
-                f"The 'activation' parameter must be one of {sorted(_ACTIVATIONS)}, got {self.activation!r}"
-            )
-        _check_number("learning_rate_init", self.learning_rate_init, low=0, low_inclusive=False)
+        for name, options in (("activation", _ACTIVATIONS), ("solver", _SOLVERS),
+                              ("learning_rate", _LEARNING_RATES)):
+            value = getattr(self, name)
+            if not isinstance(value, str) or value not in options:
+                raise ValueError(f"The '{name}' parameter must be one of {sorted(options)}, got {value!r}")
+        _check_number("alpha", self.alpha, low=0)
         if not (isinstance(self.batch_size, str) and self.batch_size == "auto"):
             _check_number("batch_size", self.batch_size, low=1, integer=True)
+        _check_number("learning_rate_init", self.learning_rate_init, low=0, low_inclusive=False)
+        _check_number("power_t", self.power_t, low=0)
         _check_number("max_iter", self.max_iter, low=1, integer=True)
-        _check_number("momentum", self.momentum, low=0, high=1)
-        _check_number("alpha", self.alpha, low=0)
-        _check_number("validation_fraction", self.validation_fraction, low=0, high=1, low_inclusive=False,
-                      high_inclusive=False)
-        _check_number("n_iter_no_change", self.n_iter_no_change, low=1, integer=True)
         _check_number("tol", self.tol, low=0)
+        _check_number("momentum", self.momentum, low=0, high=1)
+        _check_number("validation_fraction", self.validation_fraction, low=0, high=1, high_inclusive=False)
+        _check_number("beta_1", self.beta_1, low=0, high=1, high_inclusive=False)
+        _check_number("beta_2", self.beta_2, low=0, high=1, high_inclusive=False)
+        _check_number("epsilon", self.epsilon, low=0, low_inclusive=False)
+        if not (isinstance(self.n_iter_no_change, numbers.Real) and self.n_iter_no_change == np.inf):
+            _check_number("n_iter_no_change", self.n_iter_no_change, low=1, integer=True)
+        _check_number("max_fun", self.max_fun, low=1, integer=True)
         for name in ("nesterovs_momentum", "shuffle", "early_stopping", "warm_start"):
             if not isinstance(getattr(self, name), (bool, np.bool_)):
                 raise TypeError(f"The '{name}' parameter must be a bool, got {getattr(self, name)!r}")
-        try:
-            dtype = np.dtype(self.dtype)
-        except TypeError:
+        if self.dtype is None:
             dtype = None
-        if dtype is None or dtype.name not in _DTYPES:
-            raise ValueError(f"The 'dtype' parameter must be 'float32' or 'float64', got {self.dtype!r}")
+        else:
+            try:
+                dtype = np.dtype(self.dtype)
+            except TypeError:
+                dtype = None
+            if dtype is None or dtype.name not in _DTYPES:
+                raise ValueError(
+                    f"The 'dtype' parameter must be None, 'float32' or 'float64', got {self.dtype!r}"
+                )
+        if self.threads is not None:
+            _check_number("threads", self.threads, low=1, integer=True)
+        self._check_loss()
         return [int(size) for size in sizes], dtype
 
+    def _check_loss(self):
+        pass
+
     # ----------------------------------------------------------------------------------------- hooks (sub)
-    def _validate_input(self, X, y, *, reset, incremental, classes=None):
+    def _validate_input(self, X, y, incremental, reset):
         raise NotImplementedError
 
-    def _targets(self, y):
-        """The float target matrix the network trains on (one-hot rows for the classifier)."""
+    def _score_validation(self, X, y, sample_weight):
         raise NotImplementedError
 
-    def _validation_score(self, X, y):
-        raise NotImplementedError
+    # ------------------------------------------------------------------------------------ the network
+    def _network_loss(self):
+        return _OUTPUT_LOSSES[self.out_activation_]
+
+    def _build_network(self, layer_units, dtype):
+        """A network for ``layer_units`` with this estimator's activations and output loss."""
+        loss = self._network_loss()
+        activations = [_ACTIVATIONS[self.activation]] * (len(layer_units) - 2) + ["identity"]
+        return Network(layer_units, activations, loss=loss, dtype=dtype, seed=0, backend=self.backend)
+
+    def _objective(self, net):
+        return _Objective(net, self.alpha, self.out_activation_, self.n_outputs_)
+
+    def _set_network_params(self, net, coefs, intercepts):
+        """Copy ``coefs`` ((n_in, n_out) each) and ``intercepts`` into ``net``."""
+        weights = [np.asarray(c).T for c in coefs]
+        biases = [np.asarray(b).reshape(-1) for b in intercepts]
+        net.set_params(weights, biases)
+
+    def _attach(self, net):
+        """Make ``net`` the estimator's network: ``coefs_``/``intercepts_`` become views of its parameters."""
+        self.network_ = net
+        self.coefs_ = [W.T for W in net.weights]
+        self.intercepts_ = list(net.biases)
+        self._param_views = (list(self.coefs_), list(self.intercepts_))
+        self.n_layers_ = len(net.layer_sizes)
+
+    def _network_in_sync(self):
+        views = getattr(self, "_param_views", None)
+        if getattr(self, "network_", None) is None or views is None:
+            return False
+        coefs, intercepts = self.coefs_, self.intercepts_
+        return (len(coefs) == len(views[0]) and len(intercepts) == len(views[1])
+                and all(a is b for a, b in zip(coefs, views[0]))
+                and all(a is b for a, b in zip(intercepts, views[1])))
+
+    def _sync_network(self):
+        """The network holding ``coefs_``/``intercepts_``; rebuilt when they were assigned from outside."""
+        if self._network_in_sync():
+            return self.network_
+        coefs = [np.asarray(c) for c in self.coefs_]
+        dtype = coefs[0].dtype if coefs[0].dtype in (np.float32, np.float64) else np.dtype(np.float64)
+        layer_units = [coefs[0].shape[0]] + [c.shape[1] for c in coefs]
+        net = self._build_network(layer_units, dtype)
+        self._set_network_params(net, coefs, self.intercepts_)
+        self._attach(net)
+        return net
 
     # ------------------------------------------------------------------------------------------- training
-    def _new_network(self, n_features, n_outputs, dtype, hidden):
-        from .network import Network
-
-        activations = [_ACTIVATIONS[self.activation]] * len(hidden) + ["identity"]
-        seed = int(self._random_state.randint(_SEED_BOUND))
-        return Network(
-            [n_features, *hidden, n_outputs], activations, loss=self._loss, dtype=dtype, seed=seed,
-            backend=self.backend,
-        )
-
-    def _new_optimizer(self):
-        from .network import SGD
-
-        momentum = float(self.momentum)
-        return SGD(
-            self.network_,
-            float(self.learning_rate_init),
-            momentum=momentum,
-            weight_decay=float(self.alpha),
-            nesterov=bool(self.nesterovs_momentum) and momentum > 0,
-        )
-
-    def _batch_size(self, n_samples):
-        if isinstance(self.batch_size, str):
-            return min(200, n_samples)
-        if self.batch_size > n_samples:
-            warnings.warn("Got `batch_size` larger than sample size. It is going to be clipped", stacklevel=3)
-        return int(np.clip(self.batch_size, 1, n_samples))
-
-    def _fit(self, X, y, *, incremental, classes=None):
-        hidden, dtype = self._validate_params()
-        fitted = hasattr(self, "network_")
-        continuing = fitted and (incremental or self.warm_start)
-        X, y = self._validate_input(X, y, reset=not continuing, incremental=incremental, classes=classes)
-        if X.shape[0] == 0:
-            raise ValueError("Found array with 0 sample(s) while a minimum of 1 is required.")
-        X = np.ascontiguousarray(X, dtype=dtype)
-
-        if not continuing:
-            self._random_state = check_random_state(self.random_state)
-            self.network_ = self._new_network(X.shape[1], self._n_network_outputs(y), dtype, hidden)
+    def _initialize(self, y, layer_units, dtype):
+        self.n_iter_ = 0
+        self.t_ = 0
+        self.n_outputs_ = y.shape[1]
+        self.n_layers_ = len(layer_units)
+        self.out_activation_ = self._out_activation()
+        # scikit-learn's Glorot-uniform initialisation, drawn from the same random state in the same order
+        # (float64 draws cast to the training dtype), so a random_state gives scikit-learn's initial weights.
+        factor = 2.0 if self.activation == "logistic" else 6.0
+        coefs, intercepts = [], []
+        for fan_in, fan_out in zip(layer_units[:-1], layer_units[1:]):
+            bound = np.sqrt(factor / (fan_in + fan_out))
+            coefs.append(self._random_state.uniform(-bound, bound, (fan_in, fan_out)))
+            intercepts.append(self._random_state.uniform(-bound, bound, fan_out))
+        net = self._build_network(layer_units, dtype)
+        self._set_network_params(net, coefs, intercepts)
+        self._attach(net)
+        self._best_params = net.params.copy()
+        if self.solver in _STOCHASTIC_SOLVERS:
             self.loss_curve_ = []
-            self.n_iter_ = 0
-            self.t_ = 0
             self._no_improvement_count = 0
-            self.best_loss_ = np.inf
-            self.validation_scores_ = None
-            self.best_validation_score_ = None
-            self._optimizer = None
-        elif not hasattr(self, "_random_state"):  # unpickled estimator
-            self._random_state = check_random_state(self.random_state)
-        if dtype != self.network_.dtype:
-            raise ValueError(
-                f"dtype={dtype.name} differs from the fitted network's {self.network_.dtype.name}; "
-                f"set warm_start=False (or call fit) to start again"
-            )
-        if self._optimizer is None or not incremental:
-            # A new fit (warm or not) starts a fresh optimizer, as scikit-learn does; partial_fit keeps the
-            # optimizer so that the momentum buffer carries over from one call to the next.
-            self._optimizer = self._new_optimizer()
+            if self.early_stopping:
+                self.validation_scores_ = []
+                self.best_validation_score_ = -np.inf
+                self.best_loss_ = None
+            else:
+                self.best_loss_ = np.inf
+                self.validation_scores_ = None
+                self.best_validation_score_ = None
 
-        early_stopping = self.early_stopping and not incremental
+    def _fit(self, X, y, sample_weight=None, incremental=False):
+        hidden, dtype = self._validate_params()
+        if incremental and self.early_stopping:
+            raise ValueError("partial_fit does not support early_stopping=True")
+        first_pass = not hasattr(self, "coefs_") or (not self.warm_start and not incremental)
+        if sample_weight is not None:
+            # Checked before the input (whose check records classes_ and the feature names) so that bad
+            # weights leave the estimator as it was.
+            n_rows = getattr(X, "shape", None)
+            try:
+                n_rows = n_rows[0] if n_rows is not None else len(X)
+            except TypeError:
+                n_rows = None  # validate_data says what is wrong with X
+            if n_rows is not None:
+                sample_weight = self._check_sample_weight(sample_weight, n_rows)
+                if not sample_weight.sum() > 0:
+                    raise ValueError("sample_weight must not be all zero")
+        X, y = self._validate_input(X, y, incremental, reset=first_pass)
+        if sample_weight is not None:
+            sample_weight = self._check_sample_weight(sample_weight, X.shape[0])
+        if y.ndim == 1:
+            y = y.reshape((-1, 1))
+        if dtype is None:
+            dtype = X.dtype if X.dtype in (np.float32, np.float64) else np.dtype(np.float64)
+        if first_pass:
+            layer_units = [X.shape[1], *hidden, y.shape[1]]
+        else:
+            net = self._sync_network()
+            layer_units = [self.coefs_[0].shape[0]] + [c.shape[1] for c in self.coefs_]
+            if layer_units[0] != X.shape[1] or layer_units[-1] != y.shape[1]:
+                raise ValueError(
+                    f"The fitted network has {layer_units[0]} input(s) and {layer_units[-1]} output(s); "
+                    f"X has {X.shape[1]} feature(s) and y {y.shape[1]} output(s)"
+                )
+            dtype = net.dtype
+        self.n_outputs_ = y.shape[1]
+        self._random_state = check_random_state(self.random_state)
+        if first_pass:
+            self._initialize(y, layer_units, dtype)
+        if not scipy.sparse.issparse(X):
+            X = np.ascontiguousarray(X, dtype=dtype)
+        else:
+            # Mini-batches are sets of rows: CSR gives them without a scan of every column (a copy of the
+            # non-zeros, once, for CSC input).
+            X = X.tocsr().astype(dtype, copy=False)
+        # The targets keep their dtype (bool for the classifier) until after the validation split, whose
+        # stratification and error messages see them as scikit-learn does.
+        Y = y
+        if sample_weight is not None:
+            sample_weight = np.ascontiguousarray(sample_weight, dtype=dtype)
+
+        # The BLAS thread count as Network.fit picks it for one call (threads= when given; else one thread for
+        # small products, or the cores other processes leave free).
+        n_rows = X.shape[0]
+        if self.solver == "lbfgs":
+            rows_per_product = n_rows if not scipy.sparse.issparse(X) else min(n_rows, _SPARSE_CHUNK_ROWS)
+        elif self.batch_size == "auto":
+            rows_per_product = min(200, n_rows)
+        else:
+            rows_per_product = int(np.clip(self.batch_size, 1, n_rows))
+        with _threads.limit_for_call(self.threads, rows_per_product, self.network_.layer_sizes):
+            if self.solver in _STOCHASTIC_SOLVERS:
+                self._fit_stochastic(X, Y, sample_weight, incremental)
+            else:
+                self._fit_lbfgs(X, Y, sample_weight)
+        return self
+
+    @staticmethod
+    def _check_sample_weight(sample_weight, n):
+        """``sample_weight`` as a float64 array of shape (n,): finite and >= 0 (a number is every row's
+        weight)."""
+        if isinstance(sample_weight, numbers.Number):
+            sample_weight = np.full(n, sample_weight, dtype=np.float64)
+        try:
+            weights = np.asarray(sample_weight, dtype=np.float64)
+        except (TypeError, ValueError):
+            raise TypeError(f"sample_weight must be an array of numbers; got {type(sample_weight).__name__}") \
+                from None
+        if weights.ndim != 1:
+            raise ValueError(f"Sample weights must be 1D array or scalar, got shape {weights.shape}")
+        if weights.shape != (n,):
+            raise ValueError(f"sample_weight.shape == {weights.shape}, expected ({n},)!")
+        if not np.isfinite(weights).all():
+            raise ValueError("sample_weight must be finite (no NaN or infinity)")
+        if (weights < 0).any():
+            raise ValueError("Negative values in data passed to sample_weight: fastbp's MLP estimators need "
+                             "sample weights >= 0")
+        return weights
+
+    @staticmethod
+    def _non_finite_error(error=None):
+        message = ("Solver produced non-finite parameter weights. The input data may contain large values "
+                   "and need to be preprocessed.")
+        if error is not None:
+            message += f" ({error})"
+        return ValueError(message)
+
+    def _solver_state(self, net, objective, incremental):
+        solver = getattr(self, "_optimizer", None)
+        if (incremental and solver is not None and getattr(self, "_optimizer_net", None) is net
+                and solver.solver == self.solver):
+            return solver
+        solver = _Solver(self, net, objective.grad_factor)
+        self._optimizer = solver
+        self._optimizer_net = net
+        return solver
+
+    def _fit_stochastic(self, X, Y, sample_weight, incremental):
+        net = self.network_
+        objective = self._objective(net)
+        solver = self._solver_state(net, objective, incremental)
+        early_stopping = self.early_stopping
         if early_stopping:
-            stratify = y if isinstance(self, ClassifierMixin) else None
-            X, X_val, y, y_val = train_test_split(
-                X, y, random_state=self._random_state, test_size=self.validation_fraction, stratify=stratify
-            )
+            # As scikit-learn: stratified only for single-output classification; the labels binarized.
+            stratify = Y if isinstance(self, ClassifierMixin) and self.n_outputs_ == 1 else None
+            arrays = (X, Y) if sample_weight is None else (X, Y, sample_weight)
+            parts = train_test_split(*arrays, random_state=self._random_state,
+                                     test_size=self.validation_fraction, stratify=stratify)
+            X_train, X_val, Y_train, Y_val = parts[:4]
+            sw_train, sw_val = (parts[4], parts[5]) if sample_weight is not None else (None, None)
             if X_val.shape[0] < 2:
                 raise ValueError(
                     "The validation set is too small. Increase 'validation_fraction' or the size of your "
                     "dataset."
                 )
-            X = np.ascontiguousarray(X)
-            if self.validation_scores_ is None:
-                self.validation_scores_ = []
-                self.best_validation_score_ = -np.inf
-            best_params = None
+            y_val = self._decode_validation_targets(Y_val)
         else:
-            self.validation_scores_ = None
-            self.best_validation_score_ = None
+            X_train, Y_train, sw_train = X, Y, sample_weight
+            X_val = y_val = sw_val = None
 
-        Y = self._targets(y)
-        batch_size = self._batch_size(X.shape[0])
-        epochs = 1 if incremental else self.max_iter
-        stopped = False
-        for _ in range(epochs):
-            seed = int(self._random_state.randint(_SEED_BOUND))
-            try:
-                history = self.network_.fit(
-                    X, Y, epochs=1, batch_size=batch_size, optimizer=self._optimizer,
-                    shuffle=bool(self.shuffle), seed=seed,
+        Y_train = np.ascontiguousarray(Y_train, dtype=net.dtype)
+        n_samples = X_train.shape[0]
+        sample_idx = np.arange(n_samples, dtype=int)
+        if self.batch_size == "auto":
+            batch_size = min(200, n_samples)
+        else:
+            if self.batch_size > n_samples:
+                warnings.warn(
+                    "Got `batch_size` less than 1 or larger than sample size. It is going to be clipped",
+                    stacklevel=3,
                 )
-            except KeyboardInterrupt:
-                # As scikit-learn's MLP: Ctrl-C ends training and keeps the model (as after the last
-                # completed update, which fastbp guarantees).
-                warnings.warn("Training interrupted by user.", stacklevel=3)
-                stopped = True
-                break
-            except FloatingPointError as error:
-                raise ValueError(
-                    "Solver produced non-finite parameter weights or loss. The input data may contain large "
-                    f"values and need to be preprocessed, or learning_rate_init may be too large ({error})"
-                ) from error
-            loss = float(history.loss[-1])
-            self.n_iter_ += 1
-            self.t_ += X.shape[0]
-            self.loss_curve_.append(loss)
-            if self.verbose:
-                print(f"Iteration {self.n_iter_}, loss = {loss:.8f}")
+            batch_size = int(np.clip(self.batch_size, 1, n_samples))
+        constants = objective.row_constants(Y_train)
+        dense = not scipy.sparse.issparse(X_train)
+        use_kernel = (solver.kernel_ok() and dense and sw_train is None and objective.alpha == 0
+                      and constants is None)
 
-            if early_stopping:
-                score = self._validation_score(X_val, y_val)
-                self.validation_scores_.append(score)
-                if self.verbose:
-                    print(f"Validation score: {score:f}")
-                if score < self.best_validation_score_ + self.tol:
-                    self._no_improvement_count += 1
-                else:
-                    self._no_improvement_count = 0
-                if score > self.best_validation_score_:
-                    self.best_validation_score_ = score
-                    best_params = self.network_.params.copy()
-            else:
-                if loss > self.best_loss_ - self.tol:
-                    self._no_improvement_count += 1
-                else:
-                    self._no_improvement_count = 0
-                if loss < self.best_loss_:
-                    self.best_loss_ = loss
-
-            if self._no_improvement_count > self.n_iter_no_change:
-                what = "Validation score" if early_stopping else "Training loss"
-                if self.verbose:
-                    print(
-                        f"{what} did not improve more than tol={self.tol:f} for "
-                        f"{self.n_iter_no_change} consecutive epochs. Stopping."
+        try:
+            self.n_iter_ = 0
+            for _ in range(self.max_iter):
+                if self.shuffle:
+                    # sklearn.utils.shuffle(sample_idx, random_state=...)'s draw, without its per-call
+                    # parameter validation (a millisecond per epoch).
+                    order = np.arange(n_samples)
+                    self._random_state.shuffle(order)
+                    sample_idx = sample_idx[order]
+                try:
+                    if use_kernel:
+                        if self.shuffle:
+                            X_epoch, Y_epoch = X_train[sample_idx], Y_train[sample_idx]
+                        else:
+                            X_epoch, Y_epoch = X_train, Y_train
+                        accumulated_loss = solver.kernel_epoch(X_epoch, Y_epoch, batch_size)
+                        accumulated_loss *= objective.loss_factor
+                    else:
+                        accumulated_loss = 0.0
+                        # sklearn.utils.gen_batches(n_samples, batch_size)'s slices, without its per-call
+                        # parameter validation.
+                        for start in range(0, n_samples, batch_size):
+                            batch_slice = slice(start, min(start + batch_size, n_samples))
+                            rows = sample_idx[batch_slice] if self.shuffle else batch_slice
+                            X_batch = _dense_rows(X_train, rows)
+                            batch_constants = None if constants is None else constants[rows]
+                            batch_weights = None if sw_train is None else sw_train[rows]
+                            batch_loss, grads = objective.batch(X_batch, Y_train[rows], batch_weights,
+                                                                batch_constants)
+                            if not np.isfinite(batch_loss):
+                                raise FloatingPointError("the batch loss is not finite")
+                            if grads is not None:
+                                solver.step(grads)
+                            accumulated_loss += batch_loss * (batch_slice.stop - batch_slice.start)
+                except FloatingPointError as error:
+                    if not early_stopping:
+                        raise self._non_finite_error(error) from error
+                    # As scikit-learn records it: the diverged epoch's validation score is NaN; the best
+                    # parameters are restored below.
+                    self.n_iter_ += 1
+                    self.t_ += n_samples
+                    self.loss_ = np.nan
+                    self.loss_curve_.append(np.nan)
+                    self.validation_scores_.append(np.nan)
+                    warnings.warn(
+                        f"Training diverged at epoch {self.n_iter_} ({error}); the parameters with the best "
+                        "validation score are restored.",
+                        ConvergenceWarning,
+                        stacklevel=3,
                     )
-                stopped = True
-                break
+                    break
+                self.n_iter_ += 1
+                self.loss_ = accumulated_loss / n_samples
+                self.t_ += n_samples
+                self.loss_curve_.append(self.loss_)
+                if self.verbose:
+                    print("Iteration %d, loss = %.8f" % (self.n_iter_, self.loss_))
+                self._update_no_improvement_count(early_stopping, X_val, y_val, sw_val)
+                solver.iteration_ends(self.t_)
+                if self._no_improvement_count > self.n_iter_no_change:
+                    if early_stopping:
+                        msg = ("Validation score did not improve more than tol=%f for %d consecutive epochs."
+                               % (self.tol, self.n_iter_no_change))
+                    else:
+                        msg = ("Training loss did not improve more than tol=%f for %d consecutive epochs."
+                               % (self.tol, self.n_iter_no_change))
+                    if solver.trigger_stopping(msg, self.verbose):
+                        break
+                    self._no_improvement_count = 0
+                if incremental:
+                    break
+                if self.n_iter_ == self.max_iter:
+                    warnings.warn(
+                        "Stochastic Optimizer: Maximum iterations (%d) reached and the optimization hasn't "
+                        "converged yet." % self.max_iter,
+                        ConvergenceWarning,
+                        stacklevel=3,
+                    )
+        except KeyboardInterrupt:
+            warnings.warn("Training interrupted by user.", stacklevel=3)
+        if early_stopping and self._best_params.shape == net.params.shape:
+            np.copyto(net.params, self._best_params)
 
-        if not incremental and not stopped:
+    def _update_no_improvement_count(self, early_stopping, X_val, y_val, sw_val):
+        if early_stopping:
+            score = self._score_validation(X_val, y_val, sw_val)
+            self.validation_scores_.append(score)
+            if self.verbose:
+                print("Validation score: %f" % score)
+            if score < self.best_validation_score_ + self.tol:
+                self._no_improvement_count += 1
+            else:
+                self._no_improvement_count = 0
+            if score > self.best_validation_score_:
+                self.best_validation_score_ = score
+                self._best_params = self.network_.params.copy()
+        else:
+            if self.loss_curve_[-1] > self.best_loss_ - self.tol:
+                self._no_improvement_count += 1
+            else:
+                self._no_improvement_count = 0
+            if self.loss_curve_[-1] < self.best_loss_:
+                self.best_loss_ = self.loss_curve_[-1]
+
+    def _fit_lbfgs(self, X, Y, sample_weight):
+        net = self.network_
+        objective = self._objective(net)
+        Y = np.ascontiguousarray(Y, dtype=net.dtype)
+        constants = objective.row_constants(Y)
+        n = X.shape[0]
+        chunk = n if not scipy.sparse.issparse(X) else _SPARSE_CHUNK_ROWS
+        flat_grad = np.empty(net.params.shape, dtype=np.float64)
+        grad_views = _spec.layer_views(net.layer_sizes, flat_grad)
+        total_weight = n if sample_weight is None else float(np.sum(sample_weight))
+
+        def loss_and_gradient(packed):
+            net.params[...] = packed
+            loss = 0.0
+            flat_grad.fill(0.0)
+            for start in range(0, n, chunk):
+                rows = slice(start, min(start + chunk, n))
+                weights = None if sample_weight is None else sample_weight[rows]
+                share = ((rows.stop - rows.start) if weights is None else float(np.sum(weights))) / total_weight
+                if share == 0:
+                    continue
+                # The L2 term over the whole batch is added once below, not per chunk.
+                part_loss, grads = objective.batch(_dense_rows(X, rows), Y[rows], weights,
+                                                   None if constants is None else constants[rows], l2=False)
+                loss += part_loss * share
+                for (GW, Gb), W, b in zip(grad_views, grads.weights, grads.biases):
+                    GW += share * W
+                    Gb += share * b
+            if objective.alpha:
+                loss += objective.alpha * objective.l2() / total_weight
+                scale = objective.alpha / total_weight
+                for (GW, _), W in zip(grad_views, net.weights):
+                    GW += scale * W
+            return loss, flat_grad.copy()
+
+        with np.errstate(over="ignore", invalid="ignore"):
+            result = scipy.optimize.minimize(
+                loss_and_gradient,
+                net.params.astype(np.float64),
+                method="L-BFGS-B",
+                jac=True,
+                options={"maxfun": int(self.max_fun), "maxiter": int(self.max_iter), "gtol": float(self.tol)},
+            )
+        if result.status != 0:
             warnings.warn(
-                f"Stochastic Optimizer: Maximum iterations ({self.max_iter}) reached and the optimization "
-                "hasn't converged yet.",
+                "lbfgs failed to converge after %d iteration(s) (status=%d):\n%s.\n\nIncrease the number of "
+                "iterations (max_iter) or scale the data as shown in:\n"
+                "    https://scikit-learn.org/stable/modules/preprocessing.html"
+                % (result.nit, result.status, result.message),
                 ConvergenceWarning,
                 stacklevel=3,
             )
-        if early_stopping and best_params is not None:
-            self._restore_params(best_params)
-        if not incremental:
-            self._no_improvement_count = 0
-        return self
+        self.n_iter_ = min(int(result.nit), int(self.max_iter))
+        self.loss_ = float(result.fun)
+        net.params[...] = result.x
+        if not np.isfinite(net.params).all():
+            raise self._non_finite_error()
 
-    def _restore_params(self, params):
-        offsets, _ = _spec.param_offsets(self.network_.layer_sizes)
-        weights, biases = [], []
-        for (w_offset, b_offset), n_in, n_out in zip(
-            offsets, self.network_.layer_sizes[:-1], self.network_.layer_sizes[1:]
-        ):
-            weights.append(params[w_offset:w_offset + n_in * n_out].reshape(n_out, n_in))
-            biases.append(params[b_offset:b_offset + n_out])
-        self.network_.set_params(weights, biases)
+    # ---------------------------------------------------------------------------------------- prediction
+    def _forward(self, X, check_input=True):
+        """The network's linear output (logits, log-rates or values) for ``X``."""
+        check_is_fitted(self, "coefs_")
+        if check_input:
+            X = validate_data(self, X, accept_sparse=["csr", "csc"], reset=False)
+        net = self._sync_network()
+        # As scikit-learn's products of X with coefs_: the output has the wider of the two dtypes.
+        out_dtype = np.result_type(X.dtype, net.dtype) if X.dtype.kind == "f" else np.dtype(np.float64)
+        if scipy.sparse.issparse(X):
+            out = np.empty((X.shape[0], net.layer_sizes[-1]), dtype=net.dtype)
+            for start in range(0, X.shape[0], _SPARSE_CHUNK_ROWS):
+                rows = slice(start, start + _SPARSE_CHUNK_ROWS)
+                out[rows] = net.predict(_dense_rows(X, rows).astype(net.dtype, copy=False))
+        else:
+            X = np.asarray(X)
+            if X.dtype != net.dtype:
+                X = X.astype(net.dtype)
+            out = net.predict(np.ascontiguousarray(X))
+        return out.astype(out_dtype, copy=False)
 
-    def _forward(self, X):
-        check_is_fitted(self, "network_")
-        X = validate_data(self, X, dtype=(np.float64, np.float32), reset=False)
-        return self.network_.predict(np.ascontiguousarray(X, dtype=self.network_.dtype))
+    def _output(self, X, check_input=True):
+        """scikit-learn's ``_forward_pass_fast``: the output activation applied (probabilities, rates)."""
+        z = self._forward(X, check_input=check_input)
+        out = self.out_activation_
+        if out == "identity":
+            return z
+        if out == "exp":
+            with np.errstate(over="ignore"):  # an overflowing rate is inf, as in scikit-learn
+                return np.exp(z)
+        if out == "logistic":
+            return _spec.sigmoid(z)
+        return _spec.softmax(z)
 
     # ------------------------------------------------------------------------------------------ pickling
     def __getstate__(self):
-        # The optimizer holds backend workspaces, and the network names the backend it was built on; pickle
-        # the plain arrays instead and rebuild both with this estimator's ``backend`` when unpickling, so a
-        # model fitted with the compiled kernel loads where only the NumPy twin is available. The momentum
-        # buffer is kept so that partial_fit continues exactly.
+        # The network and the optimizers hold backend workspaces: pickle plain arrays (coefs_, intercepts_
+        # and the solver's state) and rebuild them with this estimator's ``backend`` when unpickling, so a
+        # model fitted with the compiled kernel loads where only the NumPy twin is available.
         state = dict(super().__getstate__())
-        network = state.pop("network_", None)
-        optimizer = state.pop("_optimizer", None)
-        if optimizer is not None:
-            state["_velocity"] = np.array(optimizer.velocity, copy=True)
-        if network is not None:
-            state["_network_state"] = {
-                "layer_sizes": list(network.layer_sizes),
-                "activations": list(network.activations),
-                "loss": network.loss_name,
-                "dtype": np.dtype(network.dtype).name,
-                "params": np.array(network.params, copy=True),
-            }
+        for key in ("network_", "_param_views", "_optimizer", "_optimizer_net"):
+            state.pop(key, None)
+        if "coefs_" in state:
+            state["coefs_"] = [np.array(c) for c in self.coefs_]
+            state["intercepts_"] = [np.array(b) for b in self.intercepts_]
+        solver = getattr(self, "_optimizer", None)
+        if solver is not None and getattr(self, "_optimizer_net", None) is getattr(self, "network_", None):
+            state["_solver_state"] = (solver.solver, solver.state())
         return state
 
     def __setstate__(self, state):
         state = dict(state)
-        network_state = state.pop("_network_state", None)
-        velocity = state.pop("_velocity", None)
+        solver_state = state.pop("_solver_state", None)
         super().__setstate__(state)
-        self._optimizer = None
-        if network_state is not None:
-            from .network import Network
+        if hasattr(self, "coefs_"):
+            self._sync_network()
+            if solver_state is not None:
+                name, values = solver_state
+                objective = self._objective(self.network_)
+                solver = _Solver(self, self.network_, objective.grad_factor)
+                if solver.solver == name:
+                    solver.load(values)
+                    self._optimizer = solver
+                    self._optimizer_net = self.network_
 
-            self.network_ = Network(
-                network_state["layer_sizes"], network_state["activations"], loss=network_state["loss"],
-                dtype=network_state["dtype"], seed=0, backend=self.backend,
-            )
-            self._restore_params(np.asarray(network_state["params"], dtype=network_state["dtype"]))
-            if velocity is not None:
-                self._optimizer = self._new_optimizer()
-                self._optimizer.velocity[...] = velocity
+
+def _score_or_nan(function, y, y_pred, sample_weight):
+    # As scikit-learn: a diverged model's validation score is NaN, not an error inside sklearn.metrics.
+    if np.issubdtype(np.asarray(y_pred).dtype, np.floating) and not np.isfinite(y_pred).all():
+        return np.nan
+    return float(function(y, y_pred, sample_weight=sample_weight))
+
+
+def _check_stochastic(estimator):
+    if estimator.solver not in _STOCHASTIC_SOLVERS:
+        raise AttributeError(
+            f"partial_fit is only available for stochastic optimizers. {estimator.solver} is not stochastic."
+        )
+    return True
 
 
 class MLPRegressor(RegressorMixin, _BaseMLP):
-    """Multi-layer perceptron regressor trained by fastbp (mini-batch SGD with momentum, MSE loss).
+    """Multi-layer perceptron regressor: scikit-learn's ``MLPRegressor``, trained by fastbp.
 
     Parameters
     ----------
+    loss : {"squared_error", "poisson"}, default="squared_error"
+        The half squared error with an identity output, or the half Poisson deviance with an exponential
+        output (log link; ``y >= 0``).
     hidden_layer_sizes : int or tuple of int, default=(100,)
-        The sizes of the hidden layers; ``()`` gives a linear model.
-    activation : {"relu", "tanh", "logistic", "sigmoid", "identity"}, default="relu"
-        The hidden layers' activation ("logistic" is scikit-learn's name for "sigmoid"). The output layer
-        is linear.
-    learning_rate_init : float, default=0.001
-        The SGD learning rate (constant).
-    batch_size : int or "auto", default="auto"
-        Mini-batch size; "auto" is ``min(200, n_samples)``.
-    max_iter : int, default=200
-        The most epochs one ``fit`` runs.
-    momentum : float, default=0.9
-        SGD momentum in [0, 1].
-    nesterovs_momentum : bool, default=True
-        Nesterov momentum (when ``momentum > 0``).
+        The sizes of the hidden layers.
+    activation : {"relu", "tanh", "logistic", "identity"}, default="relu"
+        The hidden layers' activation.
+    solver : {"adam", "sgd", "lbfgs"}, default="adam"
+        scikit-learn's Adam, SGD with momentum, or full-batch L-BFGS (``scipy.optimize.minimize``).
     alpha : float, default=0.0001
-        L2 penalty, applied as SGD weight decay (see the module notes).
+        L2 penalty on the weights, divided by the batch size (the sample-weight sum with weights).
+    batch_size : int or "auto", default="auto"
+        Mini-batch size of the stochastic solvers; "auto" is ``min(200, n_samples)``.
+    learning_rate : {"constant", "invscaling", "adaptive"}, default="constant"
+        The schedule of ``solver="sgd"``.
+    learning_rate_init : float, default=0.001
+        The initial learning rate (sgd, adam).
+    power_t : float, default=0.5
+        The exponent of "invscaling".
+    max_iter : int, default=200
+        Epochs (stochastic solvers) or iterations (lbfgs).
     shuffle : bool, default=True
-        Shuffle the examples every epoch.
+        Shuffle the examples every epoch (stochastic solvers).
     random_state : int, RandomState instance or None, default=None
-        Seeds the initial weights, the shuffles and the validation split.
-    early_stopping : bool, default=False
-        Hold out ``validation_fraction`` of the data and stop when its R^2 stops improving by ``tol`` for
-        ``n_iter_no_change`` epochs; the best parameters seen are restored.
-    validation_fraction : float, default=0.1
-    n_iter_no_change : int, default=10
+        The initial weights, the shuffles and the validation split, drawn as scikit-learn draws them.
     tol : float, default=1e-4
-        Without early stopping, training stops when the training loss has not improved by ``tol`` for
-        ``n_iter_no_change`` consecutive epochs; otherwise a ``ConvergenceWarning`` is issued at ``max_iter``.
+        Stop when the loss (or validation score) has not improved by ``tol`` for ``n_iter_no_change``
+        epochs; for lbfgs the gradient tolerance.
     verbose : bool, default=False
-        Print the loss of every epoch.
     warm_start : bool, default=False
-        ``fit`` continues from the fitted network instead of starting again.
-    dtype : {"float64", "float32"}, default="float64"
-        The network's dtype.
+        ``fit`` continues from ``coefs_``/``intercepts_``.
+    momentum : float, default=0.9
+    nesterovs_momentum : bool, default=True
+    early_stopping : bool, default=False
+        Hold out ``validation_fraction`` of the data and stop when its score stops improving; the best
+        parameters are restored.
+    validation_fraction : float, default=0.1
+    beta_1, beta_2, epsilon : float, default=0.9, 0.999, 1e-8
+        Adam's parameters (scikit-learn's epsilon convention).
+    n_iter_no_change : int or np.inf, default=10
+    max_fun : int, default=15000
+        The most loss evaluations of lbfgs.
+    dtype : None, "float32" or "float64", default=None
+        The parameters' dtype; None follows the training data (float32 stays float32).
     backend : {"cython", "numpy"} or None, default=None
         The fastbp backend (None: fastbp's default).
+    threads : int or None, default=None
+        At most this many BLAS threads while fitting; None picks them as ``fastbp.Network.fit`` does.
 
     Attributes
     ----------
-    network_ : fastbp.Network
-        The trained network (``network_.to_torch()`` gives the PyTorch module).
-    loss_curve_ : list of float
-        The mean training loss of each epoch.
-    n_iter_ : int
-        Epochs run.
-    t_ : int
-        Training examples seen.
+    loss_ : float
     best_loss_ : float or None
+    loss_curve_ : list of float
     validation_scores_ : list of float or None
-        With early stopping, the validation R^2 after each epoch.
     best_validation_score_ : float or None
+    t_ : int
+    coefs_ : list of ndarray of shape (n_in, n_out)
+    intercepts_ : list of ndarray of shape (n_out,)
     n_features_in_ : int
     feature_names_in_ : ndarray of str
-        Only when X had string column names (a pandas DataFrame).
+    n_iter_ : int
+    n_layers_ : int
     n_outputs_ : int
+    out_activation_ : str
+        "identity", or "exp" with ``loss="poisson"``.
+    network_ : fastbp.Network
+        The trained network (``network_.to_torch()`` gives the PyTorch module).
     """
 
-    _loss = "mse"
-
-    def _validate_input(self, X, y, *, reset, incremental, classes=None):
-        X, y = validate_data(
-            self, X, y, multi_output=True, y_numeric=True, dtype=(np.float64, np.float32), reset=reset
+    def __init__(
+        self,
+        loss="squared_error",
+        hidden_layer_sizes=(100,),
+        activation="relu",
+        *,
+        solver="adam",
+        alpha=0.0001,
+        batch_size="auto",
+        learning_rate="constant",
+        learning_rate_init=0.001,
+        power_t=0.5,
+        max_iter=200,
+        shuffle=True,
+        random_state=None,
+        tol=1e-4,
+        verbose=False,
+        warm_start=False,
+        momentum=0.9,
+        nesterovs_momentum=True,
+        early_stopping=False,
+        validation_fraction=0.1,
+        beta_1=0.9,
+        beta_2=0.999,
+        epsilon=1e-8,
+        n_iter_no_change=10,
+        max_fun=15000,
+        dtype=None,
+        backend=None,
+        threads=None,
+    ):
+        super().__init__(
+            hidden_layer_sizes=hidden_layer_sizes, activation=activation, solver=solver, alpha=alpha,
+            batch_size=batch_size, learning_rate=learning_rate, learning_rate_init=learning_rate_init,
+            power_t=power_t, max_iter=max_iter, shuffle=shuffle, random_state=random_state, tol=tol,
+            verbose=verbose, warm_start=warm_start, momentum=momentum, nesterovs_momentum=nesterovs_momentum,
+            early_stopping=early_stopping, validation_fraction=validation_fraction, beta_1=beta_1,
+            beta_2=beta_2, epsilon=epsilon, n_iter_no_change=n_iter_no_change, max_fun=max_fun, dtype=dtype,
+            backend=backend, threads=threads,
         )
+        self.loss = loss
+
+    def _check_loss(self):
+        if not isinstance(self.loss, str) or self.loss not in ("squared_error", "poisson"):
+            raise ValueError(f"The 'loss' parameter must be 'squared_error' or 'poisson', got {self.loss!r}")
+
+    def _out_activation(self):
+        return "exp" if self.loss == "poisson" else "identity"
+
+    def _validate_input(self, X, y, incremental, reset):
+        X, y = validate_data(self, X, y, accept_sparse=["csr", "csc"], multi_output=True, y_numeric=True,
+                             dtype=(np.float64, np.float32), reset=reset)
         if y.ndim == 2 and y.shape[1] == 1:
             y = column_or_1d(y, warn=True)
-        n_outputs = 1 if y.ndim == 1 else y.shape[1]
-        if reset:
-            self.n_outputs_ = n_outputs
-        elif n_outputs != self.n_outputs_:
-            raise ValueError(
-                f"y has {n_outputs} output(s), but {type(self).__name__} was fitted with {self.n_outputs_}"
-            )
+        if self.loss == "poisson" and np.any(y < 0):
+            raise ValueError("MLPRegressor(loss='poisson') needs targets y >= 0")
         return X, y
 
-    def _n_network_outputs(self, y):
-        return 1 if y.ndim == 1 else y.shape[1]
+    def _decode_validation_targets(self, Y):
+        return Y.ravel() if Y.shape[1] == 1 else Y
 
-    def _targets(self, y):
-        return np.ascontiguousarray(y.reshape(y.shape[0], -1), dtype=self.network_.dtype)
+    def _score_validation(self, X, y, sample_weight):
+        return _score_or_nan(r2_score, y, self._predict(X, check_input=False), sample_weight)
 
-    def _validation_score(self, X, y):
-        return r2_score(y, self._predict_array(X))
+    def fit(self, X, y, sample_weight=None):
+        """Fit the model to ``X`` (n_samples, n_features; dense or CSR/CSC) and ``y``.
 
-    def _predict_array(self, X):
-        prediction = self.network_.predict(np.ascontiguousarray(X, dtype=self.network_.dtype))
-        return prediction.ravel() if self.n_outputs_ == 1 else prediction
-
-    def fit(self, X, y):
-        """Train on ``X`` (n_samples, n_features) and ``y`` (n_samples,) or (n_samples, n_outputs).
-
-        Returns
-        -------
-        self
-        """
-        return self._fit(X, y, incremental=False)
-
-    def partial_fit(self, X, y):
-        """One epoch of SGD over ``X, y`` (starting a new network on the first call).
+        Parameters
+        ----------
+        X : {array-like, sparse matrix} of shape (n_samples, n_features)
+        y : array-like of shape (n_samples,) or (n_samples, n_outputs)
+        sample_weight : array-like of shape (n_samples,), default=None
+            Non-negative weights: each batch's loss is the weighted mean of its examples' losses and the L2
+            term is divided by the batch's weight sum, as in scikit-learn.
 
         Returns
         -------
         self
         """
-        return self._fit(X, y, incremental=True)
+        return self._fit(X, y, sample_weight=sample_weight, incremental=False)
+
+    @available_if(_check_stochastic)
+    def partial_fit(self, X, y, sample_weight=None):
+        """One epoch of the stochastic solver over ``X, y`` (starting a network on the first call).
+
+        Parameters
+        ----------
+        X : {array-like, sparse matrix} of shape (n_samples, n_features)
+        y : array-like of shape (n_samples,) or (n_samples, n_outputs)
+        sample_weight : array-like of shape (n_samples,), default=None
+
+        Returns
+        -------
+        self
+        """
+        return self._fit(X, y, sample_weight=sample_weight, incremental=True)
+
+    def _predict(self, X, check_input=True):
+        y_pred = self._output(X, check_input=check_input)
+        return y_pred.ravel() if y_pred.shape[1] == 1 else y_pred
 
     def predict(self, X):
-        """Predicted targets: shape (n_samples,) or (n_samples, n_outputs), float64 whatever ``dtype``."""
-        # scikit-learn's regressors predict float64; a float32 network computes in float32 and widens.
-        prediction = self._forward(X).astype(np.float64, copy=False)
-        return prediction.ravel() if self.n_outputs_ == 1 else prediction
+        """Predicted targets: shape (n_samples,) or (n_samples, n_outputs), in the parameters' dtype."""
+        check_is_fitted(self, "coefs_")
+        return self._predict(X)
 
     def __sklearn_tags__(self):
         tags = super().__sklearn_tags__()
+        tags.input_tags.sparse = True
         tags.target_tags.multi_output = True
         tags.target_tags.single_output = True
         return tags
 
 
 class MLPClassifier(ClassifierMixin, _BaseMLP):
-    """Multi-layer perceptron classifier trained by fastbp (softmax cross-entropy, mini-batch SGD).
+    """Multi-layer perceptron classifier: scikit-learn's ``MLPClassifier``, trained by fastbp.
 
-    The network has one output (logit) per class, an identity last layer and the ``"cross_entropy"`` loss
-    (``torch.nn.CrossEntropyLoss``); ``predict_proba`` is the softmax of the logits. Targets may be any
-    labels (ints, strings); at least two classes are needed. Multilabel targets are not supported.
+    A softmax output and the cross-entropy for more than two classes; one logistic output (binary
+    cross-entropy) for two classes, and one per label for multilabel targets. ``predict_proba`` gives the
+    probabilities, in ``classes_`` order.
 
     Parameters
     ----------
-    Those of :class:`MLPRegressor`; with early stopping the validation score is the accuracy.
+    Those of :class:`MLPRegressor` except ``loss``; with early stopping the validation score is the
+    accuracy.
 
     Attributes
     ----------
     classes_ : ndarray of shape (n_classes,)
-        The class labels, sorted.
-    network_, loss_curve_, n_iter_, t_, best_loss_, validation_scores_, best_validation_score_,
-    n_features_in_, feature_names_in_
+    loss_, best_loss_, loss_curve_, validation_scores_, best_validation_score_, t_, coefs_, intercepts_,
+    n_features_in_, feature_names_in_, n_iter_, n_layers_, n_outputs_, network_
         As for :class:`MLPRegressor`.
+    out_activation_ : str
+        "softmax", or "logistic" for binary and multilabel targets.
     """
 
-    _loss = "cross_entropy"
+    def _out_activation(self):
+        if self._label_binarizer.y_type_ == "multiclass":
+            return "softmax"
+        return "logistic"
 
-    def _validate_input(self, X, y, *, reset, incremental, classes=None):
-        X, y = validate_data(self, X, y, multi_output=True, dtype=(np.float64, np.float32), reset=reset)
-        if y.ndim == 2 and y.shape[1] > 1:
-            raise ValueError(
-                f"{type(self).__name__} supports binary and multiclass targets, not {type_of_target(y)}"
-            )
-        y = column_or_1d(y, warn=True)
-        check_classification_targets(y)
-        if reset:
-            if incremental and classes is None:
-                raise ValueError("classes must be passed on the first call to partial_fit.")
-            labels = unique_labels(y) if classes is None else unique_labels(np.asarray(classes))
-            if len(labels) < 2:
-                raise ValueError(
-                    f"{type(self).__name__} needs samples of at least 2 classes in the data, but the data "
-                    f"contains only one class: {labels[0]!r}"
-                )
-            if classes is not None and len(np.setdiff1d(unique_labels(y), labels)):
-                raise ValueError(f"`y` has classes not in `classes`={labels}.")
-            self.classes_ = labels
+    def _validate_input(self, X, y, incremental, reset):
+        X, y = validate_data(self, X, y, accept_sparse=["csr", "csc"], multi_output=True,
+                             dtype=(np.float64, np.float32), reset=reset)
+        if y.ndim == 2 and y.shape[1] == 1:
+            y = column_or_1d(y, warn=True)
+        if (not hasattr(self, "classes_")) or (not self.warm_start and not incremental):
+            binarizer = LabelBinarizer()
+            binarizer.fit(y)
+            self._label_binarizer = binarizer
+            self.classes_ = binarizer.classes_
         else:
-            labels = unique_labels(y)
-            if classes is not None and not np.array_equal(unique_labels(np.asarray(classes)), self.classes_):
-                raise ValueError(
-                    f"`classes={classes!r}` is not the same as on the first call to partial_fit, "
-                    f"which was {self.classes_}"
-                )
-            if self.warm_start and not incremental:
-                if set(labels) != set(self.classes_):
+            classes = unique_labels(y)
+            if self.warm_start:
+                if set(classes) != set(self.classes_):
                     raise ValueError(
                         "warm_start can only be used where `y` has the same classes as in the previous call "
-                        f"to fit. Previously got {self.classes_}, `y` has {labels}"
+                        f"to fit. Previously got {self.classes_}, `y` has {classes}"
                     )
-            elif len(np.setdiff1d(labels, self.classes_)):
+            elif len(np.setdiff1d(classes, self.classes_, assume_unique=True)):
                 raise ValueError(
                     f"`y` has classes not in `self.classes_`. `self.classes_` has {self.classes_}. "
-                    f"'y' has {labels}."
+                    f"'y' has {classes}."
                 )
+        y = self._label_binarizer.transform(y).astype(bool)
         return X, y
 
-    def _n_network_outputs(self, y):
-        return len(self.classes_)
+    def _decode_validation_targets(self, Y):
+        return self._label_binarizer.inverse_transform(Y)
 
-    def _targets(self, y):
-        indices = np.searchsorted(self.classes_, y)
-        targets = np.zeros((y.shape[0], len(self.classes_)), dtype=self.network_.dtype)
-        targets[np.arange(y.shape[0]), indices] = 1
-        return targets
+    def _score_validation(self, X, y, sample_weight):
+        return _score_or_nan(accuracy_score, y, self._predict(X, check_input=False), sample_weight)
 
-    def _validation_score(self, X, y):
-        logits = self.network_.predict(np.ascontiguousarray(X, dtype=self.network_.dtype))
-        return accuracy_score(y, self.classes_[np.argmax(logits, axis=1)])
+    def fit(self, X, y, sample_weight=None):
+        """Fit the model to ``X`` (n_samples, n_features; dense or CSR/CSC) and labels ``y`` (n_samples,),
+        or a label-indicator matrix (n_samples, n_labels) for multilabel classification.
 
-    def fit(self, X, y):
-        """Train on ``X`` (n_samples, n_features) and labels ``y`` (n_samples,).
+        Parameters
+        ----------
+        X : {array-like, sparse matrix} of shape (n_samples, n_features)
+        y : array-like of shape (n_samples,) or (n_samples, n_labels)
+        sample_weight : array-like of shape (n_samples,), default=None
+            Non-negative weights, as for :meth:`MLPRegressor.fit`.
 
         Returns
         -------
         self
         """
-        return self._fit(X, y, incremental=False)
+        return self._fit(X, y, sample_weight=sample_weight, incremental=False)
 
-    def partial_fit(self, X, y, classes=None):
-        """One epoch of SGD over ``X, y``.
+    @available_if(_check_stochastic)
+    def partial_fit(self, X, y, sample_weight=None, classes=None):
+        """One epoch of the stochastic solver over ``X, y``.
 
         Parameters
         ----------
-        X : array-like of shape (n_samples, n_features)
-        y : array-like of shape (n_samples,)
+        X : {array-like, sparse matrix} of shape (n_samples, n_features)
+        y : array-like of shape (n_samples,) or (n_samples, n_labels)
+        sample_weight : array-like of shape (n_samples,), default=None
         classes : array-like, optional
             Every class label; required on the first call, as in scikit-learn.
 
@@ -599,23 +1163,61 @@ class MLPClassifier(ClassifierMixin, _BaseMLP):
         -------
         self
         """
-        return self._fit(X, y, incremental=True, classes=classes)
+        first_call = self._check_partial_fit_first_call(classes)
+        if first_call:
+            binarizer = LabelBinarizer()
+            if type_of_target(y).startswith("multilabel"):
+                binarizer.fit(y)
+            else:
+                binarizer.fit(classes)
+            self._label_binarizer = binarizer
+        return self._fit(X, y, sample_weight=sample_weight, incremental=True)
+
+    def _check_partial_fit_first_call(self, classes):
+        if getattr(self, "classes_", None) is None and classes is None:
+            raise ValueError("classes must be passed on the first call to partial_fit.")
+        if classes is not None:
+            classes = unique_labels(classes)
+            if getattr(self, "classes_", None) is not None:
+                if not np.array_equal(self.classes_, classes):
+                    raise ValueError(
+                        f"`classes={classes!r}` is not the same as on last call to partial_fit, was: "
+                        f"{self.classes_!r}"
+                    )
+            else:
+                self.classes_ = classes
+                return True
+        return False
+
+    def _predict(self, X, check_input=True):
+        y_pred = self._output(X, check_input=check_input)
+        if self.n_outputs_ == 1:
+            y_pred = y_pred.ravel()
+        return self._label_binarizer.inverse_transform(y_pred)
 
     def predict(self, X):
-        """The most probable class of each row: shape (n_samples,)."""
-        logits = self._forward(X)
-        return self.classes_[np.argmax(logits, axis=1)]
+        """The predicted classes: shape (n_samples,), or (n_samples, n_labels) for multilabel targets."""
+        check_is_fitted(self, "coefs_")
+        return self._predict(X)
 
     def predict_proba(self, X):
-        """Class probabilities (softmax of the logits): shape (n_samples, n_classes), ``classes_`` order."""
-        return _spec.softmax(self._forward(X).astype(np.float64))
+        """Class probabilities: shape (n_samples, n_classes), in ``classes_`` order."""
+        check_is_fitted(self, "coefs_")
+        y_pred = self._output(X)
+        if self.n_outputs_ == 1:
+            y_pred = y_pred.ravel()
+        if y_pred.ndim == 1:
+            return np.vstack([1 - y_pred, y_pred]).T
+        return y_pred
 
     def predict_log_proba(self, X):
-        """Logarithm of ``predict_proba`` (computed stably from the logits)."""
-        return _spec.log_softmax(self._forward(X).astype(np.float64))
+        """Logarithm of ``predict_proba``."""
+        y_prob = self.predict_proba(X)
+        with np.errstate(divide="ignore"):  # a probability that rounds to 0 has log -inf
+            return np.log(y_prob, out=y_prob)
 
     def __sklearn_tags__(self):
         tags = super().__sklearn_tags__()
-        tags.classifier_tags.multi_class = True
-        tags.classifier_tags.multi_label = False
+        tags.input_tags.sparse = True
+        tags.classifier_tags.multi_label = True
         return tags

@@ -220,7 +220,8 @@ def test_sklearn_estimator_network_to_torch():
     from fastbp.sklearn import MLPClassifier
 
     X = _data(4, n=60)
-    y = (X[:, 0] > 0).astype(int)
+    # Three classes: a softmax output (scikit-learn gives two classes one logistic output instead).
+    y = np.digitize(X[:, 0], [-0.3, 0.3])
     model = MLPClassifier(hidden_layer_sizes=(5,), max_iter=5, random_state=0)
     with pytest.warns(Warning):
         model.fit(X, y)
