@@ -706,13 +706,50 @@ class LBFGS:
 
     _CHUNK = 4096
 
+    # scipy's L-BFGS-B counts iterations and evaluations in a C int.
+    _MAX_COUNT = 2**31 - 1
+
     def __init__(self, net, *, max_iter=200, max_fun=15000, tol=1e-4):
         _check_network(net)
-        self.max_iter = _check_int(max_iter, "max_iter", 1)
-        self.max_fun = _check_int(max_fun, "max_fun", 1)
-        self.tol = _check_real(tol, "tol", non_negative=True)
+        self.max_iter = max_iter
+        self.max_fun = max_fun
+        self.tol = tol
         self._net = net
         self.result_ = None
+
+    @property
+    def max_iter(self):
+        """Most iterations (an int in [1, 2**31 - 1]; checked on assignment)."""
+        return self._max_iter
+
+    @max_iter.setter
+    def max_iter(self, value):
+        self._max_iter = self._check_count(value, "max_iter")
+
+    @property
+    def max_fun(self):
+        """Most loss evaluations (an int in [1, 2**31 - 1]; checked on assignment)."""
+        return self._max_fun
+
+    @max_fun.setter
+    def max_fun(self, value):
+        self._max_fun = self._check_count(value, "max_fun")
+
+    @property
+    def tol(self):
+        """The gradient tolerance (a finite number >= 0; checked on assignment)."""
+        return self._tol
+
+    @tol.setter
+    def tol(self, value):
+        self._tol = _check_real(value, "tol", non_negative=True)
+
+    @classmethod
+    def _check_count(cls, value, name):
+        value = _check_int(value, name, 1)
+        if value > cls._MAX_COUNT:
+            raise ValueError(f"{name} must be <= {cls._MAX_COUNT}; got {value}")
+        return value
 
     @property
     def net(self):

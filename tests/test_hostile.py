@@ -600,6 +600,9 @@ def _calls(kind, obj, context, tmp_path):
         return [("train_step", lambda: obj.train_step(X, Y)), ("step", lambda: obj.step(net.gradients(X, Y))),
                 ("fit", lambda: net.fit(X, Y, epochs=2, batch_size=3, optimizer=obj)),
                 ("repr", lambda: repr(obj))]
+    if kind == "LBFGS":
+        return [("fit", lambda: net.fit(X, Y, optimizer=obj)), ("minimize", lambda: obj.minimize(X, Y)),
+                ("repr", lambda: repr(obj))]
     if kind in ("StepDecay", "InverseScaling"):
         return [("call", lambda: obj(3)), ("fit", lambda: net.fit(X, Y, epochs=3, batch_size=4, lr_schedule=obj))]
     if kind == "Gradients":
@@ -614,15 +617,15 @@ def _fresh(kind, context):
     return {"Network": lambda: net.copy(), "SGD": lambda: fastbp.SGD(net, 0.01, momentum=0.5),
             "Adam": lambda: fastbp.Adam(net, amsgrad=True), "AdamW": lambda: fastbp.AdamW(net),
             "RMSprop": lambda: fastbp.RMSprop(net, momentum=0.5, centered=True),
-            "Rprop": lambda: fastbp.Rprop(net),
+            "Rprop": lambda: fastbp.Rprop(net), "LBFGS": lambda: fastbp.LBFGS(net, max_iter=5),
             "StepDecay": lambda: fastbp.StepDecay(0.05, 0.5, 2),
             "InverseScaling": lambda: fastbp.InverseScaling(0.05, 0.5),
             "Gradients": lambda: net.gradients(X, Y), "Trace": lambda: net.trace(X[:2], Y[:2]),
             "History": lambda: net.copy().fit(X, Y, epochs=1)}[kind]()
 
 
-@pytest.mark.parametrize("kind", ["Network", *OPTIMIZERS, "StepDecay", "InverseScaling", "Gradients",
-                                  "Trace", "History"])
+@pytest.mark.parametrize("kind", ["Network", *OPTIMIZERS, "LBFGS", "StepDecay", "InverseScaling",
+                                  "Gradients", "Trace", "History"])
 def test_assigning_every_public_attribute_hostile_values_never_crashes(backend, kind, tmp_path):
     net, X, Y = _problem(backend)
     context = {"net": net, "X": X, "Y": Y}
@@ -656,7 +659,7 @@ def test_assigning_every_public_attribute_hostile_values_never_crashes(backend, 
                     except Exception as error:
                         failures.append(f"{kind}.{name} = {value!r:.40}; {call}: "
                                         f"{type(error).__name__}: {str(error)[:120]}")
-            if kind not in (*OPTIMIZERS, "StepDecay", "InverseScaling", "Gradients"):
+            if kind not in (*OPTIMIZERS, "LBFGS", "StepDecay", "InverseScaling", "Gradients"):
                 assert net.params.tobytes() == net_before or kind == "History"
             np.copyto(net.params, np.frombuffer(net_before, dtype=net.params.dtype))
     assert not failures, "\n".join(failures[:40]) + f"\n({len(failures)} in all)"
