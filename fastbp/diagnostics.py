@@ -48,13 +48,6 @@ SATURATED_EXAMPLE_FRACTION = 0.95
 _DERIVATIVE_MAXIMUM = {"sigmoid": 0.25, "tanh": 1.0}
 
 
-def _activation_names(net) -> List[str]:
-    activations = net.activations
-    if isinstance(activations, str):
-        return [activations] * (len(net.layer_sizes) - 1)
-    return [str(a) for a in activations]
-
-
 # --------------------------------------------------------------------------------------------------------
 # diagnose
 # --------------------------------------------------------------------------------------------------------
@@ -236,7 +229,7 @@ def diagnose(net, X, Y) -> Diagnosis:
     """
     trace = net.trace(X, Y)
     sizes = list(net.layer_sizes)
-    names = _activation_names(net)
+    names = list(net.activations)
     n_layers = len(sizes) - 1
     X2 = np.asarray(X)
     examples = 1 if X2.ndim == 1 else int(X2.shape[0])

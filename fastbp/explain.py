@@ -814,14 +814,6 @@ class StepReport:
 # --------------------------------------------------------------------------------------------------------
 
 
-def _activation_list(net) -> List[str]:
-    activations = net.activations
-    n_layers = len(net.layer_sizes) - 1
-    if isinstance(activations, str):
-        return [activations] * n_layers
-    return [str(a) for a in activations]
-
-
 def _batch(net, x, y):
     """``(X, Y_for_net, targets, classes, single)``: the input as a batch, the target as the net takes it,
     the targets as a float matrix (one-hot rows for class indices), the class indices or ``None``."""
@@ -1034,7 +1026,7 @@ def explain_step(net, x, y, lr, *, dry_run: bool = False, decimals: int = 4,
 
     sizes = [int(s) for s in net.layer_sizes]
     n_layers = len(sizes) - 1
-    activations = _activation_list(net)
+    activations = list(net.activations)
     dtype = np.dtype(net.dtype)
     X, Y_net, targets, classes, single = _batch(net, x, y)
     B = X.shape[0]

@@ -293,7 +293,7 @@ def check_gradients(net, X, Y, eps: float = 1e-6) -> GradientCheck:
 
     # Where a hidden ReLU's pre-activation sits within the step of 0, the central difference straddles the
     # kink: the forward pass at theta +- eps tells which parameters' differences cross one.
-    names = _activation_names(net)
+    names = list(net.activations)
     relu_layers = [l for l, name in enumerate(names) if name == "relu"]
     forward_ws = None
     X_rows = X64.reshape(1, -1) if X64.ndim == 1 else X64
@@ -374,14 +374,6 @@ def check_gradients(net, X, Y, eps: float = 1e-6) -> GradientCheck:
             )
         )
     return GradientCheck(per_layer=per_layer, eps=eps, dtype=str(np.dtype(net.dtype)), loss=loss)
-
-
-def _activation_names(net) -> List[str]:
-    activations = net.activations
-    n_layers = len(net.layer_sizes) - 1
-    if isinstance(activations, str):
-        return [activations] * n_layers
-    return [str(name) for name in activations]
 
 
 def _pre_activations(ws, params, X):
