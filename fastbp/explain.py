@@ -10,10 +10,9 @@ Naming: layers are numbered from 1 as textbooks do; neurons and inputs from 0, a
 ``W2[j][i]`` is ``net.weights[1][j, i]``, the weight from input ``i`` of layer 2 (``a1[i]``) into neuron ``j``
 of layer 2; ``b2[j]`` is ``net.biases[1][j]``. Layer 1's inputs are the network inputs ``x[i]``.
 
-The numbers come from ``net.trace`` (forward and backward) and from a real ``fastbp.SGD(net, lr).step`` (the
-new values), so the report shows what the library computes, not a re-derivation of it. The few quantities the
-trace does not hold (``dL/d(output)``, ``dL/da``, ``f'(z)``) are computed here in the network's dtype, for
-display.
+The numbers come from ``net.trace`` (forward and backward: ``z``, ``a``, ``f'(z)``, ``dL/da``, every delta and
+gradient, ``dL/d(output)``) and from a real ``fastbp.SGD(net, lr).step`` (the new values), so the report shows
+what the library computes, never a re-derivation of it.
 """
 
 from __future__ import annotations
@@ -26,7 +25,7 @@ from typing import Any, Dict, List, Optional, Union
 
 import numpy as np
 
-from fastbp._spec import DERIVATIVES_FROM_OUTPUT, LOGIT_LOSSES, LOSS_FUNCTIONS, PROBABILITY_MAPS
+from fastbp._spec import LOGIT_LOSSES, PROBABILITY_MAPS
 from fastbp._validation import _as_real_array
 from fastbp.optimizers import SGD
 
@@ -886,17 +885,6 @@ _COMPARED = {
 }
 
 
-def _derivative(activation: str, z: np.ndarray, a: np.ndarray) -> np.ndarray:
-    """f'(z) from the layer's output, as both backends compute it (the table in fastbp/_spec.py)."""
-    return DERIVATIVES_FROM_OUTPUT[activation](a)
-
-
-def _output_gradient(loss_name: str, output: np.ndarray, targets: np.ndarray) -> np.ndarray:
-    """dL/d(yhat) of the batch loss: the gradient half of the loss's entry in the shared table."""
-    with np.errstate(over="ignore", invalid="ignore"):
-        return LOSS_FUNCTIONS[loss_name](output, targets)[1]
-
-
 def _per_example(values, B: int, n: int) -> np.ndarray:
     return np.array(values, copy=True).reshape(B, n)
 
@@ -1045,15 +1033,9 @@ def explain_step(net, x, y, lr, *, dry_run: bool = False, decimals: int = 4,
     output = _per_example(trace.output, B, sizes[-1])
     loss_before = float(trace.loss)
 
-    # The quantities a hand calculation writes down that the trace does not keep.
-    output_gradient = _output_gradient(net.loss_name, output.astype(dtype), targets).astype(dtype)
-    derivatives = [_derivative(activations[l], z[l], a[l]).astype(dtype) for l in range(n_layers)]
-    upstream: List[Any] = [None] * n_layers
-    upstream[-1] = output_gradient
-    for l in range(n_layers - 1):
-        upstream[l] = (deltas[l + 1] @ old_weights[l + 1]).astype(dtype)
-    if net.loss_name in LOGIT_LOSSES:
-        derivatives[-1] = np.ones_like(derivatives[-1])  # the delta is dL/dz of the logits directly
+    output_gradient = _per_example(trace.output_gradient, B, sizes[-1])
+    derivatives = [_per_example(trace.derivatives[l], B, sizes[l + 1]) for l in range(n_layers)]
+    upstream = [_per_example(trace.upstream_gradients[l], B, sizes[l + 1]) for l in range(n_layers)]
 
     # The step itself: a real optimizer step, on the net or (dry run) on a copy.
     stepped = net.copy() if dry_run else net
