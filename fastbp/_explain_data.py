@@ -17,8 +17,7 @@ from typing import List, Optional
 import numpy as np
 
 from fastbp import _explain_render
-from fastbp._explain_reasons import LAYOUT_NOTE, Evidence, UnchangedReason, bias_reasons, dead_neuron_names, \
-    weight_reasons
+from fastbp._explain_reasons import LAYOUT_NOTE, Evidence, bias_reasons, dead_neuron_names, weight_reasons
 from fastbp._spec import PROBABILITY_MAPS
 
 # --------------------------------------------------------------------------------------------------------

@@ -229,7 +229,8 @@ def _delta_zero_reasons(evidence: Evidence, l, j) -> List[UnchangedReason]:
         return [
             UnchangedReason(
                 "zero_upstream_delta",
-                f"zero upstream delta: dL/da{n}[{j}] = sum_k W{n + 1}[k][{j}] delta{n + 1}[k] = 0, so delta{n}[{j}] = 0",
+                f"zero upstream delta: dL/da{n}[{j}] = sum_k W{n + 1}[k][{j}] delta{n + 1}[k] = 0, "
+                f"so delta{n}[{j}] = 0",
             )
         ]
     if np.all(evidence.derivatives[l][:, j] == 0):

@@ -527,3 +527,22 @@ def test_trace_carries_every_chain_rule_term_as_pytorch_computes_it(backend, los
     single = net.trace(X[0], Y[0])
     assert single.derivatives[0].shape == single.upstream_gradients[0].shape == (5,)
     assert single.output_gradient.shape == (2,)
+
+
+def test_the_report_shows_the_trace_numbers_bit_for_bit(backend):
+    """explain_step reads f'(z), dL/da, the deltas and dL/d(output) from net.trace; it derives none again."""
+    rng = np.random.default_rng(3)
+    net = fastbp.Network([3, 4, 3], ["sigmoid", "identity"], loss="cross_entropy", seed=2, backend=backend,
+                         dtype="float32")
+    X, classes = rng.normal(size=(5, 3)), rng.integers(0, 3, size=5)
+    trace = net.trace(X, classes)
+    report = fastbp.explain_step(net, X, classes, 0.2, dry_run=True)
+    for name, shown in (("derivatives", report.derivatives), ("upstream_gradients", report.upstream),
+                        ("deltas", report.deltas), ("activations", report.activations)):
+        for l in range(2):
+            np.testing.assert_array_equal(shown[l], getattr(trace, name)[l], err_msg=f"{name}[{l}]")
+            assert shown[l].dtype == np.float32
+    np.testing.assert_array_equal(report.output_gradient, trace.output_gradient)
+    rows = {(row.layer, row.example, row.neuron): row for row in report.backward_rows}
+    assert rows[(1, 4, 2)].derivative == float(trace.derivatives[0][4, 2])
+    assert rows[(1, 4, 2)].upstream == float(trace.upstream_gradients[0][4, 2])
