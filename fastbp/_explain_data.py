@@ -149,9 +149,11 @@ class StepReport:
     dataclasses),
     ``dead_neurons`` (names of ReLU neurons with ``z <= 0`` on every example), ``loss_before``,
     ``loss_after``, ``loss_change_percent``; the per-layer arrays ``pre_activations``, ``activations``,
-    ``deltas``, ``grad_weights``, ``grad_biases``, ``old_weights``, ``old_biases``, ``new_weights``,
-    ``new_biases`` (each a list over layers; per-example arrays have shape ``(B, n)``), and ``output``,
-    ``output_after`` (``(B, n_out)``). ``as_dict()`` gives all of it as plain Python values.
+    ``derivatives`` (f'(z)), ``upstream`` (dL/da), ``deltas``, ``grad_weights``, ``grad_biases``,
+    ``old_weights``, ``old_biases``, ``new_weights``, ``new_biases`` (each a list over layers; per-example
+    arrays have shape ``(B, n)``), and ``output``, ``output_gradient`` (dL/d(output)), ``output_after``
+    (``(B, n_out)``); the numbers of the forward and backward pass are ``net.trace``'s, reshaped.
+    ``as_dict()`` gives all of it as plain Python values.
     ``per_example``: whether a mini-batch's gradient tables show each example's term (the rows always hold
     them, in ``GradientRow.terms``).
     """
