@@ -36,16 +36,29 @@ class Gradients:
 class Trace:
     """Every quantity of one forward and backward pass, layer by layer (``l = 0 .. L-1``).
 
+    ``Network.trace`` computes all of it once (the formulas are those of ``fastbp._spec``); reports such as
+    ``explain_step`` and ``diagnose`` read it and derive nothing again. Per-example arrays have shape
+    ``(n, width)``, or ``(width,)`` for one example.
+
     Attributes
     ----------
-    pre_activations, activations, deltas : list of ndarray
-        ``z``, ``a = f(z)`` and ``dL/dz`` per layer; shape ``(n, width)``, or ``(width,)`` for one example.
+    pre_activations, activations : list of ndarray
+        ``z = a_prev W^T + b`` and ``a = f(z)`` per layer.
+    derivatives : list of ndarray
+        ``f'(z)`` per layer, computed from the output ``a`` (``_spec.DERIVATIVES_FROM_OUTPUT``); 1 for the
+        identity output layer of a logit loss, whose delta is the loss gradient itself.
+    upstream_gradients : list of ndarray
+        ``dL/da`` per layer: ``output_gradient`` for the last layer, ``deltas[l + 1] @ W_{l+1}`` below it.
+    deltas : list of ndarray
+        ``dL/dz = upstream_gradients[l] * derivatives[l]`` per layer (the error signal).
     grad_weights, grad_biases : list of ndarray
         The gradient of the loss per layer, shaped like the parameters.
     output : ndarray
-        The network's output (the last activation).
+        The network's output (the last activation; the logits for a logit loss).
     loss : float
         The loss.
+    output_gradient : ndarray
+        ``dL/d(output)``, shaped like ``output`` (for a logit loss, the gradient with respect to the logits).
     """
 
     pre_activations: list
@@ -55,6 +68,9 @@ class Trace:
     grad_biases: list
     output: np.ndarray
     loss: float
+    derivatives: list
+    upstream_gradients: list
+    output_gradient: np.ndarray
 
 
 @dataclass

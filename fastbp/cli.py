@@ -29,6 +29,7 @@ from typing import Any, List, Optional
 import numpy as np
 
 from fastbp._spec import ACTIVATIONS, LOGIT_LOSSES, LOSSES
+from fastbp._text import Table, percent
 
 EXIT_OK = 0
 EXIT_FAILED = 1
@@ -319,7 +320,6 @@ def _loss_text(value: float, decimals: int) -> str:
 
 def _run_explain(args) -> int:
     import fastbp
-    from fastbp.explain import _fmt_percent
 
     spec = load_spec(args.spec, need_lr=True)
     net = build_network(spec, args.backend)
@@ -341,18 +341,12 @@ def _run_explain(args) -> int:
             [str(step), _loss_text(before, args.decimals), _loss_text(after, args.decimals)]
             for step, before, after in rows
         ]
-        summary = f"loss {_loss_text(first, args.decimals)} -> {_loss_text(last, args.decimals)} ({_fmt_percent(change)})"
+        summary = f"loss {_loss_text(first, args.decimals)} -> {_loss_text(last, args.decimals)} ({percent(change)})"
+        table = Table(headers, body, [True, True, True])
         if args.markdown:
-            lines = ["", f"### {title}", "", "| " + " | ".join(headers) + " |", "| ---: | ---: | ---: |"]
-            lines += ["| " + " | ".join(row) + " |" for row in body]
-            lines += ["", summary]
+            lines = ["", f"### {title}", ""] + table.markdown() + ["", summary]
         else:
-            widths = [max(len(headers[c]), *(len(row[c]) for row in body)) for c in range(3)]
-            lines = ["", title, "-" * len(title)]
-            lines.append("  " + "  ".join(h.rjust(w) for h, w in zip(headers, widths)))
-            lines.append("  " + "  ".join("-" * w for w in widths))
-            lines += ["  " + "  ".join(cell.rjust(w) for cell, w in zip(row, widths)) for row in body]
-            lines += ["", summary]
+            lines = ["", title, "-" * len(title)] + table.text() + ["", summary]
         print("\n".join(lines))
     return EXIT_OK
 

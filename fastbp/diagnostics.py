@@ -18,7 +18,6 @@ import numpy as np
 from fastbp._text import table as _table
 from fastbp.gradcheck import (DEFAULT_TOLERANCE, GradientCheck, LayerGradientCheck, _norm,  # noqa: F401
                               check_gradients)
-from fastbp._spec import DERIVATIVES_FROM_OUTPUT
 
 __all__ = [
     "check_gradients",
@@ -246,7 +245,7 @@ def diagnose(net, X, Y) -> Diagnosis:
         if activation == "relu":
             dead = tuple(int(j) for j in np.flatnonzero(np.all(z <= 0, axis=0)))
         elif activation in _DERIVATIVE_MAXIMUM:
-            derivative = DERIVATIVES_FROM_OUTPUT[activation](a)
+            derivative = np.asarray(trace.derivatives[l], dtype=np.float64).reshape(-1, width)
             low = derivative < SATURATION_DERIVATIVE_FRACTION * _DERIVATIVE_MAXIMUM[activation]
             saturated = tuple(int(j) for j in np.flatnonzero(low.mean(axis=0) >= SATURATED_EXAMPLE_FRACTION))
         grad_w = np.asarray(trace.grad_weights[l], dtype=np.float64)

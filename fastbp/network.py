@@ -600,20 +600,28 @@ class Network:
     def trace(self, X, Y):
         """Every intermediate of one forward and backward pass (what a hand calculation shows).
 
+        Computed once here, by the readable twin on either backend and the formulas of ``fastbp._spec``, so
+        that reports (``explain_step``, ``diagnose``) read these values and never derive them again.
+
         Returns
         -------
         Trace
-            Per-layer arrays are 1-D when a single example ``x`` of shape ``(n_in,)`` is given.
+            Per layer ``l``: ``pre_activations`` (z), ``activations`` (a = f(z)), ``derivatives`` (f'(z),
+            from a by ``_spec.DERIVATIVES_FROM_OUTPUT``), ``upstream_gradients`` (dL/da), ``deltas``
+            (dL/dz = dL/da * f'(z)), ``grad_weights`` and ``grad_biases``; and ``output``,
+            ``output_gradient`` (dL/d(output), the gradient half of ``_spec.LOSS_FUNCTIONS``) and ``loss``.
+            Per-example arrays are 1-D when a single example ``x`` of shape ``(n_in,)`` is given.
         """
         X2, Y2, single = self._prepare(X, Y)
-        # Computed by the readable twin on either backend: it exposes every intermediate.
         ws = _reference.Workspace(self.layer_sizes, self._activation_codes, self._loss_code, self.dtype,
                                   X2.shape[0])
         result = _reference.trace(ws, self.params, X2, Y2)
+        result.update(_chain_rule_terms(self._activations, self._loss_name, self.weights, result, Y2))
         if single:
-            for key in ("pre_activations", "activations", "deltas"):
+            for key in ("pre_activations", "activations", "derivatives", "upstream_gradients", "deltas"):
                 result[key] = [array[0] for array in result[key]]
-            result["output"] = result["output"][0]
+            for key in ("output", "output_gradient"):
+                result[key] = result[key][0]
         return Trace(**result)
 
     # -- training ---------------------------------------------------------------------------------------
@@ -900,3 +908,20 @@ class _Exclusive:
         self.net._writes += 1
         self.net._busy.release()
         return False
+
+
+def _chain_rule_terms(activations, loss_name, weights, result, Y):
+    """The factors of each delta that the twin's backward pass multiplies but does not keep.
+
+    ``derivatives[l] = f'(z_l)`` from the layer's output, ``output_gradient = dL/d(output)``, and
+    ``upstream_gradients[l] = dL/da_l``: the output gradient for the last layer, ``delta_{l+1} @ W_{l+1}``
+    below it; so that ``deltas[l] == upstream_gradients[l] * derivatives[l]`` as the twin computed them (for
+    the logit losses the last activation is the identity and its derivative 1). Batch arrays ``(n, width)``.
+    """
+    with np.errstate(over="ignore", invalid="ignore"):  # overflow shows as inf/NaN values, not warnings
+        derivatives = [_spec.DERIVATIVES_FROM_OUTPUT[name](a) for name, a in zip(activations,
+                                                                                 result["activations"])]
+        output_gradient = _spec.LOSS_FUNCTIONS[loss_name](result["output"], Y)[1]
+        deltas = result["deltas"]
+        upstream = [deltas[l + 1] @ weights[l + 1] for l in range(len(deltas) - 1)] + [output_gradient.copy()]
+    return {"derivatives": derivatives, "upstream_gradients": upstream, "output_gradient": output_gradient}

@@ -472,3 +472,77 @@ def test_overflowing_gradient_is_a_floating_point_error(backend):
     with pytest.raises(FloatingPointError, match="gradient overflowed"):
         fastbp.explain_step(net, [1e30, 1e30], [0.0], 0.5)
     assert net.params.tobytes() == before
+
+
+@pytest.mark.parametrize("loss", ["half_sse", "mse", "cross_entropy", "binary_cross_entropy", "poisson"])
+def test_trace_carries_every_chain_rule_term_as_pytorch_computes_it(backend, loss):
+    """``net.trace`` holds f'(z), dL/da, dL/d(output) and the deltas that reports read: PyTorch's autograd
+    in float64 is the independent truth (dL/da and dL/dz of every layer, retained by ``retain_grad``)."""
+    torch = pytest.importorskip("torch")
+    rng = np.random.default_rng(11)
+    last = "sigmoid" if loss in ("half_sse", "mse") else "identity"
+    net = fastbp.Network([3, 5, 4, 2], ["tanh", "relu", last], loss=loss, seed=5, backend=backend)
+    X = rng.normal(size=(4, 3))
+    if loss == "cross_entropy":
+        Y = np.eye(2)[rng.integers(0, 2, size=4)]
+    elif loss == "poisson":
+        Y = rng.poisson(1.5, size=(4, 2)).astype(float)
+    else:
+        Y = rng.uniform(size=(4, 2))
+    trace = net.trace(X, Y)
+
+    a = torch.tensor(X)
+    zs, activations = [], []
+    functions = {"tanh": torch.tanh, "relu": torch.relu, "sigmoid": torch.sigmoid, "identity": lambda z: z}
+    for W, b, name in zip(net.weights, net.biases, net.activations):
+        z = a @ torch.tensor(W, requires_grad=True).T + torch.tensor(b, requires_grad=True)
+        a = functions[name](z)
+        z.retain_grad()
+        a.retain_grad()
+        zs.append(z)
+        activations.append(a)
+    target = torch.tensor(Y)
+    out = activations[-1]
+    value = {
+        "half_sse": lambda: 0.5 * ((out - target) ** 2).sum() / out.shape[0],
+        "mse": lambda: torch.nn.functional.mse_loss(out, target),
+        "cross_entropy": lambda: torch.nn.functional.cross_entropy(out, target),
+        "binary_cross_entropy": lambda: torch.nn.functional.binary_cross_entropy_with_logits(out, target),
+        "poisson": lambda: torch.nn.functional.poisson_nll_loss(out, target, log_input=True),
+    }[loss]()
+    value.backward()
+
+    close = {"rtol": 1e-10, "atol": 1e-12}
+    assert trace.loss == pytest.approx(value.item(), rel=1e-12)
+    np.testing.assert_allclose(trace.output_gradient, out.grad.numpy(), **close)
+    for l in range(3):
+        np.testing.assert_allclose(trace.upstream_gradients[l], activations[l].grad.numpy(), **close)
+        np.testing.assert_allclose(trace.deltas[l], zs[l].grad.numpy(), **close)
+        # f'(z) = dL/dz / dL/da wherever dL/da is not 0 (torch's relu'(0) = 0 too)
+        nonzero = activations[l].grad.numpy() != 0
+        np.testing.assert_allclose(trace.derivatives[l][nonzero],
+                                   (zs[l].grad.numpy() / activations[l].grad.numpy())[nonzero], rtol=1e-9)
+        np.testing.assert_array_equal(trace.deltas[l], trace.upstream_gradients[l] * trace.derivatives[l])
+
+    single = net.trace(X[0], Y[0])
+    assert single.derivatives[0].shape == single.upstream_gradients[0].shape == (5,)
+    assert single.output_gradient.shape == (2,)
+
+
+def test_the_report_shows_the_trace_numbers_bit_for_bit(backend):
+    """explain_step reads f'(z), dL/da, the deltas and dL/d(output) from net.trace; it derives none again."""
+    rng = np.random.default_rng(3)
+    net = fastbp.Network([3, 4, 3], ["sigmoid", "identity"], loss="cross_entropy", seed=2, backend=backend,
+                         dtype="float32")
+    X, classes = rng.normal(size=(5, 3)), rng.integers(0, 3, size=5)
+    trace = net.trace(X, classes)
+    report = fastbp.explain_step(net, X, classes, 0.2, dry_run=True)
+    for name, shown in (("derivatives", report.derivatives), ("upstream_gradients", report.upstream),
+                        ("deltas", report.deltas), ("activations", report.activations)):
+        for l in range(2):
+            np.testing.assert_array_equal(shown[l], getattr(trace, name)[l], err_msg=f"{name}[{l}]")
+            assert shown[l].dtype == np.float32
+    np.testing.assert_array_equal(report.output_gradient, trace.output_gradient)
+    rows = {(row.layer, row.example, row.neuron): row for row in report.backward_rows}
+    assert rows[(1, 4, 2)].derivative == float(trace.derivatives[0][4, 2])
+    assert rows[(1, 4, 2)].upstream == float(trace.upstream_gradients[0][4, 2])
