@@ -1,6 +1,6 @@
 """Type stub for the compiled kernel ``fastbp._core`` (same interface as ``fastbp._reference``)."""
 
-from typing import Sequence
+from typing import Callable, Sequence
 
 import numpy as np
 import numpy.typing as npt
@@ -26,6 +26,7 @@ class Workspace:
 ACTIVATION_CODES: dict[str, int]
 LOSS_CODES: dict[str, int]
 STATUS_CODES: dict[str, int]
+PROGRESS_INTERVAL: float
 
 def predict(ws: Workspace, params: _Floats, X: _Floats, out: _Floats) -> None: ...
 def loss_and_gradient(
@@ -44,6 +45,7 @@ def train_epoch(
     state: _Floats,
     steps: npt.NDArray[np.int64],
     shuffle_key: int,
+    progress: Callable[[int, float, float], object] | None = None,
 ) -> tuple[float, float, int, int]: ...
 def optimizer_step(
     params: _Floats,

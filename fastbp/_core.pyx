@@ -18,10 +18,19 @@ from libc.math cimport isfinite, sqrt, sqrtf, pow
 from libc.stdlib cimport malloc, free
 from libc.string cimport memcpy, memset
 from libc.stdint cimport uint64_t, int64_t
-from cpython.exc cimport PyErr_CheckSignals, PyErr_Clear
+from cpython.exc cimport PyErr_Clear
+from cpython.ref cimport PyObject
 from scipy.linalg.cython_blas cimport sgemm, dgemm
 
+import time
+
 import numpy as np
+
+
+cdef extern from "Python.h":
+    # Declared here without Cython's `except -1`: the checks below clear the handler's exception and stop
+    # cleanly (status interrupted) rather than unwind through the nogil code.
+    int check_signals "PyErr_CheckSignals"() noexcept
 
 
 cdef extern from "_kernels.h" nogil:
@@ -152,13 +161,92 @@ __all__ = ["Workspace", "predict", "loss_and_gradient", "train_epoch", "optimize
 cdef Py_ssize_t BLAS_MIN_BATCH = 2
 cdef Py_ssize_t BLAS_MIN_WORK = 512
 
-# How many multiply-adds of training pass between two checks for Ctrl-C (each check takes the GIL).
+# How many multiply-adds of training pass between two checks for Ctrl-C (each check takes the GIL; at
+# 2e7 that is 1-4 ms of one core's work, so the GIL's cost is not measurable and Ctrl-C is seen within a
+# few ms). The counting runs through the layers of a batch too (Tick below), so a single large batch
+# is checked between its layers' products.
 cdef double SIGNAL_CHECK_WORK = 2.0e7
+
+# Plain SGD on a batch this big or bigger (whose step is worth a check inside it) copies the parameters
+# before its backward pass, which updates them in place layer by layer, so that a Ctrl-C seen inside it
+# can put them back bit for bit. The copy is n_params values against 3 x batch x n_params multiply-adds
+# of the step, but a copied value costs as much time as 10-30 multiply-adds of a GEMM running near its
+# peak: measured 2% of a float32 step at 256 rows (784-256-256-10), so the copy is made from 1,024 rows
+# (about 0.5%). Below that the in-place backward pass is not checked inside (the forward pass and the
+# batches around it still are): the numbers stay those of the in-place update, and such a backward pass
+# is long only for networks of millions of weights.
+cdef Py_ssize_t SNAPSHOT_MIN_BATCH = 1024
+
+# The progress hook of train_epoch is called at most this often (seconds of monotonic wall time), at
+# the points where signals are checked; the twin's PROGRESS_INTERVAL is the same.
+PROGRESS_INTERVAL = 0.2
 
 # all_finite releases the GIL from this many elements: below it the release costs more than the test.
 cdef Py_ssize_t ALL_FINITE_NOGIL_MIN = 65536
 
 cdef uint64_t GOLDEN_GAMMA = 0x9E3779B97F4A7C15ULL
+
+
+# ---------------------------------------------------------------------------------------------------
+# Checks for Ctrl-C (and progress reports) while the GIL is released
+
+
+cdef struct Tick:
+    double work              # multiply-adds since the last check
+    double every             # check when `work` reaches this
+    int stopped              # a signal was seen, or the progress hook raised: stop at the next exit point
+    PyObject *progress       # borrowed: train_epoch's hook, or NULL
+    PyObject *errors         # borrowed: a list that receives what the progress hook raised
+    double last_report       # time.monotonic() of the last progress call (or of the start)
+    const Py_ssize_t *done   # what the hook is told: the examples and the loss and weight sums of the
+    const double *loss_sum   # completed batches
+    const double *weight_sum
+
+
+cdef void tick_init(Tick *t, object progress, list errors) noexcept:
+    t.work = 0.0
+    t.every = SIGNAL_CHECK_WORK
+    t.stopped = 0
+    t.progress = NULL if progress is None else <PyObject *>progress
+    t.errors = <PyObject *>errors
+    t.last_report = time.monotonic() if progress is not None else 0.0
+    t.done = NULL
+    t.loss_sum = NULL
+    t.weight_sum = NULL
+
+
+cdef bint tick_check(Tick *t) noexcept nogil:
+    """Take the GIL, look for a pending signal (and report progress when due); True: stop."""
+    cdef double now
+    t.work = 0.0
+    with gil:
+        if check_signals() != 0:
+            PyErr_Clear()
+            t.stopped = 1
+        elif t.progress != NULL and t.done != NULL:
+            # the clock is read only here, at a signal check: never more often than the checks
+            now = time.monotonic()
+            if now - t.last_report >= PROGRESS_INTERVAL:
+                t.last_report = now
+                try:
+                    (<object>t.progress)(t.done[0], t.loss_sum[0], t.weight_sum[0])
+                except KeyboardInterrupt:  # Ctrl-C while the hook ran: an interruption like any other
+                    t.stopped = 1
+                except BaseException as error:  # the caller stops cleanly, then raises it
+                    (<list>t.errors).append(error)
+                    t.stopped = 1
+    return t.stopped != 0
+
+
+cdef inline bint tick(Tick *t, double work) noexcept nogil:
+    """Count `work` multiply-adds; check when enough has passed since the last check. True: stop.
+    A NULL tick never stops (the callers that need no checks pass NULL)."""
+    if t == NULL:
+        return False
+    t.work += work
+    if t.work < t.every:
+        return False
+    return tick_check(t)
 
 
 
@@ -340,8 +428,11 @@ cdef inline bint blas_pays(Py_ssize_t batch, Py_ssize_t n_in, Py_ssize_t n_out) 
 
 
 cdef void dense_forward(const Plan *p, const floating *params, const floating *inputs, Py_ssize_t batch,
-                        floating *activations) noexcept nogil:
-    """Every layer's output for `batch` rows of `inputs`: z = a_prev W^T + b, a = f(z), fused."""
+                        floating *activations, Tick *checks) noexcept nogil:
+    """Every layer's output for `batch` rows of `inputs`: z = a_prev W^T + b, a = f(z), fused.
+
+    ``checks`` (NULL: none) counts each layer's work and may stop the pass between layers (``stopped``).
+    """
     cdef const floating *a_prev = inputs
     cdef const floating *W
     cdef const floating *bias
@@ -369,6 +460,8 @@ cdef void dense_forward(const Plan *p, const floating *params, const floating *i
                     row[j] = dot(W + j * n_in, a_prev + r * n_in, n_in)
                 bias_activate(row, bias, n_out, act)
         a_prev = out
+        if tick(checks, <double>batch * n_in * n_out):
+            return
 
 
 cdef double output_delta(const Plan *p, const floating *output, const floating *targets,
@@ -431,12 +524,14 @@ cdef inline int train_rows_adam(const Plan *p, floating *params, const floating 
 
 cdef void dense_backward(const Plan *p, floating *params, const floating *inputs, Py_ssize_t batch,
                          const floating *activations, floating *delta, floating *delta_other,
-                         floating *grad, floating lr, bint update_in_place) noexcept nogil:
+                         floating *grad, floating lr, bint update_in_place, Tick *checks) noexcept nogil:
     """Back-propagate the last layer's delta through every layer.
 
     With ``update_in_place`` (plain SGD) each layer's weights are updated as soon as its delta for the
     layer below is computed from the old weights: the gradient is never stored. Otherwise the gradient
-    of the batch loss is written into ``grad`` (layout of params).
+    of the batch loss is written into ``grad`` (layout of params). ``checks`` (NULL: none) may stop the
+    pass between two products (a layer's delta and its gradient, and between layers); with
+    ``update_in_place`` the caller must then put the parameters back.
     """
     cdef Py_ssize_t l, r, j, n_in, n_out
     cdef floating *W
@@ -471,6 +566,8 @@ cdef void dense_backward(const Plan *p, floating *params, const floating *inputs
                         if d != 0:
                             axpy(d_prev + r * n_in, W + j * n_in, d, n_in)
             times_derivative(d_prev, a_prev, batch * n_in, p.acts[l - 1])
+            if tick(checks, <double>batch * n_in * n_out):
+                return
 
         # 2. the gradient of this layer (or the update itself)
         if update_in_place:
@@ -511,6 +608,8 @@ cdef void dense_backward(const Plan *p, floating *params, const floating *inputs
             swap = delta
             delta = delta_other
             delta_other = swap
+            if tick(checks, <double>batch * n_in * n_out):
+                return
 
 
 cdef inline floating sqrt_(floating x) noexcept nogil:
@@ -645,16 +744,22 @@ cdef object _predict(Workspace ws, floating[::1] params, const floating[:, ::1] 
     cdef floating *activations = <floating *>ws.activations_ptr
     cdef Py_ssize_t n = X.shape[0], start, batch
     cdef Py_ssize_t n_in = p.sizes[0], K = p.sizes[p.n_layers]
+    cdef Tick checks
     if n == 0:
         return None
+    tick_init(&checks, None, None)
     with nogil:
         start = 0
         while start < n:
             batch = min(p.max_batch, n - start)
-            dense_forward(p, &params[0], &X[0, 0] + start * n_in, batch, activations)
+            dense_forward(p, &params[0], &X[0, 0] + start * n_in, batch, activations, &checks)
+            if checks.stopped:
+                break
             memcpy(&out[0, 0] + start * K, activations + p.act_off[p.n_layers - 1],
                    batch * K * sizeof(floating))
             start += batch
+    if checks.stopped:
+        raise KeyboardInterrupt
 
 
 cdef object _loss_and_gradient(Workspace ws, floating[::1] params, const floating[:, ::1] X,
@@ -668,22 +773,29 @@ cdef object _loss_and_gradient(Workspace ws, floating[::1] params, const floatin
     cdef double loss
     cdef const floating[::1] weights_view
     cdef const floating *weights = NULL
+    cdef Tick checks
     if batch > p.max_batch:
         raise ValueError(f"batch of {batch} rows exceeds the workspace's {p.max_batch}")
     if sample_weight is not None:
         weights_view = sample_weight
         weights = &weights_view[0]
+    tick_init(&checks, None, None)
     with nogil:
-        dense_forward(p, &params[0], &X[0, 0], batch, activations)
-        loss = output_delta(p, activations + p.act_off[p.n_layers - 1], &Y[0, 0], weights, batch, deltas)
-        dense_backward(p, &params[0], &X[0, 0], batch, activations, deltas, deltas + half,
-                       grad, 0, False)
+        dense_forward(p, &params[0], &X[0, 0], batch, activations, &checks)
+        if not checks.stopped:
+            loss = output_delta(p, activations + p.act_off[p.n_layers - 1], &Y[0, 0], weights, batch,
+                                deltas)
+            dense_backward(p, &params[0], &X[0, 0], batch, activations, deltas, deltas + half,
+                           grad, 0, False, &checks)
+    if checks.stopped:  # ws.grad is then partly written: scratch, as after any call
+        raise KeyboardInterrupt
     return loss
 
 
 cdef object _train_epoch(Workspace ws, floating[::1] params, const floating[:, ::1] X,
                          const floating[:, ::1] Y, sample_weight, Py_ssize_t batch_size, int rule,
-                         const double[::1] hyper, floating[:, ::1] state, int64_t[::1] steps, shuffle_key):
+                         const double[::1] hyper, floating[:, ::1] state, int64_t[::1] steps, shuffle_key,
+                         progress):
     cdef const Plan *p = &ws.plan
     cdef floating *activations = <floating *>ws.activations_ptr
     cdef floating *deltas = <floating *>ws.deltas_ptr
@@ -698,7 +810,7 @@ cdef object _train_epoch(Workspace ws, floating[::1] params, const floating[:, :
     cdef Py_ssize_t n = X.shape[0]
     cdef Py_ssize_t n_in = p.sizes[0], K = p.sizes[p.n_layers]
     cdef Py_ssize_t half = p.max_batch * p.max_width
-    cdef Py_ssize_t start, batch, r, row, batches_since_check = 0, check_every, l
+    cdef Py_ssize_t start, batch, r, row, check_every, l
     # shuffle_key: a key in [0, 2**64) from _spec.epoch_key, or a negative number / None for no shuffle
     cdef bint shuffle = shuffle_key is not None and shuffle_key >= 0
     cdef uint64_t key = <uint64_t>shuffle_key if shuffle else 0
@@ -709,7 +821,7 @@ cdef object _train_epoch(Workspace ws, floating[::1] params, const floating[:, :
     cdef Py_ssize_t *order_ptr = NULL
     cdef const floating *inputs
     cdef const floating *targets
-    cdef double loss, loss_sum = 0.0, work = 0.0
+    cdef double loss, loss_sum = 0.0, work = 0.0, step_work
     cdef Py_ssize_t done = 0
     cdef int status = STATUS_OK
     cdef floating lr_ = <floating>hyper[FASTBP_HYPER_LR]
@@ -717,6 +829,12 @@ cdef object _train_epoch(Workspace ws, floating[::1] params, const floating[:, :
     cdef floating *state_ptr = &state[0, 0]
     cdef int64_t *steps_ptr = &steps[0]
     cdef Py_ssize_t done_before
+    # Checks for Ctrl-C and progress reports; inside a batch when the batch alone is worth a check.
+    cdef Tick checks
+    cdef Tick *inner_checks
+    cdef Tick *backward_checks
+    cdef list errors = []
+    cdef floating *saved = NULL
     # Adam and AdamW at batch size 1 (unweighted): the update fused into the per-example backward sweep.
     cdef bint fused_adam = rule == FASTBP_ADAM or rule == FASTBP_ADAMW
     cdef AdamRows adam
@@ -731,6 +849,8 @@ cdef object _train_epoch(Workspace ws, floating[::1] params, const floating[:, :
 
     if batch_size < 1 or min(batch_size, n) > p.max_batch:
         raise ValueError(f"batch_size {batch_size} does not fit the workspace ({p.max_batch} rows)")
+    if progress is not None and not callable(progress):
+        raise TypeError(f"progress must be None or a callable; got {type(progress).__name__}")
     if n == 0:
         return 0.0, 0.0, 0, STATUS_OK
     if sample_weight is not None:
@@ -742,6 +862,15 @@ cdef object _train_epoch(Workspace ws, floating[::1] params, const floating[:, :
     for l in range(p.n_layers):
         work += 3.0 * p.sizes[l] * p.sizes[l + 1]
     check_every = max(1, <Py_ssize_t>(SIGNAL_CHECK_WORK / (work * min(batch_size, n))))
+    tick_init(&checks, progress, errors)
+    checks.done = &done
+    checks.loss_sum = &loss_sum
+    checks.weight_sum = &weight_sum
+    # Plain SGD writes the parameters during its backward pass: a batch checked inside it needs a copy
+    # of them to put back (see SNAPSHOT_MIN_BATCH).
+    if in_place and min(batch_size, n) >= SNAPSHOT_MIN_BATCH and work * min(batch_size, n) >= checks.every:
+        saved_buffer = np.empty(p.n_params, dtype=ws.dtype)
+        saved = <floating *><size_t>saved_buffer.ctypes.data
 
     with nogil:
         if shuffle:
@@ -766,11 +895,8 @@ cdef object _train_epoch(Workspace ws, floating[::1] params, const floating[:, :
                 steps_ptr[0] += done - done_before   # one update per example trained
                 start += batch
                 weight_sum = <double>done
-                if status == STATUS_OK and start < n:
-                    with gil:
-                        if PyErr_CheckSignals() != 0:
-                            PyErr_Clear()
-                            status = STATUS_INTERRUPTED
+                if status == STATUS_OK and start < n and tick_check(&checks):
+                    status = STATUS_INTERRUPTED
         while start < n and status == STATUS_OK:
             batch = min(batch_size, n - start)
             if shuffle:
@@ -798,14 +924,30 @@ cdef object _train_epoch(Workspace ws, floating[::1] params, const floating[:, :
                     continue
             else:
                 batch_weight = <double>batch
-            dense_forward(p, &params[0], inputs, batch, activations)
+            step_work = work * batch
+            # A batch worth a check by itself is checked between its layers: the forward pass and a
+            # backward pass that only fills `grad` write no parameter, and plain SGD's in-place backward
+            # pass is checked only with a copy of the parameters to put back.
+            inner_checks = &checks if step_work >= checks.every else NULL
+            backward_checks = inner_checks if (not in_place or saved != NULL) else NULL
+            dense_forward(p, &params[0], inputs, batch, activations, inner_checks)
+            if checks.stopped:
+                status = STATUS_INTERRUPTED
+                break
             loss = output_delta(p, activations + p.act_off[p.n_layers - 1], targets, row_weights, batch,
                                 deltas)
             if not isfinite(loss):
                 status = STATUS_NONFINITE
                 break
+            if in_place and backward_checks != NULL:
+                memcpy(saved, &params[0], p.n_params * sizeof(floating))
             dense_backward(p, &params[0], inputs, batch, activations, deltas, deltas + half,
-                           grad, lr_, in_place)
+                           grad, lr_, in_place, backward_checks)
+            if checks.stopped:
+                if in_place:  # the step is undone: the parameters are those before it, bit for bit
+                    memcpy(&params[0], saved, p.n_params * sizeof(floating))
+                status = STATUS_INTERRUPTED
+                break
             if in_place:
                 steps_ptr[0] += 1
             else:
@@ -814,15 +956,16 @@ cdef object _train_epoch(Workspace ws, floating[::1] params, const floating[:, :
             weight_sum += batch_weight
             done += batch
             start += batch
-            batches_since_check += 1
-            if batches_since_check >= check_every and start < n:
-                batches_since_check = 0
-                with gil:
-                    if PyErr_CheckSignals() != 0:
-                        PyErr_Clear()
-                        status = STATUS_INTERRUPTED
-                if status == STATUS_INTERRUPTED:
-                    break
+            # between batches: the work not yet counted by the checks inside the batch
+            if inner_checks == NULL:
+                checks.work += step_work
+            elif backward_checks == NULL:
+                checks.work += step_work * (2.0 / 3.0)
+            if checks.work >= checks.every and start < n and tick_check(&checks):
+                status = STATUS_INTERRUPTED
+                break
+    if errors:
+        raise errors[0]
     return loss_sum, weight_sum, done, status
 
 
@@ -845,18 +988,21 @@ def loss_and_gradient(Workspace ws, params, X, Y, sample_weight=None):
 
 
 def train_epoch(Workspace ws, params, X, Y, sample_weight, Py_ssize_t batch_size, int rule, hyper, state,
-                steps, shuffle_key):
+                steps, shuffle_key, progress=None):
     """One epoch of mini-batch training with update rule ``rule``; returns (loss_sum, weight_sum,
     examples_done, status).
 
     See docs/DESIGN.md and fastbp._reference.train_epoch. sample_weight: None or shape (n,) of the net's
-    dtype, shuffled with the rows.
+    dtype, shuffled with the rows. progress: None or ``progress(examples_done, loss_sum, weight_sum)``,
+    called with the GIL held at most every PROGRESS_INTERVAL seconds, at the signal checks; what it raises
+    stops the epoch after its last completed update and is raised (a KeyboardInterrupt: status
+    interrupted).
     """
     if ws.single:
         return _train_epoch[float](ws, params, X, Y, sample_weight, batch_size, rule, hyper, state, steps,
-                                   shuffle_key)
+                                   shuffle_key, progress)
     return _train_epoch[double](ws, params, X, Y, sample_weight, batch_size, rule, hyper, state, steps,
-                                shuffle_key)
+                                shuffle_key, progress)
 
 
 cdef object _optimizer_step(floating[::1] params, const floating[::1] grad, int rule,

@@ -19,6 +19,7 @@ values, targets as a float matrix ``Y`` of shape ``(n, n_out)`` (class indices a
 from __future__ import annotations
 
 import math
+import time
 
 import numpy as np
 
@@ -31,6 +32,10 @@ from fastbp._spec import (  # noqa: F401 (the twin's vocabulary, importable from
 
 # The backend interface (fastbp._backend.INTERFACE); everything else here is the readable specification.
 __all__ = ["Workspace", "predict", "loss_and_gradient", "train_epoch", "optimizer_step", "all_finite"]
+
+# train_epoch calls its progress hook at most this often (seconds of monotonic wall time); the compiled
+# kernel's PROGRESS_INTERVAL is the same.
+PROGRESS_INTERVAL = 0.2
 
 # --------------------------------------------------------------------------------------------------------
 # Workspace
@@ -247,7 +252,8 @@ def optimizer_step(params, grad, rule, hyper, state, steps):
     steps[0] += 1
 
 
-def train_epoch(ws, params, X, Y, sample_weight, batch_size, rule, hyper, state, steps, shuffle_key):
+def train_epoch(ws, params, X, Y, sample_weight, batch_size, rule, hyper, state, steps, shuffle_key,
+                progress=None):
     """One epoch of mini-batch training; return ``(loss_sum, weight_sum, examples_done, status)``.
 
     The rows are visited in order (``shuffle_key < 0``) or in ``_spec.permutation(n, shuffle_key)``
@@ -258,11 +264,20 @@ def train_epoch(ws, params, X, Y, sample_weight, batch_size, rule, hyper, state,
     loss. A batch whose weights sum to 0 makes no update.
     Status 0: finished. Status 1: a batch loss was not finite; stopped before updating with it.
     Status 2: interrupted (Ctrl-C); the parameters, state and steps are as after the last completed update.
+
+    ``progress``: None, or a callable ``progress(examples_done, loss_sum, weight_sum)`` with the counts of
+    the completed batches so far, called between batches at most every ``PROGRESS_INTERVAL`` seconds
+    (``time.monotonic``; never at the end: the return value says that). A KeyboardInterrupt inside it
+    interrupts the epoch (status 2); anything else it raises stops the epoch after its last completed
+    update and propagates.
     """
+    if progress is not None and not callable(progress):
+        raise TypeError(f"progress must be None or a callable; got {type(progress).__name__}")
     n = X.shape[0]
     order = None if shuffle_key < 0 else _spec.permutation(n, shuffle_key)
     loss_sum, weight_sum, examples_done = 0.0, 0.0, 0
     snapshot = None
+    last_report = time.monotonic() if progress is not None else 0.0
     try:
         for start in range(0, n, batch_size):
             rows = slice(start, start + batch_size) if order is None else order[start:start + batch_size]
@@ -284,6 +299,11 @@ def train_epoch(ws, params, X, Y, sample_weight, batch_size, rule, hyper, state,
             loss_sum += loss * batch_weight
             weight_sum += batch_weight
             examples_done += X_batch.shape[0]
+            if progress is not None and examples_done < n:
+                now = time.monotonic()
+                if now - last_report >= PROGRESS_INTERVAL:
+                    last_report = now
+                    progress(examples_done, loss_sum, weight_sum)
     except KeyboardInterrupt:
         if snapshot is not None:
             params[...] = snapshot[0]
