@@ -106,7 +106,8 @@ cdef extern from "_kernels.h" nogil:
         FASTBP_HYPER_RPROP_ETA_PLUS
         FASTBP_HYPER_RPROP_STEP_MIN
         FASTBP_HYPER_RPROP_STEP_MAX
-        FASTBP_HYPER_RESERVED_L2
+        FASTBP_HYPER_ADAM_SKLEARN_EPS
+        FASTBP_HYPER_L2
         FASTBP_N_HYPER
     # The codes, declared once in _kernels.h
     enum:
@@ -513,6 +514,20 @@ cdef void dense_backward(const Plan *p, floating *params, const floating *inputs
             delta_other = swap
 
 
+cdef double l2_sweep(const Plan *p, const floating *params, floating *grad, floating scale) noexcept nogil:
+    """scikit-learn's L2 term on the weights only: ``grad_W += scale * W`` for every weight matrix (the
+    biases untouched); returns ``sum(W**2)`` over them, in double, for the batch loss."""
+    cdef Py_ssize_t l, k
+    cdef double total = 0.0
+    cdef floating w
+    for l in range(p.n_layers):
+        for k in range(p.w_off[l], p.b_off[l]):
+            w = params[k]
+            total += <double>w * w
+            grad[k] = grad[k] + scale * w
+    return total
+
+
 cdef inline floating sqrt_(floating x) noexcept nogil:
     if floating is float:
         return sqrtf(x)
@@ -569,8 +584,14 @@ cdef void optimizer_update(int rule, const double *hyper, floating *params, cons
         one_minus_beta2 = <floating>(1 - hyper[FASTBP_HYPER_ADAM_BETA2])
         eps = <floating>hyper[FASTBP_HYPER_ADAM_EPS]
         flag = hyper[FASTBP_HYPER_ADAM_AMSGRAD] != 0
-        step_size = <floating>(-(hyper[FASTBP_HYPER_LR] / (1 - pow(hyper[FASTBP_HYPER_ADAM_BETA1], t))))
-        bias2_sqrt = <floating>sqrt(1 - pow(hyper[FASTBP_HYPER_ADAM_BETA2], t))
+        if hyper[FASTBP_HYPER_ADAM_SKLEARN_EPS] != 0:
+            # scikit-learn's Adam: p -= lr sqrt(1 - b2^t) / (1 - b1^t) * m / (sqrt(s) + eps)
+            step_size = <floating>(-(hyper[FASTBP_HYPER_LR] * sqrt(1 - pow(hyper[FASTBP_HYPER_ADAM_BETA2], t))
+                                     / (1 - pow(hyper[FASTBP_HYPER_ADAM_BETA1], t))))
+            bias2_sqrt = 1
+        else:
+            step_size = <floating>(-(hyper[FASTBP_HYPER_LR] / (1 - pow(hyper[FASTBP_HYPER_ADAM_BETA1], t))))
+            bias2_sqrt = <floating>sqrt(1 - pow(hyper[FASTBP_HYPER_ADAM_BETA2], t))
         if rule == FASTBP_ADAMW:
             decay = <floating>(1 - hyper[FASTBP_HYPER_LR] * hyper[FASTBP_HYPER_WEIGHT_DECAY])
             f = 0
@@ -702,9 +723,11 @@ cdef object _train_epoch(Workspace ws, floating[::1] params, const floating[:, :
     # shuffle_key: a key in [0, 2**64) from _spec.epoch_key, or a negative number / None for no shuffle
     cdef bint shuffle = shuffle_key is not None and shuffle_key >= 0
     cdef uint64_t key = <uint64_t>shuffle_key if shuffle else 0
-    # Plain SGD (no momentum, no decay) updates inside the backward pass and never stores the gradient.
+    # scikit-learn's L2 on the weights: a sweep over the gradient between the backward pass and the update.
+    cdef double l2 = hyper[FASTBP_HYPER_L2]
+    # Plain SGD (no momentum, no decay, no L2) updates inside the backward pass and never stores the gradient.
     cdef bint in_place = (rule == FASTBP_SGD and hyper[FASTBP_HYPER_SGD_MOMENTUM] == 0
-                          and hyper[FASTBP_HYPER_WEIGHT_DECAY] == 0)
+                          and hyper[FASTBP_HYPER_WEIGHT_DECAY] == 0 and l2 == 0)
     cdef Py_ssize_t[::1] order
     cdef Py_ssize_t *order_ptr = NULL
     cdef const floating *inputs
@@ -717,8 +740,10 @@ cdef object _train_epoch(Workspace ws, floating[::1] params, const floating[:, :
     cdef floating *state_ptr = &state[0, 0]
     cdef int64_t *steps_ptr = &steps[0]
     cdef Py_ssize_t done_before
-    # Adam and AdamW at batch size 1 (unweighted): the update fused into the per-example backward sweep.
-    cdef bint fused_adam = rule == FASTBP_ADAM or rule == FASTBP_ADAMW
+    # Adam and AdamW at batch size 1 (unweighted): the update fused into the per-example backward sweep
+    # (torch's Adam only: scikit-learn's epsilon convention and the L2 term take the general loop).
+    cdef bint fused_adam = ((rule == FASTBP_ADAM or rule == FASTBP_ADAMW) and l2 == 0
+                            and hyper[FASTBP_HYPER_ADAM_SKLEARN_EPS] == 0)
     cdef AdamRows adam
     adam.lr = hyper[FASTBP_HYPER_LR]
     adam.beta1 = hyper[FASTBP_HYPER_ADAM_BETA1]
@@ -806,6 +831,11 @@ cdef object _train_epoch(Workspace ws, floating[::1] params, const floating[:, :
                 break
             dense_backward(p, &params[0], inputs, batch, activations, deltas, deltas + half,
                            grad, lr_, in_place)
+            if l2 != 0:
+                loss += 0.5 * l2 * l2_sweep(p, &params[0], grad, <floating>(l2 / batch_weight)) / batch_weight
+                if not isfinite(loss):
+                    status = STATUS_NONFINITE
+                    break
             if in_place:
                 steps_ptr[0] += 1
             else:
@@ -898,7 +928,8 @@ def _enum_codes():
         "HYPER_RPROP_ETA_PLUS": FASTBP_HYPER_RPROP_ETA_PLUS,
         "HYPER_RPROP_STEP_MIN": FASTBP_HYPER_RPROP_STEP_MIN,
         "HYPER_RPROP_STEP_MAX": FASTBP_HYPER_RPROP_STEP_MAX,
-        "HYPER_RESERVED_L2": FASTBP_HYPER_RESERVED_L2,
+        "HYPER_ADAM_SKLEARN_EPS": FASTBP_HYPER_ADAM_SKLEARN_EPS,
+        "HYPER_L2": FASTBP_HYPER_L2,
     }
 
 

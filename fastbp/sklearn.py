@@ -48,10 +48,13 @@ Differences from scikit-learn, by design:
   lbfgs and prediction, chunks of 2,048 rows): memory in proportion to a batch, not to the data set, but the
   first layer's product is a dense one.
 
-How the training runs: whole epochs inside the compiled kernel (``Network.fit``) where that makes exactly
-scikit-learn's updates (``solver="sgd"`` with ``alpha=0``, no sample weights, dense input, not Poisson);
-otherwise one compiled ``Network.gradients`` call and one compiled optimizer step per mini-batch, with the L2
-term and the per-output factor applied in between.
+How the training runs: on dense input, whole epochs inside the compiled kernel (``Network.fit``), the L2
+term, scikit-learn's Adam and its momentum included (with sample weights, one kernel call per mini-batch,
+because scikit-learn's epoch loss weighs the batches by their row counts); on sparse input, and for a
+multi-output squared error with ``alpha > 0`` (whose reported loss is not the one its gradient descends),
+one compiled ``Network.gradients`` call and one compiled optimizer step per mini-batch, with the L2 term
+and the per-output factor applied in between. The rows are gathered in scikit-learn's shuffled order
+before each epoch, so the updates are scikit-learn's either way.
 
 Requires scikit-learn >= 1.6 (``pip install 'fastbp[sklearn]'``).
 """
@@ -194,7 +197,15 @@ class _Objective:
 class _Solver:
     """The stochastic solver's state between epochs (scikit-learn's ``_optimizer``): the fastbp optimizer,
     the current ``learning_rate`` and the schedule rules of scikit-learn's ``SGDOptimizer`` and
-    ``AdamOptimizer``."""
+    ``AdamOptimizer``.
+
+    The optimizer works in the kernel's units: scikit-learn's gradient is ``scale`` (the objective's
+    ``grad_factor``) times the gradient of fastbp's loss plus ``alpha W / B``, so the optimizer gets the
+    L2 coefficient ``alpha / scale`` (the kernel's ``HYPER_L2`` sweep), SGD the learning rate
+    ``learning_rate * scale`` and Adam the epsilon ``epsilon / scale`` with scikit-learn's epsilon
+    convention (``HYPER_ADAM_SKLEARN_EPS``): the same updates, and the same state whether an epoch runs in
+    the kernel (``kernel_epoch``, ``kernel_batch``) or batch by batch from Python (``step``).
+    """
 
     def __init__(self, estimator, net, grad_factor):
         self.solver = estimator.solver
@@ -202,49 +213,60 @@ class _Solver:
         self.learning_rate = self.learning_rate_init
         self.lr_schedule = estimator.learning_rate
         self.power_t = float(estimator.power_t)
-        self.grad_factor = grad_factor
+        self.scale = float(grad_factor)
+        self.alpha = float(estimator.alpha)
         self.net = net
         if self.solver == "sgd":
             self.momentum = float(estimator.momentum)
             self.nesterov = bool(estimator.nesterovs_momentum) and self.momentum > 0
-            self.optimizer = SGD(net, self.learning_rate, momentum=self.momentum, nesterov=self.nesterov)
+            self.optimizer = SGD(net, self.learning_rate * self.scale, momentum=self.momentum,
+                                 nesterov=self.nesterov)
         else:
             self.beta_1, self.beta_2 = float(estimator.beta_1), float(estimator.beta_2)
             self.epsilon = float(estimator.epsilon)
-            self.t = 0
             self.optimizer = Adam(net, self.learning_rate, betas=(self.beta_1, self.beta_2),
-                                  eps=self._torch_eps(1))
+                                  eps=self.epsilon / self.scale)
+        self._set_terms()
 
-    def _torch_eps(self, t):
-        """The epsilon of ``torch.optim.Adam`` that makes step ``t`` scikit-learn's: scikit-learn adds
-        epsilon to ``sqrt(v)`` before the bias correction ``sqrt(1 - beta_2**t)``, torch after it."""
-        return self.epsilon / np.sqrt(1 - self.beta_2 ** t)
+    def _set_terms(self):
+        self.optimizer._set_sklearn_terms(l2=self.alpha / self.scale, sklearn_eps=self.solver == "adam")
+
+    @property
+    def t(self):
+        """Adam's step count (scikit-learn's ``AdamOptimizer.t``)."""
+        return self.optimizer.steps
+
+    def _after_updates(self):
+        if self.solver == "adam" and self.t > 0:
+            # scikit-learn's AdamOptimizer.learning_rate after step t
+            self.learning_rate = (self.learning_rate_init * np.sqrt(1 - self.beta_2 ** self.t)
+                                  / (1 - self.beta_1 ** self.t))
 
     # ---------------------------------------------------------------------------------------- updates
     def step(self, grads):
-        if self.solver == "adam":
-            self.optimizer.eps = self._torch_eps(self.t + 1)
-            self.optimizer.step(grads)
-            self.t += 1
-            self.learning_rate = (self.learning_rate_init * np.sqrt(1 - self.beta_2 ** self.t)
-                                  / (1 - self.beta_1 ** self.t))
-        else:
-            self.optimizer.step(grads)
+        """One update from scikit-learn's gradient of a batch (``_Objective.batch``, L2 included)."""
+        if self.scale != 1.0:
+            for G in (*grads.weights, *grads.biases):
+                G /= self.scale
+        self.optimizer.step(grads)
+        self._after_updates()
 
     def kernel_epoch(self, X, Y, batch_size):
-        """One epoch inside the compiled kernel (``Network.fit``); the summed batch losses (fastbp's)."""
-        opt = self.optimizer
-        # scikit-learn's gradient is grad_factor times fastbp's: the same SGD step with lr * grad_factor (the
-        # velocity, kept in units of the gradient, is then fastbp's gradient's).
-        opt.lr = self.learning_rate * self.grad_factor
-        try:
-            history = self.net.fit(X, Y, epochs=1, batch_size=batch_size, optimizer=opt, shuffle=False)
-        finally:
-            opt.lr = self.learning_rate
+        """One unweighted epoch over ``X, Y`` in order, inside the compiled kernel (``Network.fit``, L2
+        included); returns the sum over the batches of the batch loss times its row count, in the
+        kernel's units (scikit-learn's divided by ``scale``, or without its ``loss_factor`` when alpha is
+        0)."""
+        history = self.net.fit(X, Y, epochs=1, batch_size=batch_size, optimizer=self.optimizer,
+                               shuffle=False)
+        self._after_updates()
         return history.loss[-1] * X.shape[0]
 
-    def kernel_ok(self):
-        return self.solver == "sgd"
+    def kernel_batch(self, X, Y, sample_weight):
+        """One update from one weighted batch in the compiled kernel (``train_step``, L2 included); returns
+        the batch loss in the kernel's units."""
+        loss = self.optimizer.train_step(X, Y, sample_weight=sample_weight)
+        self._after_updates()
+        return loss
 
     # ---------------------------------------------------------------------------------------- schedules
     def _set_sgd_lr(self, lr):
@@ -252,7 +274,7 @@ class _Solver:
         # p -= lr * v, so u = -lr * v: keep u when lr changes by rescaling v.
         old = self.learning_rate
         self.learning_rate = lr
-        self.optimizer.lr = lr
+        self.optimizer.lr = lr * self.scale
         if self.momentum and old != lr:
             self.optimizer.velocity *= old / lr
 
@@ -278,16 +300,19 @@ class _Solver:
     def state(self):
         if self.solver == "sgd":
             return {"learning_rate": self.learning_rate, "velocity": np.array(self.optimizer.velocity)}
-        return {"learning_rate": self.learning_rate, "t": self.t, "optimizer": self.optimizer.state_dict()}
+        return {"learning_rate": self.learning_rate, "optimizer": self.optimizer.state_dict()}
 
     def load(self, state):
         self.learning_rate = float(state["learning_rate"])
         if self.solver == "sgd":
-            self.optimizer.lr = self.learning_rate
+            self.optimizer.lr = self.learning_rate * self.scale
             self.optimizer.velocity = state["velocity"]
             return
-        self.t = int(state["t"])
         self.optimizer.load_state_dict(state["optimizer"])
+        # The estimator's own hyper-parameters, whatever the pickle held.
+        self.optimizer.lr = self.learning_rate_init
+        self.optimizer.eps = self.epsilon / self.scale
+        self._set_terms()
 
 
 class _BaseMLP(BaseEstimator):
@@ -593,6 +618,8 @@ class _BaseMLP(BaseEstimator):
         solver = getattr(self, "_optimizer", None)
         if (incremental and solver is not None and getattr(self, "_optimizer_net", None) is net
                 and solver.solver == self.solver):
+            solver.alpha = float(self.alpha)  # set_params between partial_fit calls
+            solver._set_terms()
             return solver
         solver = _Solver(self, net, objective.grad_factor)
         self._optimizer = solver
@@ -636,8 +663,11 @@ class _BaseMLP(BaseEstimator):
             batch_size = int(np.clip(self.batch_size, 1, n_samples))
         constants = objective.row_constants(Y_train)
         dense = not scipy.sparse.issparse(X_train)
-        use_kernel = (solver.kernel_ok() and dense and sw_train is None and objective.alpha == 0
-                      and constants is None)
+        # The kernel's batch loss, times loss_factor, is scikit-learn's when its L2 term scales as the data
+        # term does (every loss but a multi-output squared error, whose reported loss is a mean over the
+        # outputs while its gradient is not) or there is none.
+        use_kernel = dense and (objective.alpha == 0 or objective.loss_factor == objective.grad_factor)
+        loss_factor = objective.loss_factor
 
         try:
             self.n_iter_ = 0
@@ -649,13 +679,15 @@ class _BaseMLP(BaseEstimator):
                     self._random_state.shuffle(order)
                     sample_idx = sample_idx[order]
                 try:
-                    if use_kernel:
+                    if use_kernel and sw_train is None:
+                        # The whole epoch in one kernel call, on the rows in scikit-learn's order.
                         if self.shuffle:
                             X_epoch, Y_epoch = X_train[sample_idx], Y_train[sample_idx]
                         else:
                             X_epoch, Y_epoch = X_train, Y_train
-                        accumulated_loss = solver.kernel_epoch(X_epoch, Y_epoch, batch_size)
-                        accumulated_loss *= objective.loss_factor
+                        accumulated_loss = solver.kernel_epoch(X_epoch, Y_epoch, batch_size) * loss_factor
+                        if constants is not None:
+                            accumulated_loss += float(np.sum(constants))
                     else:
                         accumulated_loss = 0.0
                         # sklearn.utils.gen_batches(n_samples, batch_size)'s slices, without its per-call
@@ -663,15 +695,24 @@ class _BaseMLP(BaseEstimator):
                         for start in range(0, n_samples, batch_size):
                             batch_slice = slice(start, min(start + batch_size, n_samples))
                             rows = sample_idx[batch_slice] if self.shuffle else batch_slice
-                            X_batch = _dense_rows(X_train, rows)
                             batch_constants = None if constants is None else constants[rows]
                             batch_weights = None if sw_train is None else sw_train[rows]
-                            batch_loss, grads = objective.batch(X_batch, Y_train[rows], batch_weights,
-                                                                batch_constants)
-                            if not np.isfinite(batch_loss):
-                                raise FloatingPointError("the batch loss is not finite")
-                            if grads is not None:
-                                solver.step(grads)
+                            if use_kernel:
+                                # Weighted: scikit-learn's epoch loss weighs each batch by its row count,
+                                # not its weight sum, so one kernel call per batch.
+                                batch_loss = 0.0
+                                if np.sum(batch_weights, dtype=np.float64) > 0:
+                                    batch_loss = solver.kernel_batch(
+                                        X_train[rows], Y_train[rows], batch_weights) * loss_factor
+                                    if batch_constants is not None:
+                                        batch_loss += float(np.average(batch_constants, weights=batch_weights))
+                            else:
+                                batch_loss, grads = objective.batch(_dense_rows(X_train, rows), Y_train[rows],
+                                                                    batch_weights, batch_constants)
+                                if not np.isfinite(batch_loss):
+                                    raise FloatingPointError("the batch loss is not finite")
+                                if grads is not None:
+                                    solver.step(grads)
                             accumulated_loss += batch_loss * (batch_slice.stop - batch_slice.start)
                 except FloatingPointError as error:
                     if not early_stopping:

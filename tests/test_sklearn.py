@@ -356,7 +356,9 @@ def test_keyboard_interrupt_keeps_the_model(small_classification, monkeypatch):
     def interrupted(*args, **kwargs):
         raise KeyboardInterrupt
 
+    # the epoch runs in the kernel (fit) or batch by batch (gradients): Ctrl-C in either
     monkeypatch.setattr(model.network_, "gradients", interrupted)
+    monkeypatch.setattr(model.network_, "fit", interrupted)
     with pytest.warns(UserWarning, match="Training interrupted by user"):
         model.fit(X, y)  # as scikit-learn's MLP: Ctrl-C ends fit and keeps the model usable
     assert model.n_iter_ == 0 and len(model.loss_curve_) == 3
