@@ -87,6 +87,7 @@ except ImportError as error:  # pragma: no cover - depends on the environment
 
 from fastbp import _spec
 from fastbp import _threads
+from fastbp import _training
 from fastbp.network import Network
 from fastbp.optimizers import SGD, Adam
 
@@ -216,6 +217,8 @@ class _Solver:
         self.scale = float(grad_factor)
         self.alpha = float(estimator.alpha)
         self.net = net
+        self._ws = None
+        self._params_start = self._optimizer_start = None
         if self.solver == "sgd":
             self.momentum = float(estimator.momentum)
             self.nesterov = bool(estimator.nesterovs_momentum) and self.momentum > 0
@@ -252,14 +255,39 @@ class _Solver:
         self._after_updates()
 
     def kernel_epoch(self, X, Y, batch_size):
-        """One unweighted epoch over ``X, Y`` in order, inside the compiled kernel (``Network.fit``, L2
-        included); returns the sum over the batches of the batch loss times its row count, in the
-        kernel's units (scikit-learn's divided by ``scale``, or without its ``loss_factor`` when alpha is
-        0)."""
-        history = self.net.fit(X, Y, epochs=1, batch_size=batch_size, optimizer=self.optimizer,
-                               shuffle=False)
+        """One unweighted epoch over ``X, Y`` (C-contiguous, the network's dtype, finite) in order, in one
+        call of the compiled kernel, the L2 term included; returns the sum over the batches of the batch
+        loss times its row count, in the kernel's units (scikit-learn's divided by ``scale``, or without
+        its ``loss_factor`` when alpha is 0).
+
+        What ``Network.fit(epochs=1)`` does, without its per-call checks and thread choice (the estimator
+        has checked the data and chosen the threads for the whole fit): on a loss or parameter that is not
+        finite, the parameters and state go back to their last finite values and FloatingPointError is
+        raised.
+        """
+        net, optimizer = self.net, self.optimizer
+        params = net.params
+        with net._exclusive("MLP fit"):
+            ws = self._ws
+            if ws is None or ws.max_batch < batch_size:
+                ws = self._ws = net._new_workspace(batch_size)
+            if self._params_start is None:
+                self._params_start = np.empty_like(params)
+                self._optimizer_start = optimizer._snapshot()
+            np.copyto(self._params_start, params)
+            optimizer._snapshot(into=self._optimizer_start)
+            loss_sum, _, done, status = _training.run_epoch(net, ws, optimizer, X, Y, None, batch_size, -1)
+            if status == _spec.STATUS_INTERRUPTED:
+                self._after_updates()
+                raise KeyboardInterrupt
+            if status == _spec.STATUS_NONFINITE or not (net._module.all_finite(params)
+                                                        and optimizer._state_finite()):
+                batch, what = _training._unwind(net, ws, optimizer, X, Y, None, batch_size, -1,
+                                                self._params_start, self._optimizer_start, status, done)
+                self._after_updates()
+                raise FloatingPointError(f"{what} became NaN or infinite at batch {batch + 1}")
         self._after_updates()
-        return history.loss[-1] * X.shape[0]
+        return loss_sum
 
     def kernel_batch(self, X, Y, sample_weight):
         """One update from one weighted batch in the compiled kernel (``train_step``, L2 included); returns
@@ -668,6 +696,9 @@ class _BaseMLP(BaseEstimator):
         # outputs while its gradient is not) or there is none.
         use_kernel = dense and (objective.alpha == 0 or objective.loss_factor == objective.grad_factor)
         loss_factor = objective.loss_factor
+        if use_kernel:
+            X_train = np.ascontiguousarray(X_train, dtype=net.dtype)
+            X_kernel = X_train
 
         try:
             self.n_iter_ = 0
@@ -684,7 +715,7 @@ class _BaseMLP(BaseEstimator):
                         if self.shuffle:
                             X_epoch, Y_epoch = X_train[sample_idx], Y_train[sample_idx]
                         else:
-                            X_epoch, Y_epoch = X_train, Y_train
+                            X_epoch, Y_epoch = X_kernel, Y_train
                         accumulated_loss = solver.kernel_epoch(X_epoch, Y_epoch, batch_size) * loss_factor
                         if constants is not None:
                             accumulated_loss += float(np.sum(constants))
