@@ -71,6 +71,8 @@ cdef extern from "_kernels.h" nogil:
                          double *max_exp_avg_sq, Py_ssize_t n, double param_scale, double coupled_decay,
                          double one_minus_beta1, double beta2, double one_minus_beta2, double eps,
                          double step_size, double bias2_sqrt, int amsgrad)
+    double fastbp_l2_sweep_f32(const float *w, float *g, Py_ssize_t n, float scale)
+    double fastbp_l2_sweep_f64(const double *w, double *g, Py_ssize_t n, double scale)
     void fastbp_rmsprop_f32(float *params, const float *grad, float *square_avg, float *momentum_buffer,
                             float *grad_avg, Py_ssize_t n, float neg_lr, float weight_decay, float alpha,
                             float one_minus_alpha, float eps, float momentum, int centered)
@@ -517,14 +519,13 @@ cdef void dense_backward(const Plan *p, floating *params, const floating *inputs
 cdef double l2_sweep(const Plan *p, const floating *params, floating *grad, floating scale) noexcept nogil:
     """scikit-learn's L2 term on the weights only: ``grad_W += scale * W`` for every weight matrix (the
     biases untouched); returns ``sum(W**2)`` over them, in double, for the batch loss."""
-    cdef Py_ssize_t l, k
+    cdef Py_ssize_t l
     cdef double total = 0.0
-    cdef floating w
     for l in range(p.n_layers):
-        for k in range(p.w_off[l], p.b_off[l]):
-            w = params[k]
-            total += <double>w * w
-            grad[k] = grad[k] + scale * w
+        if floating is float:
+            total += fastbp_l2_sweep_f32(params + p.w_off[l], grad + p.w_off[l], p.b_off[l] - p.w_off[l], scale)
+        else:
+            total += fastbp_l2_sweep_f64(params + p.w_off[l], grad + p.w_off[l], p.b_off[l] - p.w_off[l], scale)
     return total
 
 

@@ -295,6 +295,26 @@ FASTBP_DEFINE_ADAM(double, f64, sqrt)
 #undef FASTBP_DEFINE_ADAM
 #undef FASTBP_ADAM_BODY
 
+/* scikit-learn's L2 term over one weight matrix of n values: g += scale * w, and the sum of w^2 (in double)
+ * for the loss. One pass, vectorised (the sum may be reordered, as every reduction here). */
+#define FASTBP_DEFINE_L2_SWEEP(REAL, SUFFIX)                                                          \
+    FASTBP_CLONES static double fastbp_l2_sweep_##SUFFIX(const REAL *FASTBP_RESTRICT w,               \
+                                                         REAL *FASTBP_RESTRICT g, Py_ssize_t n,       \
+                                                         REAL scale)                                  \
+    {                                                                                                 \
+        double total = 0;                                                                             \
+        _Pragma("omp simd reduction(+:total)")                                                        \
+        for (Py_ssize_t i = 0; i < n; i++) {                                                          \
+            const REAL v = w[i];                                                                      \
+            total += (double)v * (double)v;                                                           \
+            g[i] = g[i] + scale * v;                                                                  \
+        }                                                                                             \
+        return total;                                                                                 \
+    }
+FASTBP_DEFINE_L2_SWEEP(float, f32)
+FASTBP_DEFINE_L2_SWEEP(double, f64)
+#undef FASTBP_DEFINE_L2_SWEEP
+
 /* One RMSprop update over n values: torch.optim.RMSprop's single-tensor step, the scalars from the caller:
  *   g += weight_decay * p (0: g unchanged);  s = s alpha + (1 - alpha) g^2
  *   centered: a = lerp(a, g, 1 - alpha) (from the nearer end), d = sqrt(s - a^2) + eps;

@@ -698,7 +698,8 @@ class _BaseMLP(BaseEstimator):
         loss_factor = objective.loss_factor
         if use_kernel:
             X_train = np.ascontiguousarray(X_train, dtype=net.dtype)
-            X_kernel = X_train
+            if self.shuffle and sw_train is None:
+                X_kernel, Y_kernel = np.empty_like(X_train), np.empty_like(Y_train)
 
         try:
             self.n_iter_ = 0
@@ -713,9 +714,12 @@ class _BaseMLP(BaseEstimator):
                     if use_kernel and sw_train is None:
                         # The whole epoch in one kernel call, on the rows in scikit-learn's order.
                         if self.shuffle:
-                            X_epoch, Y_epoch = X_train[sample_idx], Y_train[sample_idx]
+                            # Into the same two buffers every epoch: fresh arrays would cost their page
+                            # faults each time (mode="clip": no bounds-check copy; the indices are valid).
+                            X_epoch = np.take(X_train, sample_idx, axis=0, out=X_kernel, mode="clip")
+                            Y_epoch = np.take(Y_train, sample_idx, axis=0, out=Y_kernel, mode="clip")
                         else:
-                            X_epoch, Y_epoch = X_kernel, Y_train
+                            X_epoch, Y_epoch = X_train, Y_train
                         accumulated_loss = solver.kernel_epoch(X_epoch, Y_epoch, batch_size) * loss_factor
                         if constants is not None:
                             accumulated_loss += float(np.sum(constants))
