@@ -108,6 +108,9 @@ _OUTPUT_LOSSES = {
     "softmax": "cross_entropy",
     "logistic": "binary_cross_entropy",
 }
+# The size of the chunks, in bytes of X, in which a shuffled epoch is gathered and trained (about the size
+# of a core's L2 cache).
+_GATHER_BYTES = 1 << 20
 # Rows per chunk when a full-batch computation (lbfgs, prediction) densifies sparse input.
 _SPARSE_CHUNK_ROWS = 2048
 
@@ -219,6 +222,7 @@ class _Solver:
         self.net = net
         self._ws = None
         self._params_start = self._optimizer_start = None
+        self._gather = None
         if self.solver == "sgd":
             self.momentum = float(estimator.momentum)
             self.nesterov = bool(estimator.nesterovs_momentum) and self.momentum > 0
@@ -254,19 +258,33 @@ class _Solver:
         self.optimizer.step(grads)
         self._after_updates()
 
-    def kernel_epoch(self, X, Y, batch_size):
-        """One unweighted epoch over ``X, Y`` (C-contiguous, the network's dtype, finite) in order, in one
-        call of the compiled kernel, the L2 term included; returns the sum over the batches of the batch
-        loss times its row count, in the kernel's units (scikit-learn's divided by ``scale``, or without
-        its ``loss_factor`` when alpha is 0).
+    def kernel_epoch(self, X, Y, order, batch_size):
+        """One unweighted epoch over the rows ``order`` of ``X, Y`` (C-contiguous, the network's dtype,
+        finite; ``order`` None: in order) in the compiled kernel, the L2 term included; returns the sum
+        over the batches of the batch loss times its row count, in the kernel's units (scikit-learn's
+        divided by ``scale``, or without its ``loss_factor`` when alpha is 0).
 
-        What ``Network.fit(epochs=1)`` does, without its per-call checks and thread choice (the estimator
-        has checked the data and chosen the threads for the whole fit): on a loss or parameter that is not
+        A shuffled epoch is gathered and trained a chunk of whole batches at a time (about
+        ``_GATHER_BYTES``): the chunk stays in cache between its gather and its training, where gathering
+        the whole epoch first would write and read the data set once more through memory. What
+        ``Network.fit(epochs=1)`` does, without its per-call checks and thread choice (the estimator has
+        checked the data and chosen the threads for the whole fit): on a loss or parameter that is not
         finite, the parameters and state go back to their last finite values and FloatingPointError is
         raised.
         """
         net, optimizer = self.net, self.optimizer
         params = net.params
+        n = X.shape[0]
+        if order is None:
+            chunk = n
+        else:
+            row_bytes = batch_size * X.shape[1] * X.itemsize
+            chunk = min(n, batch_size * max(1, _GATHER_BYTES // row_bytes))
+            if (self._gather is None or self._gather[0].shape[0] < chunk
+                    or self._gather[0].shape[1:] != X.shape[1:] or self._gather[1].shape[1:] != Y.shape[1:]
+                    or self._gather[0].dtype != X.dtype):
+                self._gather = (np.empty((chunk, *X.shape[1:]), dtype=X.dtype),
+                                np.empty((chunk, *Y.shape[1:]), dtype=Y.dtype))
         with net._exclusive("MLP fit"):
             ws = self._ws
             if ws is None or ws.max_batch < batch_size:
@@ -276,18 +294,33 @@ class _Solver:
                 self._optimizer_start = optimizer._snapshot()
             np.copyto(self._params_start, params)
             optimizer._snapshot(into=self._optimizer_start)
-            loss_sum, _, done, status = _training.run_epoch(net, ws, optimizer, X, Y, None, batch_size, -1)
-            if status == _spec.STATUS_INTERRUPTED:
+            loss_total, done_total = 0.0, 0
+            try:
+                for start in range(0, n, chunk):
+                    if order is None:
+                        X_part, Y_part = (X, Y) if chunk == n else (X[start:start + chunk], Y[start:start + chunk])
+                    else:
+                        rows = order[start:start + chunk]
+                        # mode="clip": no bounds-checked copy (the indices are valid)
+                        X_part = np.take(X, rows, axis=0, out=self._gather[0][:rows.shape[0]], mode="clip")
+                        Y_part = np.take(Y, rows, axis=0, out=self._gather[1][:rows.shape[0]], mode="clip")
+                    loss_sum, _, done, status = _training.run_epoch(net, ws, optimizer, X_part, Y_part, None,
+                                                                    batch_size, -1)
+                    loss_total += loss_sum
+                    done_total += done
+                    if status == _spec.STATUS_INTERRUPTED:
+                        raise KeyboardInterrupt
+                    if status == _spec.STATUS_NONFINITE or not (net._module.all_finite(params)
+                                                                and optimizer._state_finite()):
+                        # Replayed batch by batch from the epoch's start, on the epoch's rows in order.
+                        X_epoch, Y_epoch = (X, Y) if order is None else (X[order], Y[order])
+                        batch, what = _training._unwind(net, ws, optimizer, X_epoch, Y_epoch, None, batch_size,
+                                                        -1, self._params_start, self._optimizer_start, status,
+                                                        done_total)
+                        raise FloatingPointError(f"{what} became NaN or infinite at batch {batch + 1}")
+            finally:
                 self._after_updates()
-                raise KeyboardInterrupt
-            if status == _spec.STATUS_NONFINITE or not (net._module.all_finite(params)
-                                                        and optimizer._state_finite()):
-                batch, what = _training._unwind(net, ws, optimizer, X, Y, None, batch_size, -1,
-                                                self._params_start, self._optimizer_start, status, done)
-                self._after_updates()
-                raise FloatingPointError(f"{what} became NaN or infinite at batch {batch + 1}")
-        self._after_updates()
-        return loss_sum
+        return loss_total
 
     def kernel_batch(self, X, Y, sample_weight):
         """One update from one weighted batch in the compiled kernel (``train_step``, L2 included); returns
@@ -698,8 +731,6 @@ class _BaseMLP(BaseEstimator):
         loss_factor = objective.loss_factor
         if use_kernel:
             X_train = np.ascontiguousarray(X_train, dtype=net.dtype)
-            if self.shuffle and sw_train is None:
-                X_kernel, Y_kernel = np.empty_like(X_train), np.empty_like(Y_train)
 
         try:
             self.n_iter_ = 0
@@ -713,14 +744,9 @@ class _BaseMLP(BaseEstimator):
                 try:
                     if use_kernel and sw_train is None:
                         # The whole epoch in one kernel call, on the rows in scikit-learn's order.
-                        if self.shuffle:
-                            # Into the same two buffers every epoch: fresh arrays would cost their page
-                            # faults each time (mode="clip": no bounds-check copy; the indices are valid).
-                            X_epoch = np.take(X_train, sample_idx, axis=0, out=X_kernel, mode="clip")
-                            Y_epoch = np.take(Y_train, sample_idx, axis=0, out=Y_kernel, mode="clip")
-                        else:
-                            X_epoch, Y_epoch = X_train, Y_train
-                        accumulated_loss = solver.kernel_epoch(X_epoch, Y_epoch, batch_size) * loss_factor
+                        accumulated_loss = solver.kernel_epoch(X_train, Y_train,
+                                                               sample_idx if self.shuffle else None,
+                                                               batch_size) * loss_factor
                         if constants is not None:
                             accumulated_loss += float(np.sum(constants))
                     else:

@@ -248,3 +248,44 @@ def test_adaptive_and_invscaling_with_alpha_in_the_kernel(backend, monkeypatch):
         ours, theirs = _fit_pair((MLPRegressor, sk_nn.MLPRegressor), params, backend, coefs, intercepts, X, y)
         _assert_same(ours, theirs)
         assert ours._optimizer.learning_rate == pytest.approx(theirs._optimizer.learning_rate, rel=1e-12)
+
+
+@pytest.mark.parametrize("solver", ["sgd", "adam"])
+def test_epoch_gathered_in_chunks_same_as_sklearn(solver, backend, monkeypatch):
+    """A shuffled epoch is gathered and trained a few batches at a time: the same batches, the same
+    updates as scikit-learn's (here one batch per chunk, and a last chunk that is a partial batch)."""
+    import fastbp.sklearn as fastbp_sklearn
+
+    monkeypatch.setattr(fastbp_sklearn, "_GATHER_BYTES", 1)
+    _no_python_batches(monkeypatch)
+    rng = np.random.default_rng(14)
+    X = rng.normal(size=(75, 5))
+    y = np.argmax(X[:, :3] + 0.3 * rng.normal(size=(75, 3)), axis=1)
+    coefs = [rng.normal(size=(5, 6)) * 0.4, rng.normal(size=(6, 3)) * 0.4]
+    intercepts = [rng.normal(size=6) * 0.1, rng.normal(size=3) * 0.1]
+    params = dict(hidden_layer_sizes=(6,), solver=solver, alpha=0.01, shuffle=True, random_state=0,
+                  learning_rate_init=0.02, batch_size=16)
+    ours, theirs = _fit_pair((MLPClassifier, sk_nn.MLPClassifier), params, backend, coefs, intercepts, X, y)
+    _assert_same(ours, theirs)
+
+
+@pytest.mark.parametrize("gather_bytes", [1, 1 << 20])
+@pytest.mark.parametrize("what, x_scale, y_scale, lr", [("the loss", 1e3, 1e6, 10.0),
+                                                          ("a parameter", 1.0, 1e12, 1e300)])
+def test_divergence_in_a_chunked_epoch_keeps_the_last_finite_parameters(gather_bytes, what, x_scale, y_scale, lr,
+                                                                        backend, monkeypatch):
+    """A loss that overflows (the kernel stops before updating with it), or an update that overflows a
+    parameter (the epoch is replayed batch by batch from its start): the last finite parameters are kept."""
+    import fastbp.sklearn as fastbp_sklearn
+
+    monkeypatch.setattr(fastbp_sklearn, "_GATHER_BYTES", gather_bytes)
+    rng = np.random.default_rng(0)
+    X = rng.normal(size=(60, 3)) * x_scale
+    y = rng.normal(size=60) * y_scale
+    model = MLPRegressor(solver="sgd", learning_rate_init=lr, momentum=0.0, max_iter=50, batch_size=10,
+                         random_state=0, backend=backend)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", ConvergenceWarning)
+        with pytest.raises(ValueError, match=f"Solver produced non-finite parameter weights.*{what}"):
+            model.fit(X, y)
+    assert np.all(np.isfinite(model.network_.params))
