@@ -307,7 +307,8 @@ def _add_l2(ws, params, l2, batch_weight):
     ``0.5 * l2 * sum(W**2) / B`` (both from the weights before the update)."""
     squares = 0.0
     with np.errstate(over="ignore", invalid="ignore"):
-        for (W, _), (grad_W, _) in zip(layer_views(ws.layer_sizes, params), layer_views(ws.layer_sizes, ws.grad)):
+        layers, grads = layer_views(ws.layer_sizes, params), layer_views(ws.layer_sizes, ws.grad)
+        for (W, _), (grad_W, _) in zip(layers, grads):
             squares += float(np.dot(W.ravel().astype(np.float64), W.ravel().astype(np.float64)))
             grad_W += W.dtype.type(l2 / batch_weight) * W
     return 0.5 * l2 * squares / batch_weight

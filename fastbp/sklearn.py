@@ -48,13 +48,14 @@ Differences from scikit-learn, by design:
   lbfgs and prediction, chunks of 2,048 rows): memory in proportion to a batch, not to the data set, but the
   first layer's product is a dense one.
 
-How the training runs: on dense input, whole epochs inside the compiled kernel (``Network.fit``), the L2
-term, scikit-learn's Adam and its momentum included (with sample weights, one kernel call per mini-batch,
-because scikit-learn's epoch loss weighs the batches by their row counts); on sparse input, and for a
-multi-output squared error with ``alpha > 0`` (whose reported loss is not the one its gradient descends),
-one compiled ``Network.gradients`` call and one compiled optimizer step per mini-batch, with the L2 term
-and the per-output factor applied in between. The rows are gathered in scikit-learn's shuffled order
-before each epoch, so the updates are scikit-learn's either way.
+How the training runs: on dense input, whole epochs inside the compiled kernel (the backend's
+``train_epoch``, called once per cache-sized chunk of whole mini-batches gathered in scikit-learn's shuffled
+order), the L2 term, scikit-learn's Adam and its momentum included; with sample weights, one kernel call per
+mini-batch (``Optimizer.train_step``), because scikit-learn's epoch loss weighs the batches by their row
+counts; on sparse input, and for a multi-output squared error with ``alpha > 0`` (whose reported loss is not
+the one its gradient descends), one compiled ``Network.gradients`` call and one compiled optimizer step per
+mini-batch, with the L2 term and the per-output factor applied in between. The updates are scikit-learn's
+either way.
 
 Requires scikit-learn >= 1.6 (``pip install 'fastbp[sklearn]'``).
 """
@@ -298,7 +299,7 @@ class _Solver:
             try:
                 for start in range(0, n, chunk):
                     if order is None:
-                        X_part, Y_part = (X, Y) if chunk == n else (X[start:start + chunk], Y[start:start + chunk])
+                        X_part, Y_part = X[start:start + chunk], Y[start:start + chunk]
                     else:
                         rows = order[start:start + chunk]
                         # mode="clip": no bounds-checked copy (the indices are valid)
