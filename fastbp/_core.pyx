@@ -80,6 +80,8 @@ cdef extern from "_kernels.h" nogil:
                          double *max_exp_avg_sq, Py_ssize_t n, double param_scale, double coupled_decay,
                          double one_minus_beta1, double beta2, double one_minus_beta2, double eps,
                          double step_size, double bias2_sqrt, int amsgrad)
+    double fastbp_l2_sweep_f32(const float *w, float *g, Py_ssize_t n, float scale)
+    double fastbp_l2_sweep_f64(const double *w, double *g, Py_ssize_t n, double scale)
     void fastbp_rmsprop_f32(float *params, const float *grad, float *square_avg, float *momentum_buffer,
                             float *grad_avg, Py_ssize_t n, float neg_lr, float weight_decay, float alpha,
                             float one_minus_alpha, float eps, float momentum, int centered)
@@ -115,7 +117,8 @@ cdef extern from "_kernels.h" nogil:
         FASTBP_HYPER_RPROP_ETA_PLUS
         FASTBP_HYPER_RPROP_STEP_MIN
         FASTBP_HYPER_RPROP_STEP_MAX
-        FASTBP_HYPER_RESERVED_L2
+        FASTBP_HYPER_ADAM_SKLEARN_EPS
+        FASTBP_HYPER_L2
         FASTBP_N_HYPER
     # The codes, declared once in _kernels.h
     enum:
@@ -612,6 +615,19 @@ cdef void dense_backward(const Plan *p, floating *params, const floating *inputs
                 return
 
 
+cdef double l2_sweep(const Plan *p, const floating *params, floating *grad, floating scale) noexcept nogil:
+    """scikit-learn's L2 term on the weights only: ``grad_W += scale * W`` for every weight matrix (the
+    biases untouched); returns ``sum(W**2)`` over them, in double, for the batch loss."""
+    cdef Py_ssize_t l
+    cdef double total = 0.0
+    for l in range(p.n_layers):
+        if floating is float:
+            total += fastbp_l2_sweep_f32(params + p.w_off[l], grad + p.w_off[l], p.b_off[l] - p.w_off[l], scale)
+        else:
+            total += fastbp_l2_sweep_f64(params + p.w_off[l], grad + p.w_off[l], p.b_off[l] - p.w_off[l], scale)
+    return total
+
+
 cdef inline floating sqrt_(floating x) noexcept nogil:
     if floating is float:
         return sqrtf(x)
@@ -668,8 +684,14 @@ cdef void optimizer_update(int rule, const double *hyper, floating *params, cons
         one_minus_beta2 = <floating>(1 - hyper[FASTBP_HYPER_ADAM_BETA2])
         eps = <floating>hyper[FASTBP_HYPER_ADAM_EPS]
         flag = hyper[FASTBP_HYPER_ADAM_AMSGRAD] != 0
-        step_size = <floating>(-(hyper[FASTBP_HYPER_LR] / (1 - pow(hyper[FASTBP_HYPER_ADAM_BETA1], t))))
-        bias2_sqrt = <floating>sqrt(1 - pow(hyper[FASTBP_HYPER_ADAM_BETA2], t))
+        if hyper[FASTBP_HYPER_ADAM_SKLEARN_EPS] != 0:
+            # scikit-learn's Adam: p -= lr sqrt(1 - b2^t) / (1 - b1^t) * m / (sqrt(s) + eps)
+            step_size = <floating>(-(hyper[FASTBP_HYPER_LR] * sqrt(1 - pow(hyper[FASTBP_HYPER_ADAM_BETA2], t))
+                                     / (1 - pow(hyper[FASTBP_HYPER_ADAM_BETA1], t))))
+            bias2_sqrt = 1
+        else:
+            step_size = <floating>(-(hyper[FASTBP_HYPER_LR] / (1 - pow(hyper[FASTBP_HYPER_ADAM_BETA1], t))))
+            bias2_sqrt = <floating>sqrt(1 - pow(hyper[FASTBP_HYPER_ADAM_BETA2], t))
         if rule == FASTBP_ADAMW:
             decay = <floating>(1 - hyper[FASTBP_HYPER_LR] * hyper[FASTBP_HYPER_WEIGHT_DECAY])
             f = 0
@@ -814,9 +836,11 @@ cdef object _train_epoch(Workspace ws, floating[::1] params, const floating[:, :
     # shuffle_key: a key in [0, 2**64) from _spec.epoch_key, or a negative number / None for no shuffle
     cdef bint shuffle = shuffle_key is not None and shuffle_key >= 0
     cdef uint64_t key = <uint64_t>shuffle_key if shuffle else 0
-    # Plain SGD (no momentum, no decay) updates inside the backward pass and never stores the gradient.
+    # scikit-learn's L2 on the weights: a sweep over the gradient between the backward pass and the update.
+    cdef double l2 = hyper[FASTBP_HYPER_L2]
+    # Plain SGD (no momentum, no decay, no L2) updates inside the backward pass and never stores the gradient.
     cdef bint in_place = (rule == FASTBP_SGD and hyper[FASTBP_HYPER_SGD_MOMENTUM] == 0
-                          and hyper[FASTBP_HYPER_WEIGHT_DECAY] == 0)
+                          and hyper[FASTBP_HYPER_WEIGHT_DECAY] == 0 and l2 == 0)
     cdef Py_ssize_t[::1] order
     cdef Py_ssize_t *order_ptr = NULL
     cdef const floating *inputs
@@ -835,8 +859,10 @@ cdef object _train_epoch(Workspace ws, floating[::1] params, const floating[:, :
     cdef Tick *backward_checks
     cdef list errors = []
     cdef floating *saved = NULL
-    # Adam and AdamW at batch size 1 (unweighted): the update fused into the per-example backward sweep.
-    cdef bint fused_adam = rule == FASTBP_ADAM or rule == FASTBP_ADAMW
+    # Adam and AdamW at batch size 1 (unweighted): the update fused into the per-example backward sweep
+    # (torch's Adam only: scikit-learn's epsilon convention and the L2 term take the general loop).
+    cdef bint fused_adam = ((rule == FASTBP_ADAM or rule == FASTBP_ADAMW) and l2 == 0
+                            and hyper[FASTBP_HYPER_ADAM_SKLEARN_EPS] == 0)
     cdef AdamRows adam
     adam.lr = hyper[FASTBP_HYPER_LR]
     adam.beta1 = hyper[FASTBP_HYPER_ADAM_BETA1]
@@ -948,6 +974,11 @@ cdef object _train_epoch(Workspace ws, floating[::1] params, const floating[:, :
                     memcpy(&params[0], saved, p.n_params * sizeof(floating))
                 status = STATUS_INTERRUPTED
                 break
+            if l2 != 0:
+                loss += 0.5 * l2 * l2_sweep(p, &params[0], grad, <floating>(l2 / batch_weight)) / batch_weight
+                if not isfinite(loss):
+                    status = STATUS_NONFINITE
+                    break
             if in_place:
                 steps_ptr[0] += 1
             else:
@@ -1044,7 +1075,8 @@ def _enum_codes():
         "HYPER_RPROP_ETA_PLUS": FASTBP_HYPER_RPROP_ETA_PLUS,
         "HYPER_RPROP_STEP_MIN": FASTBP_HYPER_RPROP_STEP_MIN,
         "HYPER_RPROP_STEP_MAX": FASTBP_HYPER_RPROP_STEP_MAX,
-        "HYPER_RESERVED_L2": FASTBP_HYPER_RESERVED_L2,
+        "HYPER_ADAM_SKLEARN_EPS": FASTBP_HYPER_ADAM_SKLEARN_EPS,
+        "HYPER_L2": FASTBP_HYPER_L2,
     }
 
 

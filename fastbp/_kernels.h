@@ -69,7 +69,8 @@ enum { FASTBP_SGD = 0, FASTBP_ADAM = 1, FASTBP_ADAMW = 2, FASTBP_RMSPROP = 3, FA
        FASTBP_N_RULES = 5 };
 
 /* Slots of the float64 hyper-parameter array (fastbp/_spec.py HYPER_*): lr and weight decay for every
- * rule, then each rule's own, then one slot reserved for an L2 penalty on the weights only. */
+ * rule, then each rule's own, then scikit-learn's Adam epsilon convention (a flag, adam only) and
+ * scikit-learn's L2 penalty on the weights only (train_epoch's sweep; see fastbp/_spec.py). */
 enum {
     FASTBP_HYPER_LR = 0,
     FASTBP_HYPER_WEIGHT_DECAY = 1,
@@ -87,7 +88,8 @@ enum {
     FASTBP_HYPER_RPROP_ETA_PLUS = 3,
     FASTBP_HYPER_RPROP_STEP_MIN = 4,
     FASTBP_HYPER_RPROP_STEP_MAX = 5,
-    FASTBP_HYPER_RESERVED_L2 = 7,
+    FASTBP_HYPER_ADAM_SKLEARN_EPS = 6,
+    FASTBP_HYPER_L2 = 7,
     FASTBP_N_HYPER = 8
 };
 
@@ -245,6 +247,8 @@ FASTBP_DEFINE_ALL_FINITE(double, unsigned long long, 0x7ff0000000000000ULL, f64)
  *   p *= param_scale (AdamW: 1 - lr wd; else 1);  g += coupled_decay * p (Adam: wd; else 0)
  *   m = lerp(m, g, 1 - beta1) (from the nearer end, as torch.lerp);  s = s beta2 + (1 - beta2) g^2
  *   s' = max(s_max, s) with amsgrad;  p += step_size * m / (sqrt(s') / bias2_sqrt + eps)   (step_size < 0)
+ * scikit-learn's Adam (eps added before the bias correction) is the same sweep with bias2_sqrt = 1 and
+ * step_size = -lr sqrt(1 - beta2^t) / (1 - beta1^t): dividing by 1 is exact.
  * Branch-free bodies, one per (lerp end, amsgrad), so that each loop vectorises (restrict pointers, and
  * -fno-math-errno lets sqrt vectorise); runtime-dispatched to AVX-512/AVX2 where available. */
 #define FASTBP_ADAM_BODY(LERP, AMSGRAD)                                                               \
@@ -290,6 +294,26 @@ FASTBP_DEFINE_ADAM(double, f64, sqrt)
 #undef SQRT_
 #undef FASTBP_DEFINE_ADAM
 #undef FASTBP_ADAM_BODY
+
+/* scikit-learn's L2 term over one weight matrix of n values: g += scale * w, and the sum of w^2 (in double)
+ * for the loss. One pass, vectorised (the sum may be reordered, as every reduction here). */
+#define FASTBP_DEFINE_L2_SWEEP(REAL, SUFFIX)                                                          \
+    FASTBP_CLONES static double fastbp_l2_sweep_##SUFFIX(const REAL *FASTBP_RESTRICT w,               \
+                                                         REAL *FASTBP_RESTRICT g, Py_ssize_t n,       \
+                                                         REAL scale)                                  \
+    {                                                                                                 \
+        double total = 0;                                                                             \
+        _Pragma("omp simd reduction(+:total)")                                                        \
+        for (Py_ssize_t i = 0; i < n; i++) {                                                          \
+            const REAL v = w[i];                                                                      \
+            total += (double)v * (double)v;                                                           \
+            g[i] = g[i] + scale * v;                                                                  \
+        }                                                                                             \
+        return total;                                                                                 \
+    }
+FASTBP_DEFINE_L2_SWEEP(float, f32)
+FASTBP_DEFINE_L2_SWEEP(double, f64)
+#undef FASTBP_DEFINE_L2_SWEEP
 
 /* One RMSprop update over n values: torch.optim.RMSprop's single-tensor step, the scalars from the caller:
  *   g += weight_decay * p (0: g unchanged);  s = s alpha + (1 - alpha) g^2

@@ -210,9 +210,14 @@ def optimizer_step(params, grad, rule, hyper, state, steps):
             np.maximum(max_exp_avg_sq, exp_avg_sq, out=max_exp_avg_sq)
             second = max_exp_avg_sq
         # bias corrections, in double as torch's Python floats
-        step_size = dtype(-(hyper[_spec.HYPER_LR] / (1 - beta1 ** t)))
-        bias2_sqrt = dtype(math.sqrt(1 - beta2 ** t))
-        denominator = np.sqrt(second) / bias2_sqrt + eps
+        if hyper[_spec.HYPER_ADAM_SKLEARN_EPS] != 0:
+            # scikit-learn's Adam: eps is added to sqrt(v) before the bias correction of the second moment
+            step_size = dtype(-(hyper[_spec.HYPER_LR] * math.sqrt(1 - beta2 ** t) / (1 - beta1 ** t)))
+            denominator = np.sqrt(second) + eps
+        else:
+            step_size = dtype(-(hyper[_spec.HYPER_LR] / (1 - beta1 ** t)))
+            bias2_sqrt = dtype(math.sqrt(1 - beta2 ** t))
+            denominator = np.sqrt(second) / bias2_sqrt + eps
         params += step_size * exp_avg / denominator
     elif name == "rmsprop":
         alpha = hyper[_spec.HYPER_RMSPROP_ALPHA]
@@ -261,7 +266,8 @@ def train_epoch(ws, params, X, Y, sample_weight, batch_size, rule, hyper, state,
     rows (the last one shorter) makes one ``optimizer_step`` with the gradient of its batch loss.
     ``loss_sum`` adds up each batch loss (before its update) times the batch's weight sum (its row count
     when unweighted), and ``weight_sum`` those weights, so that ``loss_sum / weight_sum`` is the epoch's
-    loss. A batch whose weights sum to 0 makes no update.
+    loss. A batch whose weights sum to 0 makes no update. With ``hyper[_spec.HYPER_L2] != 0`` each batch
+    loss and gradient carry scikit-learn's L2 term on the weights (``_add_l2``).
     Status 0: finished. Status 1: a batch loss was not finite; stopped before updating with it.
     Status 2: interrupted (Ctrl-C); the parameters, state and steps are as after the last completed update.
 
@@ -288,6 +294,8 @@ def train_epoch(ws, params, X, Y, sample_weight, batch_size, rule, hyper, state,
                 examples_done += X_batch.shape[0]   # nothing to learn from: no update
                 continue
             loss = loss_and_gradient(ws, params, X_batch, Y_batch, w_batch)
+            if hyper[_spec.HYPER_L2] != 0 and math.isfinite(loss):
+                loss += _add_l2(ws, params, hyper[_spec.HYPER_L2], batch_weight)
             if not math.isfinite(loss):
                 return loss_sum, weight_sum, examples_done, 1
             # Keep the pre-update state so that a Ctrl-C landing inside the update cannot half-apply it
@@ -311,6 +319,19 @@ def train_epoch(ws, params, X, Y, sample_weight, batch_size, rule, hyper, state,
             steps[...] = snapshot[2]
         return loss_sum, weight_sum, examples_done, 2
     return loss_sum, weight_sum, examples_done, 0
+
+
+def _add_l2(ws, params, l2, batch_weight):
+    """scikit-learn's L2 penalty on the weights only (the biases are not penalised), for a batch of weight
+    sum ``B``: adds ``l2 * W / B`` to each weight matrix's gradient in ``ws.grad`` and returns the loss term
+    ``0.5 * l2 * sum(W**2) / B`` (both from the weights before the update)."""
+    squares = 0.0
+    with np.errstate(over="ignore", invalid="ignore"):
+        layers, grads = layer_views(ws.layer_sizes, params), layer_views(ws.layer_sizes, ws.grad)
+        for (W, _), (grad_W, _) in zip(layers, grads):
+            squares += float(np.dot(W.ravel().astype(np.float64), W.ravel().astype(np.float64)))
+            grad_W += W.dtype.type(l2 / batch_weight) * W
+    return 0.5 * l2 * squares / batch_weight
 
 
 def train_rows(ws, params, X, Y, lr, order=None, adam=None):

@@ -61,7 +61,14 @@ HYPER_RPROP_ETA_MINUS = 2
 HYPER_RPROP_ETA_PLUS = 3
 HYPER_RPROP_STEP_MIN = 4
 HYPER_RPROP_STEP_MAX = 5
-HYPER_RESERVED_L2 = 7           # reserved: an L2 penalty on the weights only; always 0 for now
+# Private to fastbp.sklearn (the public optimizers keep torch's semantics and leave both at 0):
+# scikit-learn's Adam (flag 0.0 / 1.0): eps is added to sqrt(v) before the bias correction,
+# p -= lr sqrt(1 - b2^t) / (1 - b1^t) * m / (sqrt(v) + eps).
+HYPER_ADAM_SKLEARN_EPS = 6
+# scikit-learn's alpha: an L2 penalty on the weights only (never the biases), divided by the batch's
+# weight sum B. train_epoch adds l2 W / B to each weight matrix's gradient and 0.5 l2 sum(W^2) / B to the
+# batch loss (weights before the update); optimizer_step takes its gradient as given and ignores it.
+HYPER_L2 = 7
 
 
 

@@ -297,13 +297,38 @@ class Optimizer:
                                              f"got {value}")
                         value = value == 1.0
                     setattr(self, name, value)
-                if hyper[_spec.HYPER_RESERVED_L2] != 0:
-                    raise ValueError("state_dict['hyper'][7] is reserved and must be 0")
+                self._check_private_slots(hyper)
             except (TypeError, ValueError):
                 np.copyto(self._hyper, old)
                 raise
             np.copyto(self._state, state)
             self._steps[0] = steps
+
+    # -- scikit-learn's terms (private to fastbp.sklearn) ---------------------------------------------
+
+    def _set_sklearn_terms(self, *, l2=0.0, sklearn_eps=False):
+        """Private to ``fastbp.sklearn``: scikit-learn's L2 on the weights (``_spec.HYPER_L2``, applied by
+        the backend's ``train_epoch``, so by ``fit`` and ``train_step`` but not by ``step``) and, for Adam,
+        scikit-learn's epsilon convention (``_spec.HYPER_ADAM_SKLEARN_EPS``). The public optimizers keep
+        torch's semantics: both stay 0 unless this is called."""
+        l2 = _check_real(l2, "l2", non_negative=True)
+        if sklearn_eps and self._RULE != "adam":
+            raise ValueError(f"scikit-learn's epsilon convention is Adam's; this optimizer is {self._RULE!r}")
+        self._sklearn = True
+        self._hyper[_spec.HYPER_L2] = l2
+        self._hyper[_spec.HYPER_ADAM_SKLEARN_EPS] = 1.0 if sklearn_eps else 0.0
+
+    def _check_private_slots(self, hyper):
+        """The slots of ``_set_sklearn_terms`` in a state_dict: 0 for a public optimizer."""
+        l2, flag = float(hyper[_spec.HYPER_L2]), float(hyper[_spec.HYPER_ADAM_SKLEARN_EPS])
+        if not getattr(self, "_sklearn", False):
+            if l2 != 0 or flag != 0:
+                raise ValueError(f"state_dict['hyper'][{_spec.HYPER_ADAM_SKLEARN_EPS}] and "
+                                 f"[{_spec.HYPER_L2}] are private to fastbp.sklearn and must be 0; got "
+                                 f"{flag} and {l2}")
+            return
+        if not l2 >= 0 or flag not in (0.0, 1.0) or (flag and self._RULE != "adam"):
+            raise ValueError(f"state_dict['hyper'] has a bad L2 ({l2}) or epsilon flag ({flag})")
 
     # -- training --------------------------------------------------------------------------------------
 

@@ -48,10 +48,14 @@ Differences from scikit-learn, by design:
   lbfgs and prediction, chunks of 2,048 rows): memory in proportion to a batch, not to the data set, but the
   first layer's product is a dense one.
 
-How the training runs: whole epochs inside the compiled kernel (``Network.fit``) where that makes exactly
-scikit-learn's updates (``solver="sgd"`` with ``alpha=0``, no sample weights, dense input, not Poisson);
-otherwise one compiled ``Network.gradients`` call and one compiled optimizer step per mini-batch, with the L2
-term and the per-output factor applied in between.
+How the training runs: on dense input, whole epochs inside the compiled kernel (the backend's
+``train_epoch``, called once per cache-sized chunk of whole mini-batches gathered in scikit-learn's shuffled
+order), the L2 term, scikit-learn's Adam and its momentum included; with sample weights, one kernel call per
+mini-batch (``Optimizer.train_step``), because scikit-learn's epoch loss weighs the batches by their row
+counts; on sparse input, and for a multi-output squared error with ``alpha > 0`` (whose reported loss is not
+the one its gradient descends), one compiled ``Network.gradients`` call and one compiled optimizer step per
+mini-batch, with the L2 term and the per-output factor applied in between. The updates are scikit-learn's
+either way.
 
 Requires scikit-learn >= 1.6 (``pip install 'fastbp[sklearn]'``).
 """
@@ -84,6 +88,7 @@ except ImportError as error:  # pragma: no cover - depends on the environment
 
 from fastbp import _spec
 from fastbp import _threads
+from fastbp import _training
 from fastbp.network import Network
 from fastbp.optimizers import SGD, Adam
 
@@ -104,6 +109,9 @@ _OUTPUT_LOSSES = {
     "softmax": "cross_entropy",
     "logistic": "binary_cross_entropy",
 }
+# The size of the chunks, in bytes of X, in which a shuffled epoch is gathered and trained (about the size
+# of a core's L2 cache).
+_GATHER_BYTES = 1 << 20
 # Rows per chunk when a full-batch computation (lbfgs, prediction) densifies sparse input.
 _SPARSE_CHUNK_ROWS = 2048
 
@@ -194,7 +202,15 @@ class _Objective:
 class _Solver:
     """The stochastic solver's state between epochs (scikit-learn's ``_optimizer``): the fastbp optimizer,
     the current ``learning_rate`` and the schedule rules of scikit-learn's ``SGDOptimizer`` and
-    ``AdamOptimizer``."""
+    ``AdamOptimizer``.
+
+    The optimizer works in the kernel's units: scikit-learn's gradient is ``scale`` (the objective's
+    ``grad_factor``) times the gradient of fastbp's loss plus ``alpha W / B``, so the optimizer gets the
+    L2 coefficient ``alpha / scale`` (the kernel's ``HYPER_L2`` sweep), SGD the learning rate
+    ``learning_rate * scale`` and Adam the epsilon ``epsilon / scale`` with scikit-learn's epsilon
+    convention (``HYPER_ADAM_SKLEARN_EPS``): the same updates, and the same state whether an epoch runs in
+    the kernel (``kernel_epoch``, ``kernel_batch``) or batch by batch from Python (``step``).
+    """
 
     def __init__(self, estimator, net, grad_factor):
         self.solver = estimator.solver
@@ -202,49 +218,117 @@ class _Solver:
         self.learning_rate = self.learning_rate_init
         self.lr_schedule = estimator.learning_rate
         self.power_t = float(estimator.power_t)
-        self.grad_factor = grad_factor
+        self.scale = float(grad_factor)
+        self.alpha = float(estimator.alpha)
         self.net = net
+        self._ws = None
+        self._params_start = self._optimizer_start = None
+        self._gather = None
         if self.solver == "sgd":
             self.momentum = float(estimator.momentum)
             self.nesterov = bool(estimator.nesterovs_momentum) and self.momentum > 0
-            self.optimizer = SGD(net, self.learning_rate, momentum=self.momentum, nesterov=self.nesterov)
+            self.optimizer = SGD(net, self.learning_rate * self.scale, momentum=self.momentum,
+                                 nesterov=self.nesterov)
         else:
             self.beta_1, self.beta_2 = float(estimator.beta_1), float(estimator.beta_2)
             self.epsilon = float(estimator.epsilon)
-            self.t = 0
             self.optimizer = Adam(net, self.learning_rate, betas=(self.beta_1, self.beta_2),
-                                  eps=self._torch_eps(1))
+                                  eps=self.epsilon / self.scale)
+        self._set_terms()
 
-    def _torch_eps(self, t):
-        """The epsilon of ``torch.optim.Adam`` that makes step ``t`` scikit-learn's: scikit-learn adds
-        epsilon to ``sqrt(v)`` before the bias correction ``sqrt(1 - beta_2**t)``, torch after it."""
-        return self.epsilon / np.sqrt(1 - self.beta_2 ** t)
+    def _set_terms(self):
+        self.optimizer._set_sklearn_terms(l2=self.alpha / self.scale, sklearn_eps=self.solver == "adam")
+
+    @property
+    def t(self):
+        """Adam's step count (scikit-learn's ``AdamOptimizer.t``)."""
+        return self.optimizer.steps
+
+    def _after_updates(self):
+        if self.solver == "adam" and self.t > 0:
+            # scikit-learn's AdamOptimizer.learning_rate after step t
+            self.learning_rate = (self.learning_rate_init * np.sqrt(1 - self.beta_2 ** self.t)
+                                  / (1 - self.beta_1 ** self.t))
 
     # ---------------------------------------------------------------------------------------- updates
     def step(self, grads):
-        if self.solver == "adam":
-            self.optimizer.eps = self._torch_eps(self.t + 1)
-            self.optimizer.step(grads)
-            self.t += 1
-            self.learning_rate = (self.learning_rate_init * np.sqrt(1 - self.beta_2 ** self.t)
-                                  / (1 - self.beta_1 ** self.t))
+        """One update from scikit-learn's gradient of a batch (``_Objective.batch``, L2 included)."""
+        if self.scale != 1.0:
+            for G in (*grads.weights, *grads.biases):
+                G /= self.scale
+        self.optimizer.step(grads)
+        self._after_updates()
+
+    def kernel_epoch(self, X, Y, order, batch_size):
+        """One unweighted epoch over the rows ``order`` of ``X, Y`` (C-contiguous, the network's dtype,
+        finite; ``order`` None: in order) in the compiled kernel, the L2 term included; returns the sum
+        over the batches of the batch loss times its row count, in the kernel's units (scikit-learn's
+        divided by ``scale``, or without its ``loss_factor`` when alpha is 0).
+
+        A shuffled epoch is gathered and trained a chunk of whole batches at a time (about
+        ``_GATHER_BYTES``): the chunk stays in cache between its gather and its training, where gathering
+        the whole epoch first would write and read the data set once more through memory. What
+        ``Network.fit(epochs=1)`` does, without its per-call checks and thread choice (the estimator has
+        checked the data and chosen the threads for the whole fit): on a loss or parameter that is not
+        finite, the parameters and state go back to their last finite values and FloatingPointError is
+        raised.
+        """
+        net, optimizer = self.net, self.optimizer
+        params = net.params
+        n = X.shape[0]
+        if order is None:
+            chunk = n
         else:
-            self.optimizer.step(grads)
+            row_bytes = batch_size * X.shape[1] * X.itemsize
+            chunk = min(n, batch_size * max(1, _GATHER_BYTES // row_bytes))
+            if (self._gather is None or self._gather[0].shape[0] < chunk
+                    or self._gather[0].shape[1:] != X.shape[1:] or self._gather[1].shape[1:] != Y.shape[1:]
+                    or self._gather[0].dtype != X.dtype):
+                self._gather = (np.empty((chunk, *X.shape[1:]), dtype=X.dtype),
+                                np.empty((chunk, *Y.shape[1:]), dtype=Y.dtype))
+        with net._exclusive("MLP fit"):
+            ws = self._ws
+            if ws is None or ws.max_batch < batch_size:
+                ws = self._ws = net._new_workspace(batch_size)
+            if self._params_start is None:
+                self._params_start = np.empty_like(params)
+                self._optimizer_start = optimizer._snapshot()
+            np.copyto(self._params_start, params)
+            optimizer._snapshot(into=self._optimizer_start)
+            loss_total, done_total = 0.0, 0
+            try:
+                for start in range(0, n, chunk):
+                    if order is None:
+                        X_part, Y_part = X[start:start + chunk], Y[start:start + chunk]
+                    else:
+                        rows = order[start:start + chunk]
+                        # mode="clip": no bounds-checked copy (the indices are valid)
+                        X_part = np.take(X, rows, axis=0, out=self._gather[0][:rows.shape[0]], mode="clip")
+                        Y_part = np.take(Y, rows, axis=0, out=self._gather[1][:rows.shape[0]], mode="clip")
+                    loss_sum, _, done, status = _training.run_epoch(net, ws, optimizer, X_part, Y_part, None,
+                                                                    batch_size, -1)
+                    loss_total += loss_sum
+                    done_total += done
+                    if status == _spec.STATUS_INTERRUPTED:
+                        raise KeyboardInterrupt
+                    if status == _spec.STATUS_NONFINITE or not (net._module.all_finite(params)
+                                                                and optimizer._state_finite()):
+                        # Replayed batch by batch from the epoch's start, on the epoch's rows in order.
+                        X_epoch, Y_epoch = (X, Y) if order is None else (X[order], Y[order])
+                        batch, what = _training._unwind(net, ws, optimizer, X_epoch, Y_epoch, None, batch_size,
+                                                        -1, self._params_start, self._optimizer_start, status,
+                                                        done_total)
+                        raise FloatingPointError(f"{what} became NaN or infinite at batch {batch + 1}")
+            finally:
+                self._after_updates()
+        return loss_total
 
-    def kernel_epoch(self, X, Y, batch_size):
-        """One epoch inside the compiled kernel (``Network.fit``); the summed batch losses (fastbp's)."""
-        opt = self.optimizer
-        # scikit-learn's gradient is grad_factor times fastbp's: the same SGD step with lr * grad_factor (the
-        # velocity, kept in units of the gradient, is then fastbp's gradient's).
-        opt.lr = self.learning_rate * self.grad_factor
-        try:
-            history = self.net.fit(X, Y, epochs=1, batch_size=batch_size, optimizer=opt, shuffle=False)
-        finally:
-            opt.lr = self.learning_rate
-        return history.loss[-1] * X.shape[0]
-
-    def kernel_ok(self):
-        return self.solver == "sgd"
+    def kernel_batch(self, X, Y, sample_weight):
+        """One update from one weighted batch in the compiled kernel (``train_step``, L2 included); returns
+        the batch loss in the kernel's units."""
+        loss = self.optimizer.train_step(X, Y, sample_weight=sample_weight)
+        self._after_updates()
+        return loss
 
     # ---------------------------------------------------------------------------------------- schedules
     def _set_sgd_lr(self, lr):
@@ -252,7 +336,7 @@ class _Solver:
         # p -= lr * v, so u = -lr * v: keep u when lr changes by rescaling v.
         old = self.learning_rate
         self.learning_rate = lr
-        self.optimizer.lr = lr
+        self.optimizer.lr = lr * self.scale
         if self.momentum and old != lr:
             self.optimizer.velocity *= old / lr
 
@@ -278,16 +362,19 @@ class _Solver:
     def state(self):
         if self.solver == "sgd":
             return {"learning_rate": self.learning_rate, "velocity": np.array(self.optimizer.velocity)}
-        return {"learning_rate": self.learning_rate, "t": self.t, "optimizer": self.optimizer.state_dict()}
+        return {"learning_rate": self.learning_rate, "optimizer": self.optimizer.state_dict()}
 
     def load(self, state):
         self.learning_rate = float(state["learning_rate"])
         if self.solver == "sgd":
-            self.optimizer.lr = self.learning_rate
+            self.optimizer.lr = self.learning_rate * self.scale
             self.optimizer.velocity = state["velocity"]
             return
-        self.t = int(state["t"])
         self.optimizer.load_state_dict(state["optimizer"])
+        # The estimator's own hyper-parameters, whatever the pickle held.
+        self.optimizer.lr = self.learning_rate_init
+        self.optimizer.eps = self.epsilon / self.scale
+        self._set_terms()
 
 
 class _BaseMLP(BaseEstimator):
@@ -593,6 +680,8 @@ class _BaseMLP(BaseEstimator):
         solver = getattr(self, "_optimizer", None)
         if (incremental and solver is not None and getattr(self, "_optimizer_net", None) is net
                 and solver.solver == self.solver):
+            solver.alpha = float(self.alpha)  # set_params between partial_fit calls
+            solver._set_terms()
             return solver
         solver = _Solver(self, net, objective.grad_factor)
         self._optimizer = solver
@@ -636,8 +725,13 @@ class _BaseMLP(BaseEstimator):
             batch_size = int(np.clip(self.batch_size, 1, n_samples))
         constants = objective.row_constants(Y_train)
         dense = not scipy.sparse.issparse(X_train)
-        use_kernel = (solver.kernel_ok() and dense and sw_train is None and objective.alpha == 0
-                      and constants is None)
+        # The kernel's batch loss, times loss_factor, is scikit-learn's when its L2 term scales as the data
+        # term does (every loss but a multi-output squared error, whose reported loss is a mean over the
+        # outputs while its gradient is not) or there is none.
+        use_kernel = dense and (objective.alpha == 0 or objective.loss_factor == objective.grad_factor)
+        loss_factor = objective.loss_factor
+        if use_kernel:
+            X_train = np.ascontiguousarray(X_train, dtype=net.dtype)
 
         try:
             self.n_iter_ = 0
@@ -649,13 +743,13 @@ class _BaseMLP(BaseEstimator):
                     self._random_state.shuffle(order)
                     sample_idx = sample_idx[order]
                 try:
-                    if use_kernel:
-                        if self.shuffle:
-                            X_epoch, Y_epoch = X_train[sample_idx], Y_train[sample_idx]
-                        else:
-                            X_epoch, Y_epoch = X_train, Y_train
-                        accumulated_loss = solver.kernel_epoch(X_epoch, Y_epoch, batch_size)
-                        accumulated_loss *= objective.loss_factor
+                    if use_kernel and sw_train is None:
+                        # The whole epoch in one kernel call, on the rows in scikit-learn's order.
+                        accumulated_loss = solver.kernel_epoch(X_train, Y_train,
+                                                               sample_idx if self.shuffle else None,
+                                                               batch_size) * loss_factor
+                        if constants is not None:
+                            accumulated_loss += float(np.sum(constants))
                     else:
                         accumulated_loss = 0.0
                         # sklearn.utils.gen_batches(n_samples, batch_size)'s slices, without its per-call
@@ -663,15 +757,24 @@ class _BaseMLP(BaseEstimator):
                         for start in range(0, n_samples, batch_size):
                             batch_slice = slice(start, min(start + batch_size, n_samples))
                             rows = sample_idx[batch_slice] if self.shuffle else batch_slice
-                            X_batch = _dense_rows(X_train, rows)
                             batch_constants = None if constants is None else constants[rows]
                             batch_weights = None if sw_train is None else sw_train[rows]
-                            batch_loss, grads = objective.batch(X_batch, Y_train[rows], batch_weights,
-                                                                batch_constants)
-                            if not np.isfinite(batch_loss):
-                                raise FloatingPointError("the batch loss is not finite")
-                            if grads is not None:
-                                solver.step(grads)
+                            if use_kernel:
+                                # Weighted: scikit-learn's epoch loss weighs each batch by its row count,
+                                # not its weight sum, so one kernel call per batch.
+                                batch_loss = 0.0
+                                if np.sum(batch_weights, dtype=np.float64) > 0:
+                                    batch_loss = solver.kernel_batch(
+                                        X_train[rows], Y_train[rows], batch_weights) * loss_factor
+                                    if batch_constants is not None:
+                                        batch_loss += float(np.average(batch_constants, weights=batch_weights))
+                            else:
+                                batch_loss, grads = objective.batch(_dense_rows(X_train, rows), Y_train[rows],
+                                                                    batch_weights, batch_constants)
+                                if not np.isfinite(batch_loss):
+                                    raise FloatingPointError("the batch loss is not finite")
+                                if grads is not None:
+                                    solver.step(grads)
                             accumulated_loss += batch_loss * (batch_slice.stop - batch_slice.start)
                 except FloatingPointError as error:
                     if not early_stopping:

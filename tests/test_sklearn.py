@@ -21,6 +21,7 @@ from sklearn.pipeline import make_pipeline  # noqa: E402
 from sklearn.preprocessing import StandardScaler  # noqa: E402
 from sklearn.utils.estimator_checks import parametrize_with_checks  # noqa: E402
 
+from fastbp import _training  # noqa: E402
 from fastbp.sklearn import MLPClassifier, MLPRegressor  # noqa: E402
 
 # Every check of scikit-learn's estimator contract passes with the default parameters (float64): no check is
@@ -356,7 +357,9 @@ def test_keyboard_interrupt_keeps_the_model(small_classification, monkeypatch):
     def interrupted(*args, **kwargs):
         raise KeyboardInterrupt
 
+    # the epoch runs in the kernel (run_epoch) or batch by batch (gradients): Ctrl-C in either
     monkeypatch.setattr(model.network_, "gradients", interrupted)
+    monkeypatch.setattr(_training, "run_epoch", interrupted)
     with pytest.warns(UserWarning, match="Training interrupted by user"):
         model.fit(X, y)  # as scikit-learn's MLP: Ctrl-C ends fit and keeps the model usable
     assert model.n_iter_ == 0 and len(model.loss_curve_) == 3
