@@ -653,7 +653,8 @@ class Network:
             Makes the shuffling reproducible; None draws a random seed.
         progress : bool
             Show progress on stderr: on a terminal one line updated in place (tqdm's bar if installed), at
-            most 80 columns; otherwise one plain line per epoch.
+            most 80 columns, moving within each epoch too (every 0.2 s: the share of the epoch done, the
+            running loss and the speed); otherwise one plain line per epoch.
         record_gradients : bool
             Record, after each epoch, the norm of each layer's weight gradient over the whole training set
             in ``History.gradient_norms``.

@@ -229,3 +229,41 @@ def test_all_finite_agrees(dtype):
                 cases.append(spoiled)
         for case in cases:
             assert core.all_finite(case) == _reference.all_finite(case) == bool(np.isfinite(case).all())
+
+
+@pytest.mark.parametrize("weighted", [False, True])
+@pytest.mark.parametrize("batch_size,rule", [(1, "sgd"), (16, "sgd"), (16, "adam"), (2000, "sgd")])
+def test_the_progress_hook_reports_the_same_running_sums(batch_size, rule, weighted, monkeypatch):
+    """Both backends' train_epoch progress hooks report the counts of the batches completed so far: every
+    report of the kernel (made at its signal checks) is one of the twin's (made after each batch), to the
+    tolerance of the sums. The report interval is set to 0 so that every opportunity reports."""
+    monkeypatch.setattr(core, "PROGRESS_INTERVAL", 0.0)
+    monkeypatch.setattr(_reference, "PROGRESS_INTERVAL", 0.0)
+    rng = np.random.default_rng([batch_size, weighted])
+    n = 6000
+    sizes = [32, 64, 64, 4]
+    codes = [_spec.ACTIVATION_CODES[a] for a in ("tanh", "relu", "identity")]
+    _, total = _spec.param_offsets(sizes)
+    params0 = rng.uniform(-0.3, 0.3, size=total)
+    X, Y = rng.normal(size=(n, sizes[0])), rng.normal(size=(n, sizes[-1]))
+    weights = rng.uniform(0, 2, size=n) if weighted else None
+    reports = {}
+    for name, module in MODULES.items():
+        ws = module.Workspace(sizes, codes, _spec.LOSS_CODES["mse"], np.float64, batch_size)
+        params = params0.copy()
+        calls = []
+        module.train_epoch(ws, params, X, Y, weights, batch_size,
+                           *_optimizer_arguments(rule, params, lr=1e-3, adam_beta1=0.9, adam_beta2=0.999,
+                                                 adam_eps=1e-8),
+                           _spec.epoch_key(2, 0), progress=lambda *counts: calls.append(counts))
+        reports[name] = calls
+    twin = {done: (loss_sum, weight_sum) for done, loss_sum, weight_sum in reports["numpy"]}
+    checked = 0
+    for done, loss_sum, weight_sum in reports["cython"]:
+        if done == 0:  # a check inside the first batch: nothing completed yet
+            assert (loss_sum, weight_sum) == (0.0, 0.0)
+            continue
+        assert done in twin, (done, sorted(twin)[:5])
+        np.testing.assert_allclose((loss_sum, weight_sum), twin[done], **TOL[np.dtype(np.float64)])
+        checked += 1
+    assert checked >= 1
