@@ -431,12 +431,15 @@ cdef inline int train_rows_adam(const Plan *p, floating *params, const floating 
 
 cdef void dense_backward(const Plan *p, floating *params, const floating *inputs, Py_ssize_t batch,
                          const floating *activations, floating *delta, floating *delta_other,
-                         floating *grad, floating lr, bint update_in_place) noexcept nogil:
+                         floating *grad, floating lr, bint update_in_place, int rule, const double *hyper,
+                         floating *state, int64_t steps_before) noexcept nogil:
     """Back-propagate the last layer's delta through every layer.
 
     With ``update_in_place`` (plain SGD) each layer's weights are updated as soon as its delta for the
     layer below is computed from the old weights: the gradient is never stored. Otherwise the gradient
-    of the batch loss is written into ``grad`` (layout of params).
+    of the batch loss is written into ``grad`` (layout of params), and with ``rule`` >= 0 each layer's
+    slice of params is then updated by that rule at once (``optimizer_range``), while its gradient is
+    still in cache; the caller counts the step. ``rule`` < 0: the gradient only.
     """
     cdef Py_ssize_t l, r, j, n_in, n_out
     cdef floating *W
@@ -506,6 +509,10 @@ cdef void dense_backward(const Plan *p, floating *params, const floating *inputs
         if update_in_place:
             for j in range(n_out):
                 bias[j] = bias[j] - lr * column_sums[j]
+        elif rule >= 0:
+            # this layer's weights and bias are one slice of params: [w_off, b_off + n_out)
+            optimizer_range(rule, hyper, params, grad, state, p.n_params, p.w_off[l], p.b_off[l] + n_out,
+                            steps_before)
 
         if l > 0:
             swap = delta
@@ -532,8 +539,20 @@ cdef void optimizer_update(int rule, const double *hyper, floating *params, cons
     """One update of the flat buffer from ``grad`` by ``rule``, exactly as torch.optim's single-tensor
     step; ``state`` holds the rule's rows of ``n`` values each (fastbp/_spec.py STATE_ROWS).
 
-    Each rule is one sweep over the buffer; the per-step scalars (bias corrections) are computed once in
-    double, like torch's Python floats. The readable version is fastbp/_reference.py's optimizer_step.
+    The readable version is fastbp/_reference.py's optimizer_step.
+    """
+    optimizer_range(rule, hyper, params, grad, state, n, 0, n, steps[0])
+    steps[0] += 1
+
+
+cdef void optimizer_range(int rule, const double *hyper, floating *params, const floating *grad,
+                          floating *state, Py_ssize_t n, Py_ssize_t start, Py_ssize_t stop,
+                          int64_t steps_before) noexcept nogil:
+    """The update of ``optimizer_update`` on the values [start, stop) only; the caller counts the step.
+
+    Every rule is elementwise, so updating the buffer in pieces (one layer at a time, while its gradient
+    is still in cache) gives the same bits as one sweep. The per-step scalars (bias corrections) are
+    computed in double, like torch's Python floats, from ``steps_before`` (the steps already taken).
     """
     cdef Py_ssize_t k
     cdef floating g, v, f
@@ -542,15 +561,17 @@ cdef void optimizer_update(int rule, const double *hyper, floating *params, cons
     cdef floating momentum, beta2, one_minus_beta1, one_minus_beta2, eps, step_size, bias2_sqrt, decay
     cdef floating alpha, one_minus_alpha, eta_minus, eta_plus, step_min, step_max
     cdef bint flag
-    cdef double t = <double>(steps[0] + 1)
+    cdef double t = <double>(steps_before + 1)
     cdef floating *row0 = state
     cdef floating *row1 = state + n
     cdef floating *row2 = state + 2 * n
+    if stop <= start:
+        return
     if rule == FASTBP_SGD:
         # torch.optim.SGD, dampening 0: g += wd p; v = mu v + g; g = g + mu v (Nesterov) or v; p -= lr g
         momentum = <floating>hyper[FASTBP_HYPER_SGD_MOMENTUM]
         flag = hyper[FASTBP_HYPER_SGD_NESTEROV] != 0
-        for k in range(n):
+        for k in range(start, stop):
             g = grad[k]
             if weight_decay != 0:
                 g = g + weight_decay * params[k]
@@ -578,11 +599,13 @@ cdef void optimizer_update(int rule, const double *hyper, floating *params, cons
             decay = 1
             f = weight_decay
         if floating is float:
-            fastbp_adam_f32(params, grad, row0, row1, row2, n, decay, f, one_minus_beta1, beta2,
-                            one_minus_beta2, eps, step_size, bias2_sqrt, flag)
+            fastbp_adam_f32(params + start, grad + start, row0 + start, row1 + start, row2 + start,
+                            stop - start, decay, f, one_minus_beta1, beta2, one_minus_beta2, eps, step_size,
+                            bias2_sqrt, flag)
         else:
-            fastbp_adam_f64(params, grad, row0, row1, row2, n, decay, f, one_minus_beta1, beta2,
-                            one_minus_beta2, eps, step_size, bias2_sqrt, flag)
+            fastbp_adam_f64(params + start, grad + start, row0 + start, row1 + start, row2 + start,
+                            stop - start, decay, f, one_minus_beta1, beta2, one_minus_beta2, eps, step_size,
+                            bias2_sqrt, flag)
     elif rule == FASTBP_RMSPROP:
         # rows: square_avg s, momentum_buffer, grad_avg; the sweep is _kernels.h's fastbp_rmsprop
         alpha = <floating>hyper[FASTBP_HYPER_RMSPROP_ALPHA]
@@ -591,11 +614,11 @@ cdef void optimizer_update(int rule, const double *hyper, floating *params, cons
         momentum = <floating>hyper[FASTBP_HYPER_RMSPROP_MOMENTUM]
         flag = hyper[FASTBP_HYPER_RMSPROP_CENTERED] != 0
         if floating is float:
-            fastbp_rmsprop_f32(params, grad, row0, row1, row2, n, -lr, weight_decay, alpha, one_minus_alpha,
-                               eps, momentum, flag)
+            fastbp_rmsprop_f32(params + start, grad + start, row0 + start, row1 + start, row2 + start,
+                               stop - start, -lr, weight_decay, alpha, one_minus_alpha, eps, momentum, flag)
         else:
-            fastbp_rmsprop_f64(params, grad, row0, row1, row2, n, -lr, weight_decay, alpha, one_minus_alpha,
-                               eps, momentum, flag)
+            fastbp_rmsprop_f64(params + start, grad + start, row0 + start, row1 + start, row2 + start,
+                               stop - start, -lr, weight_decay, alpha, one_minus_alpha, eps, momentum, flag)
     elif rule == FASTBP_RPROP:
         # rows: prev (the last gradient used), step_size (filled with lr at the first step, as torch); the
         # sweep is _kernels.h's fastbp_rprop
@@ -603,14 +626,15 @@ cdef void optimizer_update(int rule, const double *hyper, floating *params, cons
         eta_plus = <floating>hyper[FASTBP_HYPER_RPROP_ETA_PLUS]
         step_min = <floating>hyper[FASTBP_HYPER_RPROP_STEP_MIN]
         step_max = <floating>hyper[FASTBP_HYPER_RPROP_STEP_MAX]
-        if steps[0] == 0:
-            for k in range(n):
+        if steps_before == 0:
+            for k in range(start, stop):
                 row1[k] = lr
         if floating is float:
-            fastbp_rprop_f32(params, grad, row0, row1, n, eta_minus, eta_plus, step_min, step_max)
+            fastbp_rprop_f32(params + start, grad + start, row0 + start, row1 + start, stop - start, eta_minus,
+                             eta_plus, step_min, step_max)
         else:
-            fastbp_rprop_f64(params, grad, row0, row1, n, eta_minus, eta_plus, step_min, step_max)
-    steps[0] += 1
+            fastbp_rprop_f64(params + start, grad + start, row0 + start, row1 + start, stop - start, eta_minus,
+                             eta_plus, step_min, step_max)
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -677,7 +701,7 @@ cdef object _loss_and_gradient(Workspace ws, floating[::1] params, const floatin
         dense_forward(p, &params[0], &X[0, 0], batch, activations)
         loss = output_delta(p, activations + p.act_off[p.n_layers - 1], &Y[0, 0], weights, batch, deltas)
         dense_backward(p, &params[0], &X[0, 0], batch, activations, deltas, deltas + half,
-                       grad, 0, False)
+                       grad, 0, False, -1, NULL, NULL, 0)
     return loss
 
 
@@ -804,12 +828,10 @@ cdef object _train_epoch(Workspace ws, floating[::1] params, const floating[:, :
             if not isfinite(loss):
                 status = STATUS_NONFINITE
                 break
+            # the update rule runs layer by layer inside the backward pass (see dense_backward)
             dense_backward(p, &params[0], inputs, batch, activations, deltas, deltas + half,
-                           grad, lr_, in_place)
-            if in_place:
-                steps_ptr[0] += 1
-            else:
-                optimizer_update(rule, hyper_ptr, &params[0], grad, state_ptr, p.n_params, steps_ptr)
+                           grad, lr_, in_place, -1 if in_place else rule, hyper_ptr, state_ptr, steps_ptr[0])
+            steps_ptr[0] += 1
             loss_sum += loss * batch_weight
             weight_sum += batch_weight
             done += batch
