@@ -52,7 +52,7 @@ extensions = [
     Extension(
         "fastbp._core",
         sources=["fastbp/_core.pyx"],
-        depends=["fastbp/_kernels.h", "fastbp/_kernels_rows.h"],
+        depends=["fastbp/_kernels.h", "fastbp/_kernels_rows.h", "fastbp/_kernels_gemm.h"],
         include_dirs=["fastbp", numpy.get_include()],
         define_macros=[("NPY_NO_DEPRECATED_API", "NPY_1_7_API_VERSION")],
         # Link libm explicitly: an unversioned `exp` binds to glibc's slow errno-setting compat wrapper.

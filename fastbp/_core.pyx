@@ -146,6 +146,20 @@ cdef extern from "_kernels.h" nogil:
     void fastbp_times_derivative_f32(float *delta, const float *a, Py_ssize_t n, int act)
     void fastbp_times_derivative_f64(double *delta, const double *a, Py_ssize_t n, int act)
 
+cdef extern from "_kernels_gemm.h" nogil:
+    int fastbp_small_gemm_available()
+    void fastbp_gemm_nt_f32(const float *A, const float *W, const float *bias, int act, float *C,
+                            Py_ssize_t B, Py_ssize_t I, Py_ssize_t O)
+    void fastbp_gemm_nt_f64(const double *A, const double *W, const double *bias, int act, double *C,
+                            Py_ssize_t B, Py_ssize_t I, Py_ssize_t O)
+    void fastbp_gemm_nn_f32(const float *D, const float *W, float *C, Py_ssize_t B, Py_ssize_t I, Py_ssize_t O)
+    void fastbp_gemm_nn_f64(const double *D, const double *W, double *C, Py_ssize_t B, Py_ssize_t I,
+                            Py_ssize_t O)
+    void fastbp_gemm_tn_f32(const float *D, const float *A, float *C, Py_ssize_t B, Py_ssize_t I, Py_ssize_t O,
+                            float alpha, int accumulate)
+    void fastbp_gemm_tn_f64(const double *D, const double *A, double *C, Py_ssize_t B, Py_ssize_t I,
+                            Py_ssize_t O, double alpha, int accumulate)
+
 # The codes as Python sees them (tests/test_conformance.py compares them with fastbp._spec).
 ACTIVATION_CODES = {"identity": ACT_IDENTITY, "sigmoid": ACT_SIGMOID, "relu": ACT_RELU, "tanh": ACT_TANH}
 LOSS_CODES = {"half_sse": LOSS_HALF_SSE, "mse": LOSS_MSE, "cross_entropy": LOSS_CROSS_ENTROPY,
@@ -164,11 +178,32 @@ __all__ = ["Workspace", "predict", "loss_and_gradient", "train_epoch", "optimize
 cdef Py_ssize_t BLAS_MIN_BATCH = 2
 cdef Py_ssize_t BLAS_MIN_WORK = 512
 
+# A layer uses the non-packing products of _kernels_gemm.h instead of BLAS when the batch has
+# SMALL_GEMM_MIN_BATCH to SMALL_GEMM_MAX_BATCH rows and the layer at least SMALL_GEMM_MIN_INPUTS inputs and
+# SMALL_GEMM_MIN_OUTPUTS outputs. Measured one thread per product against scipy's OpenBLAS 0.3.30
+# (SkylakeX kernels; Xeon with AVX-512, docs/BENCHMARKS.md): at 32 x 784 x 128 forward 1.3x, delta 1.8x,
+# weight gradient 1.3x faster; at 16 rows 1.4-2.3x. Below 16 rows OpenBLAS's own small-matrix kernels
+# win (8 rows: 0.7x); from 64 rows its packed kernels catch up (784-128-10 fit at batch 64: 0.97x) and
+# its second thread pays; narrower layers (32 x 128 x 10: 0.35x) lose to the horizontal sums of the dot
+# products.
+cdef Py_ssize_t SMALL_GEMM_MIN_BATCH = 16
+cdef Py_ssize_t SMALL_GEMM_MAX_BATCH = 48
+cdef Py_ssize_t SMALL_GEMM_MIN_INPUTS = 256
+cdef Py_ssize_t SMALL_GEMM_MIN_OUTPUTS = 16
+# Whether this CPU runs them (AVX-512; see _kernels_gemm.h): checked once, at import.
+cdef bint SMALL_GEMM_CPU = fastbp_small_gemm_available() != 0
+
 # How many multiply-adds of training pass between two checks for Ctrl-C (each check takes the GIL; at
 # 2e7 that is 1-4 ms of one core's work, so the GIL's cost is not measurable and Ctrl-C is seen within a
 # few ms). The counting runs through the layers of a batch too (Tick below), so a single large batch
 # is checked between its layers' products.
 cdef double SIGNAL_CHECK_WORK = 2.0e7
+
+# A single batch of this many multiply-adds or more is checked inside (between its layers' products).
+# Below it the step runs unchecked (at most ~50 ms of one busy core, well inside the 0.2 s promise), which
+# lets the update rule run layer by layer inside the backward pass (a 784-256-256-10 step at batch 256,
+# 2e8, keeps that: Adam 1.17x -> 1.05x of SGD's time, docs/BENCHMARKS.md).
+cdef double INNER_CHECK_WORK = 16 * SIGNAL_CHECK_WORK
 
 # Plain SGD on a batch this big or bigger (whose step is worth a check inside it) copies the parameters
 # before its backward pass, which updates them in place layer by layer, so that a Ctrl-C seen inside it
@@ -426,6 +461,39 @@ cdef inline bint blas_pays(Py_ssize_t batch, Py_ssize_t n_in, Py_ssize_t n_out) 
     return batch >= BLAS_MIN_BATCH and batch * n_in * n_out >= BLAS_MIN_WORK
 
 
+cdef inline bint small_gemm_pays(Py_ssize_t batch, Py_ssize_t n_in, Py_ssize_t n_out) noexcept nogil:
+    return (SMALL_GEMM_CPU and SMALL_GEMM_MIN_BATCH <= batch <= SMALL_GEMM_MAX_BATCH
+            and n_in >= SMALL_GEMM_MIN_INPUTS
+            and n_out >= SMALL_GEMM_MIN_OUTPUTS)
+
+
+cdef inline void gemm_nt(const floating *a, const floating *W, const floating *bias, int act, floating *out,
+                         Py_ssize_t batch, Py_ssize_t n_in, Py_ssize_t n_out) noexcept nogil:
+    """out (batch x n_out) = f(a W^T + bias), without packing (_kernels_gemm.h)."""
+    if floating is float:
+        fastbp_gemm_nt_f32(a, W, bias, act, out, batch, n_in, n_out)
+    else:
+        fastbp_gemm_nt_f64(a, W, bias, act, out, batch, n_in, n_out)
+
+
+cdef inline void gemm_nn(const floating *delta, const floating *W, floating *out, Py_ssize_t batch,
+                         Py_ssize_t n_in, Py_ssize_t n_out) noexcept nogil:
+    """out (batch x n_in) = delta (batch x n_out) W (n_out x n_in), without packing."""
+    if floating is float:
+        fastbp_gemm_nn_f32(delta, W, out, batch, n_in, n_out)
+    else:
+        fastbp_gemm_nn_f64(delta, W, out, batch, n_in, n_out)
+
+
+cdef inline void gemm_tn(const floating *delta, const floating *a, floating *out, Py_ssize_t batch,
+                         Py_ssize_t n_in, Py_ssize_t n_out, floating alpha, bint accumulate) noexcept nogil:
+    """out (n_out x n_in) = alpha delta^T a (+ out when accumulating), without packing."""
+    if floating is float:
+        fastbp_gemm_tn_f32(delta, a, out, batch, n_in, n_out, alpha, accumulate)
+    else:
+        fastbp_gemm_tn_f64(delta, a, out, batch, n_in, n_out, alpha, accumulate)
+
+
 # ---------------------------------------------------------------------------------------------------
 # Forward, loss and backward on one mini-batch
 
@@ -450,7 +518,9 @@ cdef void dense_forward(const Plan *p, const floating *params, const floating *i
         W = params + p.w_off[l]
         bias = params + p.b_off[l]
         out = activations + p.act_off[l]
-        if blas_pays(batch, n_in, n_out):
+        if small_gemm_pays(batch, n_in, n_out):
+            gemm_nt(a_prev, W, bias, act, out, batch, n_in, n_out)
+        elif blas_pays(batch, n_in, n_out):
             # out (batch x n_out, row-major) = a_prev (batch x n_in) @ W^T
             gemm(b"T", b"N", <int>n_out, <int>batch, <int>n_in, 1, W, <int>n_in, a_prev, <int>n_in,
                  0, out, <int>n_out)
@@ -527,14 +597,20 @@ cdef inline int train_rows_adam(const Plan *p, floating *params, const floating 
 
 cdef void dense_backward(const Plan *p, floating *params, const floating *inputs, Py_ssize_t batch,
                          const floating *activations, floating *delta, floating *delta_other,
-                         floating *grad, floating lr, bint update_in_place, Tick *checks) noexcept nogil:
+                         floating *grad, floating lr, bint update_in_place, int rule, const double *hyper,
+                         floating *state, int64_t steps_before, Tick *checks) noexcept nogil:
     """Back-propagate the last layer's delta through every layer.
 
     With ``update_in_place`` (plain SGD) each layer's weights are updated as soon as its delta for the
     layer below is computed from the old weights: the gradient is never stored. Otherwise the gradient
-    of the batch loss is written into ``grad`` (layout of params). ``checks`` (NULL: none) may stop the
-    pass between two products (a layer's delta and its gradient, and between layers); with
-    ``update_in_place`` the caller must then put the parameters back.
+    of the batch loss is written into ``grad`` (layout of params), and with ``rule`` >= 0 each layer's
+    slice of params is then updated by that rule at once (``optimizer_range``), while its gradient is
+    still in cache; the caller counts the step. ``rule`` < 0: the gradient only.
+
+    ``checks`` (NULL: none) may stop the pass between two products (a layer's delta and its gradient,
+    and between layers); with ``update_in_place`` the caller must then put the parameters back. A rule
+    >= 0 writes parameters during the pass, so it is never combined with checks (the caller runs the
+    rule after the pass instead).
     """
     cdef Py_ssize_t l, r, j, n_in, n_out
     cdef floating *W
@@ -545,19 +621,22 @@ cdef void dense_backward(const Plan *p, floating *params, const floating *inputs
     cdef floating *swap
     cdef floating *column_sums
     cdef floating d
-    cdef bint use_blas
+    cdef bint use_blas, use_small
     for l in range(p.n_layers - 1, -1, -1):
         n_in = p.sizes[l]
         n_out = p.sizes[l + 1]
         W = params + p.w_off[l]
         bias = params + p.b_off[l]
         a_prev = inputs if l == 0 else activations + p.act_off[l - 1]
-        use_blas = blas_pays(batch, n_in, n_out)
+        use_small = small_gemm_pays(batch, n_in, n_out)
+        use_blas = not use_small and blas_pays(batch, n_in, n_out)
 
         # 1. the delta of the layer below, from the weights before this step's update
         if l > 0:
             d_prev = delta_other
-            if use_blas:
+            if use_small:
+                gemm_nn(delta, W, d_prev, batch, n_in, n_out)
+            elif use_blas:
                 # d_prev (batch x n_in) = delta (batch x n_out) @ W (n_out x n_in)
                 gemm(b"N", b"N", <int>n_in, <int>batch, <int>n_out, 1, W, <int>n_in, delta, <int>n_out,
                      0, d_prev, <int>n_in)
@@ -577,7 +656,9 @@ cdef void dense_backward(const Plan *p, floating *params, const floating *inputs
             gW = W
         else:
             gW = grad + p.w_off[l]
-        if use_blas:
+        if use_small:
+            gemm_tn(delta, a_prev, gW, batch, n_in, n_out, -lr if update_in_place else 1, update_in_place)
+        elif use_blas:
             # gW (n_out x n_in) = delta^T (n_out x batch) @ a_prev (batch x n_in)
             if update_in_place:
                 gemm(b"N", b"T", <int>n_in, <int>n_out, <int>batch, -lr, a_prev, <int>n_in, delta,
@@ -606,6 +687,10 @@ cdef void dense_backward(const Plan *p, floating *params, const floating *inputs
         if update_in_place:
             for j in range(n_out):
                 bias[j] = bias[j] - lr * column_sums[j]
+        elif rule >= 0:
+            # this layer's weights and bias are one slice of params: [w_off, b_off + n_out)
+            optimizer_range(rule, hyper, params, grad, state, p.n_params, p.w_off[l], p.b_off[l] + n_out,
+                            steps_before)
 
         if l > 0:
             swap = delta
@@ -647,8 +732,20 @@ cdef void optimizer_update(int rule, const double *hyper, floating *params, cons
     """One update of the flat buffer from ``grad`` by ``rule``, exactly as torch.optim's single-tensor
     step; ``state`` holds the rule's rows of ``n`` values each (fastbp/_spec.py STATE_ROWS).
 
-    Each rule is one sweep over the buffer; the per-step scalars (bias corrections) are computed once in
-    double, like torch's Python floats. The readable version is fastbp/_reference.py's optimizer_step.
+    The readable version is fastbp/_reference.py's optimizer_step.
+    """
+    optimizer_range(rule, hyper, params, grad, state, n, 0, n, steps[0])
+    steps[0] += 1
+
+
+cdef void optimizer_range(int rule, const double *hyper, floating *params, const floating *grad,
+                          floating *state, Py_ssize_t n, Py_ssize_t start, Py_ssize_t stop,
+                          int64_t steps_before) noexcept nogil:
+    """The update of ``optimizer_update`` on the values [start, stop) only; the caller counts the step.
+
+    Every rule is elementwise, so updating the buffer in pieces (one layer at a time, while its gradient
+    is still in cache) gives the same bits as one sweep. The per-step scalars (bias corrections) are
+    computed in double, like torch's Python floats, from ``steps_before`` (the steps already taken).
     """
     cdef Py_ssize_t k
     cdef floating g, v, f
@@ -657,15 +754,17 @@ cdef void optimizer_update(int rule, const double *hyper, floating *params, cons
     cdef floating momentum, beta2, one_minus_beta1, one_minus_beta2, eps, step_size, bias2_sqrt, decay
     cdef floating alpha, one_minus_alpha, eta_minus, eta_plus, step_min, step_max
     cdef bint flag
-    cdef double t = <double>(steps[0] + 1)
+    cdef double t = <double>(steps_before + 1)
     cdef floating *row0 = state
     cdef floating *row1 = state + n
     cdef floating *row2 = state + 2 * n
+    if stop <= start:
+        return
     if rule == FASTBP_SGD:
         # torch.optim.SGD, dampening 0: g += wd p; v = mu v + g; g = g + mu v (Nesterov) or v; p -= lr g
         momentum = <floating>hyper[FASTBP_HYPER_SGD_MOMENTUM]
         flag = hyper[FASTBP_HYPER_SGD_NESTEROV] != 0
-        for k in range(n):
+        for k in range(start, stop):
             g = grad[k]
             if weight_decay != 0:
                 g = g + weight_decay * params[k]
@@ -699,11 +798,13 @@ cdef void optimizer_update(int rule, const double *hyper, floating *params, cons
             decay = 1
             f = weight_decay
         if floating is float:
-            fastbp_adam_f32(params, grad, row0, row1, row2, n, decay, f, one_minus_beta1, beta2,
-                            one_minus_beta2, eps, step_size, bias2_sqrt, flag)
+            fastbp_adam_f32(params + start, grad + start, row0 + start, row1 + start, row2 + start,
+                            stop - start, decay, f, one_minus_beta1, beta2, one_minus_beta2, eps, step_size,
+                            bias2_sqrt, flag)
         else:
-            fastbp_adam_f64(params, grad, row0, row1, row2, n, decay, f, one_minus_beta1, beta2,
-                            one_minus_beta2, eps, step_size, bias2_sqrt, flag)
+            fastbp_adam_f64(params + start, grad + start, row0 + start, row1 + start, row2 + start,
+                            stop - start, decay, f, one_minus_beta1, beta2, one_minus_beta2, eps, step_size,
+                            bias2_sqrt, flag)
     elif rule == FASTBP_RMSPROP:
         # rows: square_avg s, momentum_buffer, grad_avg; the sweep is _kernels.h's fastbp_rmsprop
         alpha = <floating>hyper[FASTBP_HYPER_RMSPROP_ALPHA]
@@ -712,11 +813,11 @@ cdef void optimizer_update(int rule, const double *hyper, floating *params, cons
         momentum = <floating>hyper[FASTBP_HYPER_RMSPROP_MOMENTUM]
         flag = hyper[FASTBP_HYPER_RMSPROP_CENTERED] != 0
         if floating is float:
-            fastbp_rmsprop_f32(params, grad, row0, row1, row2, n, -lr, weight_decay, alpha, one_minus_alpha,
-                               eps, momentum, flag)
+            fastbp_rmsprop_f32(params + start, grad + start, row0 + start, row1 + start, row2 + start,
+                               stop - start, -lr, weight_decay, alpha, one_minus_alpha, eps, momentum, flag)
         else:
-            fastbp_rmsprop_f64(params, grad, row0, row1, row2, n, -lr, weight_decay, alpha, one_minus_alpha,
-                               eps, momentum, flag)
+            fastbp_rmsprop_f64(params + start, grad + start, row0 + start, row1 + start, row2 + start,
+                               stop - start, -lr, weight_decay, alpha, one_minus_alpha, eps, momentum, flag)
     elif rule == FASTBP_RPROP:
         # rows: prev (the last gradient used), step_size (filled with lr at the first step, as torch); the
         # sweep is _kernels.h's fastbp_rprop
@@ -724,14 +825,15 @@ cdef void optimizer_update(int rule, const double *hyper, floating *params, cons
         eta_plus = <floating>hyper[FASTBP_HYPER_RPROP_ETA_PLUS]
         step_min = <floating>hyper[FASTBP_HYPER_RPROP_STEP_MIN]
         step_max = <floating>hyper[FASTBP_HYPER_RPROP_STEP_MAX]
-        if steps[0] == 0:
-            for k in range(n):
+        if steps_before == 0:
+            for k in range(start, stop):
                 row1[k] = lr
         if floating is float:
-            fastbp_rprop_f32(params, grad, row0, row1, n, eta_minus, eta_plus, step_min, step_max)
+            fastbp_rprop_f32(params + start, grad + start, row0 + start, row1 + start, stop - start, eta_minus,
+                             eta_plus, step_min, step_max)
         else:
-            fastbp_rprop_f64(params, grad, row0, row1, n, eta_minus, eta_plus, step_min, step_max)
-    steps[0] += 1
+            fastbp_rprop_f64(params + start, grad + start, row0 + start, row1 + start, stop - start, eta_minus,
+                             eta_plus, step_min, step_max)
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -808,7 +910,7 @@ cdef object _loss_and_gradient(Workspace ws, floating[::1] params, const floatin
             loss = output_delta(p, activations + p.act_off[p.n_layers - 1], &Y[0, 0], weights, batch,
                                 deltas)
             dense_backward(p, &params[0], &X[0, 0], batch, activations, deltas, deltas + half,
-                           grad, 0, False, &checks)
+                           grad, 0, False, -1, NULL, NULL, 0, &checks)
     if checks.stopped:  # ws.grad is then partly written: scratch, as after any call
         raise KeyboardInterrupt
     return loss
@@ -857,6 +959,7 @@ cdef object _train_epoch(Workspace ws, floating[::1] params, const floating[:, :
     cdef Tick checks
     cdef Tick *inner_checks
     cdef Tick *backward_checks
+    cdef bint per_layer
     cdef list errors = []
     cdef floating *saved = NULL
     # Adam and AdamW at batch size 1 (unweighted): the update fused into the per-example backward sweep
@@ -894,7 +997,7 @@ cdef object _train_epoch(Workspace ws, floating[::1] params, const floating[:, :
     checks.weight_sum = &weight_sum
     # Plain SGD writes the parameters during its backward pass: a batch checked inside it needs a copy
     # of them to put back (see SNAPSHOT_MIN_BATCH).
-    if in_place and min(batch_size, n) >= SNAPSHOT_MIN_BATCH and work * min(batch_size, n) >= checks.every:
+    if in_place and min(batch_size, n) >= SNAPSHOT_MIN_BATCH and work * min(batch_size, n) >= INNER_CHECK_WORK:
         saved_buffer = np.empty(p.n_params, dtype=ws.dtype)
         saved = <floating *><size_t>saved_buffer.ctypes.data
 
@@ -954,7 +1057,7 @@ cdef object _train_epoch(Workspace ws, floating[::1] params, const floating[:, :
             # A batch worth a check by itself is checked between its layers: the forward pass and a
             # backward pass that only fills `grad` write no parameter, and plain SGD's in-place backward
             # pass is checked only with a copy of the parameters to put back.
-            inner_checks = &checks if step_work >= checks.every else NULL
+            inner_checks = &checks if step_work >= INNER_CHECK_WORK else NULL
             backward_checks = inner_checks if (not in_place or saved != NULL) else NULL
             dense_forward(p, &params[0], inputs, batch, activations, inner_checks)
             if checks.stopped:
@@ -967,8 +1070,14 @@ cdef object _train_epoch(Workspace ws, floating[::1] params, const floating[:, :
                 break
             if in_place and backward_checks != NULL:
                 memcpy(saved, &params[0], p.n_params * sizeof(floating))
+            # The update rule runs layer by layer inside the backward pass while each layer's gradient
+            # is in cache (see dense_backward), except where the step is checked inside (an interrupted
+            # step must leave the parameters as they were) or the L2 term must see the whole gradient
+            # first: then the rule runs after the pass, with the same bits.
+            per_layer = (not in_place and l2 == 0 and backward_checks == NULL)
             dense_backward(p, &params[0], inputs, batch, activations, deltas, deltas + half,
-                           grad, lr_, in_place, backward_checks)
+                           grad, lr_, in_place, rule if per_layer else -1, hyper_ptr, state_ptr, steps_ptr[0],
+                           backward_checks)
             if checks.stopped:
                 if in_place:  # the step is undone: the parameters are those before it, bit for bit
                     memcpy(&params[0], saved, p.n_params * sizeof(floating))
@@ -979,7 +1088,7 @@ cdef object _train_epoch(Workspace ws, floating[::1] params, const floating[:, :
                 if not isfinite(loss):
                     status = STATUS_NONFINITE
                     break
-            if in_place:
+            if in_place or per_layer:
                 steps_ptr[0] += 1
             else:
                 optimizer_update(rule, hyper_ptr, &params[0], grad, state_ptr, p.n_params, steps_ptr)
@@ -1101,6 +1210,29 @@ def all_finite(values):
     with nogil:
         ok = fastbp_all_finite_f64(&v64[0], v64.shape[0])
     return ok != 0
+
+
+def _small_gemm_thresholds(min_batch=None, max_batch=None, min_inputs=None, min_outputs=None):
+    """Read (and, for tuning runs, set) when a layer uses the non-packing products of _kernels_gemm.h.
+
+    Returns ``(min_batch, max_batch, min_inputs, min_outputs)`` in force after the call; a max_batch of 0
+    turns them off. They are used only where ``_small_gemm_available()``. Not part of the public API.
+    """
+    global SMALL_GEMM_MIN_BATCH, SMALL_GEMM_MAX_BATCH, SMALL_GEMM_MIN_INPUTS, SMALL_GEMM_MIN_OUTPUTS
+    if min_batch is not None:
+        SMALL_GEMM_MIN_BATCH = max(1, int(min_batch))
+    if max_batch is not None:
+        SMALL_GEMM_MAX_BATCH = max(0, int(max_batch))
+    if min_inputs is not None:
+        SMALL_GEMM_MIN_INPUTS = max(1, int(min_inputs))
+    if min_outputs is not None:
+        SMALL_GEMM_MIN_OUTPUTS = max(1, int(min_outputs))
+    return SMALL_GEMM_MIN_BATCH, SMALL_GEMM_MAX_BATCH, SMALL_GEMM_MIN_INPUTS, SMALL_GEMM_MIN_OUTPUTS
+
+
+def _small_gemm_available():
+    """Whether this CPU runs the non-packing products (x86-64 with AVX-512, a gcc build on Linux)."""
+    return bool(SMALL_GEMM_CPU)
 
 
 def _blas_thresholds(min_batch=None, min_work=None):
