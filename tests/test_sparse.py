@@ -340,3 +340,22 @@ def test_the_sklearn_estimator_does_not_densify():
     assert peak < budget, f"peak {peak / 2**20:.1f} MiB, budget {budget / 2**20:.1f} MiB"
     np.testing.assert_allclose(model.predict_proba(X[:50]), model.predict_proba(X[:50].toarray()), rtol=1e-4,
                                atol=1e-6)
+
+
+def test_the_bench_row_runs(capsys):
+    """bench/sparse.py on a tiny set (it prints a row per contender; no timing is checked)."""
+    pytest.importorskip("sklearn")
+    import importlib.util
+    import pathlib
+
+    path = pathlib.Path(__file__).resolve().parents[1] / "bench" / "sparse.py"
+    if not path.exists():
+        pytest.skip("bench/ is not shipped with the installed package")
+    spec = importlib.util.spec_from_file_location("bench_sparse", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    module.main(["--rows", "60", "--cols", "300", "--per-row", "6", "--hidden", "5", "--batch-size", "20",
+                 "--repeat", "1"])
+    printed = capsys.readouterr().out
+    for name in ("fastbp sparse", "fastbp densify", "fastbp.sklearn", "scikit-learn"):
+        assert name in printed
