@@ -489,7 +489,9 @@ class Network:
 
         Parameters
         ----------
-        X : array_like, shape (n, n_in) or (n_in,)
+        X : array_like, shape (n, n_in) or (n_in,), or scipy.sparse matrix or array of shape (n, n_in)
+            Sparse input (any format; CSR used as it is, others converted once) is never densified: the
+            first layer is computed from the non-zeros.
 
         Returns
         -------
@@ -520,7 +522,9 @@ class Network:
 
         Parameters
         ----------
-        X : array_like, shape (n, n_in) or (n_in,)
+        X : array_like, shape (n, n_in) or (n_in,), or scipy.sparse matrix or array of shape (n, n_in)
+            Sparse input (any format; CSR used as it is, others converted once) is never densified: the
+            first layer is computed from the non-zeros.
 
         Returns
         -------
@@ -587,7 +591,9 @@ class Network:
 
         Parameters
         ----------
-        X : array_like, shape (n, n_in) or (n_in,)
+        X : array_like, shape (n, n_in) or (n_in,), or scipy.sparse matrix or array of shape (n, n_in)
+            Sparse input (any format; CSR used as it is, others converted once) is never densified: the
+            first layer is computed from the non-zeros.
         Y : array_like
             Targets of shape (n, n_out) (or (n,) when n_out is 1); for ``cross_entropy`` class indices of
             shape (n,) or probability rows (n, n_out).
@@ -647,7 +653,8 @@ class Network:
         Parameters
         ----------
         X, Y : array_like
-            Training data, as for :meth:`loss` (at least one example).
+            Training data, as for :meth:`loss` (at least one example); ``X`` may be a scipy.sparse matrix,
+            trained from its non-zeros (the same numbers as its dense form, to rounding).
         epochs : int
             Passes over the data (0 trains nothing).
         batch_size : int
