@@ -917,18 +917,47 @@ cdef void sparse_forward_first(const Plan *p, const floating *params, const floa
     v W0[j, k] + b0[j])."""
     cdef Py_ssize_t n_in = p.sizes[0], n_out = p.sizes[1]
     cdef const floating *W = params + p.w_off[0]
-    cdef const floating *Wj
+    cdef const floating *W0
+    cdef const floating *W1
+    cdef const floating *W2
+    cdef const floating *W3
     cdef floating *out = activations + p.act_off[0]
-    cdef Py_ssize_t j, r, q, row
-    cdef floating s
-    for j in range(n_out):
-        Wj = W + j * n_in
+    cdef Py_ssize_t j = 0, r, q, row, k
+    cdef floating s0, s1, s2, s3, v
+    # Four rows of W0 at a time: each non-zero's index and value are loaded once for four independent
+    # sums (the gathers' latencies overlap); every sum still adds its terms in the row's order.
+    while j + 4 <= n_out:
+        W0 = W + j * n_in
+        W1 = W0 + n_in
+        W2 = W1 + n_in
+        W3 = W2 + n_in
         for r in range(batch):
             row = csr_row(rows, start, r)
-            s = 0
+            s0 = 0
+            s1 = 0
+            s2 = 0
+            s3 = 0
             for q in range(indptr[row], indptr[row + 1]):
-                s = s + data[q] * Wj[indices[q]]
-            out[r * n_out + j] = s
+                k = indices[q]
+                v = data[q]
+                s0 = s0 + v * W0[k]
+                s1 = s1 + v * W1[k]
+                s2 = s2 + v * W2[k]
+                s3 = s3 + v * W3[k]
+            out[r * n_out + j] = s0
+            out[r * n_out + j + 1] = s1
+            out[r * n_out + j + 2] = s2
+            out[r * n_out + j + 3] = s3
+        j += 4
+    while j < n_out:
+        W0 = W + j * n_in
+        for r in range(batch):
+            row = csr_row(rows, start, r)
+            s0 = 0
+            for q in range(indptr[row], indptr[row + 1]):
+                s0 = s0 + data[q] * W0[indices[q]]
+            out[r * n_out + j] = s0
+        j += 1
     for r in range(batch):
         bias_activate(out + r * n_out, params + p.b_off[0], n_out, p.acts[0])
 
