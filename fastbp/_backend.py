@@ -18,7 +18,8 @@ BACKENDS = ("cython", "numpy")
 # The backend contract: the names both fastbp._core and fastbp._reference export (their ``__all__``), with
 # the semantics of docs/DESIGN.md, "Backend interface". tests/test_conformance.py checks both modules
 # against it, entry by entry. network.py and optimizers.py reach a backend through these names only.
-INTERFACE = ("Workspace", "predict", "loss_and_gradient", "train_epoch", "optimizer_step", "all_finite")
+INTERFACE = ("Workspace", "predict", "loss_and_gradient", "train_epoch", "optimizer_step", "all_finite",
+             "predict_sparse", "loss_and_gradient_sparse", "train_epoch_sparse")
 _MODULES = {"cython": "fastbp._core", "numpy": "fastbp._reference"}
 
 

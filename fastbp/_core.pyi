@@ -7,13 +7,24 @@ import numpy.typing as npt
 
 _Floats = npt.NDArray[np.floating]
 
-__all__ = ["Workspace", "predict", "loss_and_gradient", "train_epoch", "optimizer_step", "all_finite"]
+__all__ = [
+    "Workspace",
+    "predict",
+    "loss_and_gradient",
+    "train_epoch",
+    "optimizer_step",
+    "all_finite",
+    "predict_sparse",
+    "loss_and_gradient_sparse",
+    "train_epoch_sparse",
+]
 
 class Workspace:
     dtype: np.dtype
     max_batch: int
     layer_sizes: tuple[int, ...]
     grad: _Floats
+    sparse_input: bool
     def __init__(
         self,
         layer_sizes: Sequence[int],
@@ -21,6 +32,7 @@ class Workspace:
         loss_code: int,
         dtype: npt.DTypeLike,
         max_batch: int,
+        sparse_input: bool = ...,
     ) -> None: ...
 
 ACTIVATION_CODES: dict[str, int]
@@ -55,5 +67,35 @@ def optimizer_step(
     state: _Floats,
     steps: npt.NDArray[np.int64],
 ) -> None: ...
+_Indices = npt.NDArray[np.intp]
+
+def predict_sparse(
+    ws: Workspace, params: _Floats, data: _Floats, indices: _Indices, indptr: _Indices, out: _Floats
+) -> None: ...
+def loss_and_gradient_sparse(
+    ws: Workspace,
+    params: _Floats,
+    data: _Floats,
+    indices: _Indices,
+    indptr: _Indices,
+    Y: _Floats,
+    sample_weight: _Floats | None = None,
+) -> float: ...
+def train_epoch_sparse(
+    ws: Workspace,
+    params: _Floats,
+    data: _Floats,
+    indices: _Indices,
+    indptr: _Indices,
+    Y: _Floats,
+    sample_weight: _Floats | None,
+    batch_size: int,
+    rule: int,
+    hyper: npt.NDArray[np.float64],
+    state: _Floats,
+    steps: npt.NDArray[np.int64],
+    shuffle_key: int,
+    progress: Callable[[int, float, float], object] | None = None,
+) -> tuple[float, float, int, int]: ...
 def _enum_codes() -> dict[str, object]: ...
 def _blas_thresholds(min_batch: int | None = ..., min_work: int | None = ...) -> tuple[int, int]: ...

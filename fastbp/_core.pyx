@@ -168,7 +168,8 @@ STATUS_CODES = {"STATUS_OK": STATUS_OK, "STATUS_NONFINITE": STATUS_NONFINITE,
                 "STATUS_INTERRUPTED": STATUS_INTERRUPTED}
 
 # The backend interface (fastbp._backend.INTERFACE), the same names as the twin fastbp._reference.
-__all__ = ["Workspace", "predict", "loss_and_gradient", "train_epoch", "optimizer_step", "all_finite"]
+__all__ = ["Workspace", "predict", "loss_and_gradient", "train_epoch", "optimizer_step", "all_finite",
+           "predict_sparse", "loss_and_gradient_sparse", "train_epoch_sparse"]
 
 # A layer uses BLAS for a mini-batch when the batch has at least BLAS_MIN_BATCH rows and the product
 # has at least BLAS_MIN_WORK multiply-adds; below that the call overhead costs more than it saves.
@@ -298,6 +299,9 @@ cdef class Workspace:
 
     cdef Plan plan
     cdef bint single           # float32 (True) or float64
+    # Built for the *_sparse entry points: no dense input buffer, deltas as wide as the widest layer
+    # after the input (the input layer never gets a delta), so memory does not grow with n_in.
+    cdef readonly bint sparse_input
     cdef readonly object dtype
     cdef readonly Py_ssize_t max_batch
     cdef readonly tuple layer_sizes
@@ -317,7 +321,8 @@ cdef class Workspace:
     cdef void *batch_targets_ptr
     cdef void *batch_weights_ptr
 
-    def __cinit__(self, layer_sizes, activation_codes, int loss_code, dtype, Py_ssize_t max_batch):
+    def __cinit__(self, layer_sizes, activation_codes, int loss_code, dtype, Py_ssize_t max_batch,
+                  bint sparse_input=False):
         cdef Py_ssize_t n_layers = len(layer_sizes) - 1
         cdef Py_ssize_t l, position = 0, act_position = 0
         self.plan.sizes = NULL
@@ -341,7 +346,7 @@ cdef class Workspace:
         self.plan.max_width = 0
         for l in range(n_layers + 1):
             self.plan.sizes[l] = layer_sizes[l]
-            if self.plan.sizes[l] > self.plan.max_width:
+            if self.plan.sizes[l] > self.plan.max_width and (l > 0 or not sparse_input):
                 self.plan.max_width = self.plan.sizes[l]
         for l in range(n_layers):
             self.plan.acts[l] = activation_codes[l]
@@ -357,12 +362,13 @@ cdef class Workspace:
         if self.dtype != np.float32 and self.dtype != np.float64:
             raise TypeError(f"Workspace: dtype must be float32 or float64, got {self.dtype}")
         self.single = self.dtype == np.float32
+        self.sparse_input = sparse_input
         self.max_batch = max_batch
         self.layer_sizes = tuple(int(s) for s in layer_sizes)
         self.grad = np.zeros(position, dtype=self.dtype)
         self._activations = np.zeros(act_position, dtype=self.dtype)
         self._deltas = np.zeros(2 * max_batch * self.plan.max_width, dtype=self.dtype)
-        self._batch_inputs = np.zeros(max_batch * self.plan.sizes[0], dtype=self.dtype)
+        self._batch_inputs = np.zeros(0 if sparse_input else max_batch * self.plan.sizes[0], dtype=self.dtype)
         self._batch_targets = np.zeros(max_batch * self.plan.sizes[n_layers], dtype=self.dtype)
         self._batch_weights = np.zeros(max_batch, dtype=self.dtype)
         self._order = np.zeros(0, dtype=np.intp)
@@ -499,10 +505,12 @@ cdef inline void gemm_tn(const floating *delta, const floating *a, floating *out
 
 
 cdef void dense_forward(const Plan *p, const floating *params, const floating *inputs, Py_ssize_t batch,
-                        floating *activations, Tick *checks) noexcept nogil:
+                        floating *activations, Tick *checks, Py_ssize_t first_layer=0) noexcept nogil:
     """Every layer's output for `batch` rows of `inputs`: z = a_prev W^T + b, a = f(z), fused.
 
     ``checks`` (NULL: none) counts each layer's work and may stop the pass between layers (``stopped``).
+    ``first_layer`` > 0: start there, with ``inputs`` the output of the layer before (the sparse path
+    computes layer 0 itself).
     """
     cdef const floating *a_prev = inputs
     cdef const floating *W
@@ -511,7 +519,7 @@ cdef void dense_forward(const Plan *p, const floating *params, const floating *i
     cdef floating *row
     cdef Py_ssize_t l, r, j, n_in, n_out
     cdef int act
-    for l in range(p.n_layers):
+    for l in range(first_layer, p.n_layers):
         n_in = p.sizes[l]
         n_out = p.sizes[l + 1]
         act = p.acts[l]
@@ -598,8 +606,10 @@ cdef inline int train_rows_adam(const Plan *p, floating *params, const floating 
 cdef void dense_backward(const Plan *p, floating *params, const floating *inputs, Py_ssize_t batch,
                          const floating *activations, floating *delta, floating *delta_other,
                          floating *grad, floating lr, bint update_in_place, int rule, const double *hyper,
-                         floating *state, int64_t steps_before, Tick *checks) noexcept nogil:
-    """Back-propagate the last layer's delta through every layer.
+                         floating *state, int64_t steps_before, Tick *checks,
+                         Py_ssize_t stop_layer=0) noexcept nogil:
+    """Back-propagate the last layer's delta through every layer (down to ``stop_layer``: the sparse path
+    handles layer 0 itself, from the delta this leaves for it).
 
     With ``update_in_place`` (plain SGD) each layer's weights are updated as soon as its delta for the
     layer below is computed from the old weights: the gradient is never stored. Otherwise the gradient
@@ -622,7 +632,7 @@ cdef void dense_backward(const Plan *p, floating *params, const floating *inputs
     cdef floating *column_sums
     cdef floating d
     cdef bint use_blas, use_small
-    for l in range(p.n_layers - 1, -1, -1):
+    for l in range(p.n_layers - 1, stop_layer - 1, -1):
         n_in = p.sizes[l]
         n_out = p.sizes[l + 1]
         W = params + p.w_off[l]
@@ -917,9 +927,13 @@ cdef object _loss_and_gradient(Workspace ws, floating[::1] params, const floatin
 
 
 cdef object _train_epoch(Workspace ws, floating[::1] params, const floating[:, ::1] X,
+                         const floating[::1] csr_data, const Py_ssize_t[::1] csr_indices,
+                         const Py_ssize_t[::1] csr_indptr,
                          const floating[:, ::1] Y, sample_weight, Py_ssize_t batch_size, int rule,
                          const double[::1] hyper, floating[:, ::1] state, int64_t[::1] steps, shuffle_key,
                          progress):
+    """train_epoch and train_epoch_sparse: the input rows are X (dense), or, with X None, the CSR arrays
+    (layer 0 from the non-zeros by sparse_forward_first / sparse_backward_first, the rest as for X)."""
     cdef const Plan *p = &ws.plan
     cdef floating *activations = <floating *>ws.activations_ptr
     cdef floating *deltas = <floating *>ws.deltas_ptr
@@ -931,7 +945,12 @@ cdef object _train_epoch(Workspace ws, floating[::1] params, const floating[:, :
     cdef const floating *weights = NULL
     cdef const floating *row_weights = NULL
     cdef double weight_sum = 0.0, batch_weight
-    cdef Py_ssize_t n = X.shape[0]
+    cdef bint sparse = X is None
+    cdef Py_ssize_t n = csr_indptr.shape[0] - 1 if sparse else X.shape[0]
+    cdef const floating *X_ptr = NULL
+    cdef const floating *data_ptr = NULL
+    cdef const Py_ssize_t *indices_ptr = NULL
+    cdef const Py_ssize_t *indptr_ptr = NULL
     cdef Py_ssize_t n_in = p.sizes[0], K = p.sizes[p.n_layers]
     cdef Py_ssize_t half = p.max_batch * p.max_width
     cdef Py_ssize_t start, batch, r, row, check_every, l
@@ -980,7 +999,7 @@ cdef object _train_epoch(Workspace ws, floating[::1] params, const floating[:, :
         raise ValueError(f"batch_size {batch_size} does not fit the workspace ({p.max_batch} rows)")
     if progress is not None and not callable(progress):
         raise TypeError(f"progress must be None or a callable; got {type(progress).__name__}")
-    if n == 0:
+    if n <= 0:
         return 0.0, 0.0, 0, STATUS_OK
     if sample_weight is not None:
         weights_view = sample_weight
@@ -988,7 +1007,19 @@ cdef object _train_epoch(Workspace ws, floating[::1] params, const floating[:, :
     if shuffle:
         order = ws.order_buffer(n)
         order_ptr = &order[0]
-    for l in range(p.n_layers):
+    if sparse:
+        data_ptr = &csr_data[0] if csr_data.shape[0] > 0 else NULL
+        indices_ptr = &csr_indices[0] if csr_indices.shape[0] > 0 else NULL
+        indptr_ptr = &csr_indptr[0]
+        # layer 0's work follows a row's mean non-zeros; the sweeps over every parameter (gradient and
+        # update) that a batch makes unless it updates in place are counted too
+        work = 3.0 * (<double>csr_indices.shape[0] / n + 1.0) * p.sizes[1]
+        if not in_place:
+            work += 2.0 * p.n_params / min(batch_size, n)
+    else:
+        X_ptr = &X[0, 0]
+        work = 3.0 * n_in * p.sizes[1]
+    for l in range(1, p.n_layers):
         work += 3.0 * p.sizes[l] * p.sizes[l + 1]
     check_every = max(1, <Py_ssize_t>(SIGNAL_CHECK_WORK / (work * min(batch_size, n))))
     tick_init(&checks, progress, errors)
@@ -1005,19 +1036,19 @@ cdef object _train_epoch(Workspace ws, floating[::1] params, const floating[:, :
         if shuffle:
             fill_permutation(order_ptr, n, key)
         start = 0
-        if batch_size == 1 and (in_place or fused_adam) and weights == NULL:
+        if batch_size == 1 and (in_place or fused_adam) and weights == NULL and not sparse:
             # Per-example SGD or Adam: the fused C loop, entered once per `check_every` examples. It serves
             # the unweighted case only; weighted batches of one take the general loop below.
             while start < n and status == STATUS_OK:
                 batch = min(check_every, n - start)
                 done_before = done
                 if in_place:
-                    if train_rows(p, &params[0], &X[0, 0], &Y[0, 0], order_ptr, start, batch, lr_,
+                    if train_rows(p, &params[0], X_ptr, &Y[0, 0], order_ptr, start, batch, lr_,
                                   activations, deltas, deltas + half, &loss_sum, &done) != 0:
                         status = STATUS_NONFINITE
                 else:
                     adam.step = steps_ptr[0]
-                    if train_rows_adam(p, &params[0], &X[0, 0], &Y[0, 0], order_ptr, start, batch, &adam,
+                    if train_rows_adam(p, &params[0], X_ptr, &Y[0, 0], order_ptr, start, batch, &adam,
                                        state_ptr, activations, deltas, deltas + half, &loss_sum,
                                        &done) != 0:
                         status = STATUS_NONFINITE
@@ -1029,9 +1060,11 @@ cdef object _train_epoch(Workspace ws, floating[::1] params, const floating[:, :
         while start < n and status == STATUS_OK:
             batch = min(batch_size, n - start)
             if shuffle:
+                # (sparse rows are read through the permutation where they lie: only dense rows are gathered)
                 for r in range(batch):
                     row = order_ptr[start + r]
-                    memcpy(batch_inputs + r * n_in, &X[0, 0] + row * n_in, n_in * sizeof(floating))
+                    if not sparse:
+                        memcpy(batch_inputs + r * n_in, X_ptr + row * n_in, n_in * sizeof(floating))
                     memcpy(batch_targets + r * K, &Y[0, 0] + row * K, K * sizeof(floating))
                     if weights != NULL:
                         batch_weights[r] = weights[row]
@@ -1039,7 +1072,7 @@ cdef object _train_epoch(Workspace ws, floating[::1] params, const floating[:, :
                 targets = batch_targets
                 row_weights = batch_weights if weights != NULL else NULL
             else:
-                inputs = &X[0, 0] + start * n_in
+                inputs = X_ptr + start * n_in if not sparse else NULL
                 targets = &Y[0, 0] + start * K
                 row_weights = weights + start if weights != NULL else NULL
             if row_weights != NULL:
@@ -1059,7 +1092,12 @@ cdef object _train_epoch(Workspace ws, floating[::1] params, const floating[:, :
             # pass is checked only with a copy of the parameters to put back.
             inner_checks = &checks if step_work >= INNER_CHECK_WORK else NULL
             backward_checks = inner_checks if (not in_place or saved != NULL) else NULL
-            dense_forward(p, &params[0], inputs, batch, activations, inner_checks)
+            if sparse:
+                sparse_forward_first(p, &params[0], data_ptr, indices_ptr, indptr_ptr, order_ptr, start, batch,
+                                     activations)
+                dense_forward(p, &params[0], activations + p.act_off[0], batch, activations, inner_checks, 1)
+            else:
+                dense_forward(p, &params[0], inputs, batch, activations, inner_checks)
             if checks.stopped:
                 status = STATUS_INTERRUPTED
                 break
@@ -1074,15 +1112,19 @@ cdef object _train_epoch(Workspace ws, floating[::1] params, const floating[:, :
             # is in cache (see dense_backward), except where the step is checked inside (an interrupted
             # step must leave the parameters as they were) or the L2 term must see the whole gradient
             # first: then the rule runs after the pass, with the same bits.
-            per_layer = (not in_place and l2 == 0 and backward_checks == NULL)
-            dense_backward(p, &params[0], inputs, batch, activations, deltas, deltas + half,
-                           grad, lr_, in_place, rule if per_layer else -1, hyper_ptr, state_ptr, steps_ptr[0],
-                           backward_checks)
+            # (Sparse input: layer 0's gradient is formed after the pass, so the rule runs after it too.)
+            per_layer = (not in_place and l2 == 0 and backward_checks == NULL and not sparse)
+            dense_backward(p, &params[0], inputs if not sparse else activations, batch, activations, deltas,
+                           deltas + half, grad, lr_, in_place, rule if per_layer else -1, hyper_ptr, state_ptr,
+                           steps_ptr[0], backward_checks, 1 if sparse else 0)
             if checks.stopped:
                 if in_place:  # the step is undone: the parameters are those before it, bit for bit
                     memcpy(&params[0], saved, p.n_params * sizeof(floating))
                 status = STATUS_INTERRUPTED
                 break
+            if sparse:
+                sparse_backward_first(p, &params[0], data_ptr, indices_ptr, indptr_ptr, order_ptr, start, batch,
+                                      first_delta(p, deltas), grad, lr_, in_place)
             if l2 != 0:
                 loss += 0.5 * l2 * l2_sweep(p, &params[0], grad, <floating>(l2 / batch_weight)) / batch_weight
                 if not isfinite(loss):
@@ -1138,11 +1180,14 @@ def train_epoch(Workspace ws, params, X, Y, sample_weight, Py_ssize_t batch_size
     stops the epoch after its last completed update and is raised (a KeyboardInterrupt: status
     interrupted).
     """
+    if ws.sparse_input:
+        # it has no dense input buffer for the shuffled gather
+        raise ValueError("train_epoch needs a Workspace built without sparse_input (use train_epoch_sparse)")
     if ws.single:
-        return _train_epoch[float](ws, params, X, Y, sample_weight, batch_size, rule, hyper, state, steps,
-                                   shuffle_key, progress)
-    return _train_epoch[double](ws, params, X, Y, sample_weight, batch_size, rule, hyper, state, steps,
-                                shuffle_key, progress)
+        return _train_epoch[float](ws, params, X, None, None, None, Y, sample_weight, batch_size, rule, hyper,
+                                   state, steps, shuffle_key, progress)
+    return _train_epoch[double](ws, params, X, None, None, None, Y, sample_weight, batch_size, rule, hyper,
+                                state, steps, shuffle_key, progress)
 
 
 cdef object _optimizer_step(floating[::1] params, const floating[::1] grad, int rule,
@@ -1159,6 +1204,209 @@ def optimizer_step(params, grad, int rule, hyper, state, steps):
     if params.dtype == np.float32:
         return _optimizer_step[float](params, grad, rule, hyper, state, steps)
     return _optimizer_step[double](params, grad, rule, hyper, state, steps)
+
+
+# ---------------------------------------------------------------------------------------------------
+# Sparse input: layer 0 from CSR rows (specification: fastbp/_reference.py, the *_sparse functions)
+#
+# Layer 0 reads its input as CSR arrays (data, indices, indptr: Py_ssize_t indices, sorted, no
+# duplicates, checked by fastbp/_validation.py), so its cost and memory follow the non-zeros, not
+# batch x n_in. The rest of the network is the dense path (dense_forward from layer 1, dense_backward
+# down to layer 1), and the input layer's delta is never formed.
+#
+# Layout: params keeps W0 as (n_out, n_in) rows (the interface's layout). Each row W0[j] is walked for
+# the whole batch before the next: the batch's non-zeros gather from one row while it sits in cache,
+# and W0 is read from memory once per batch. A contiguous axpy per non-zero would need W0^T, a second
+# copy of the largest matrix that every update would have to refresh (a full sweep per batch, where
+# per-example SGD otherwise touches only the columns present in the batch).
+
+
+cdef inline Py_ssize_t csr_row(const Py_ssize_t *rows, Py_ssize_t start, Py_ssize_t r) noexcept nogil:
+    """Row r of the batch that starts at `start`: through the permutation, or in order (rows NULL)."""
+    return rows[start + r] if rows != NULL else start + r
+
+
+cdef void sparse_forward_first(const Plan *p, const floating *params, const floating *data,
+                               const Py_ssize_t *indices, const Py_ssize_t *indptr, const Py_ssize_t *rows,
+                               Py_ssize_t start, Py_ssize_t batch, floating *activations) noexcept nogil:
+    """Layer 0's output for `batch` CSR rows: a[r, j] = f(sum over the row's non-zeros (k, v) of
+    v W0[j, k] + b0[j])."""
+    cdef Py_ssize_t n_in = p.sizes[0], n_out = p.sizes[1]
+    cdef const floating *W = params + p.w_off[0]
+    cdef const floating *W0
+    cdef const floating *W1
+    cdef const floating *W2
+    cdef const floating *W3
+    cdef floating *out = activations + p.act_off[0]
+    cdef Py_ssize_t j = 0, r, q, row, k
+    cdef floating s0, s1, s2, s3, v
+    # Four rows of W0 at a time: each non-zero's index and value are loaded once for four independent
+    # sums (the gathers' latencies overlap); every sum still adds its terms in the row's order.
+    while j + 4 <= n_out:
+        W0 = W + j * n_in
+        W1 = W0 + n_in
+        W2 = W1 + n_in
+        W3 = W2 + n_in
+        for r in range(batch):
+            row = csr_row(rows, start, r)
+            s0 = 0
+            s1 = 0
+            s2 = 0
+            s3 = 0
+            for q in range(indptr[row], indptr[row + 1]):
+                k = indices[q]
+                v = data[q]
+                s0 = s0 + v * W0[k]
+                s1 = s1 + v * W1[k]
+                s2 = s2 + v * W2[k]
+                s3 = s3 + v * W3[k]
+            out[r * n_out + j] = s0
+            out[r * n_out + j + 1] = s1
+            out[r * n_out + j + 2] = s2
+            out[r * n_out + j + 3] = s3
+        j += 4
+    while j < n_out:
+        W0 = W + j * n_in
+        for r in range(batch):
+            row = csr_row(rows, start, r)
+            s0 = 0
+            for q in range(indptr[row], indptr[row + 1]):
+                s0 = s0 + data[q] * W0[indices[q]]
+            out[r * n_out + j] = s0
+        j += 1
+    for r in range(batch):
+        bias_activate(out + r * n_out, params + p.b_off[0], n_out, p.acts[0])
+
+
+cdef void sparse_backward_first(const Plan *p, floating *params, const floating *data,
+                                const Py_ssize_t *indices, const Py_ssize_t *indptr, const Py_ssize_t *rows,
+                                Py_ssize_t start, Py_ssize_t batch, const floating *delta, floating *grad,
+                                floating lr, bint update_in_place) noexcept nogil:
+    """Layer 0's gradient from its delta (batch x n_out): gW0[j, k] += delta[r, j] v for each non-zero
+    (k, v) of row r (a scatter), gb0 = column sums of delta; or, with ``update_in_place`` (plain SGD), the
+    update itself, which then touches only the columns present in the batch."""
+    cdef Py_ssize_t n_in = p.sizes[0], n_out = p.sizes[1]
+    cdef floating *gW
+    cdef floating *gWj
+    cdef floating *bias = params + p.b_off[0]
+    cdef floating *column_sums = grad + p.b_off[0]
+    cdef Py_ssize_t j, r, q, row
+    cdef floating d
+    if update_in_place:
+        gW = params + p.w_off[0]
+    else:
+        gW = grad + p.w_off[0]
+        memset(gW, 0, n_in * n_out * sizeof(floating))
+    for j in range(n_out):
+        gWj = gW + j * n_in
+        for r in range(batch):
+            d = delta[r * n_out + j]
+            if d != 0:
+                if update_in_place:
+                    d = -lr * d
+                row = csr_row(rows, start, r)
+                for q in range(indptr[row], indptr[row + 1]):
+                    gWj[indices[q]] += d * data[q]
+    # the bias: as dense_backward does (the gradient buffer's bias slot is scratch when updating in place)
+    memcpy(column_sums, delta, n_out * sizeof(floating))
+    for r in range(1, batch):
+        for j in range(n_out):
+            column_sums[j] = column_sums[j] + delta[r * n_out + j]
+    if update_in_place:
+        for j in range(n_out):
+            bias[j] = bias[j] - lr * column_sums[j]
+
+
+cdef inline floating *first_delta(const Plan *p, floating *deltas) noexcept nogil:
+    """Where dense_backward(..., stop_layer=1) leaves layer 0's delta: it swaps its two buffers once per
+    layer it passes below the top."""
+    if (p.n_layers - 1) % 2 == 1:
+        return deltas + p.max_batch * p.max_width
+    return deltas
+
+
+cdef object _predict_sparse(Workspace ws, floating[::1] params, const floating[::1] data,
+                            const Py_ssize_t[::1] indices, const Py_ssize_t[::1] indptr, floating[:, ::1] out):
+    cdef const Plan *p = &ws.plan
+    cdef floating *activations = <floating *>ws.activations_ptr
+    cdef Py_ssize_t n = indptr.shape[0] - 1, start, batch
+    cdef Py_ssize_t K = p.sizes[p.n_layers]
+    cdef const floating *data_ptr = &data[0] if data.shape[0] > 0 else NULL
+    cdef const Py_ssize_t *indices_ptr = &indices[0] if indices.shape[0] > 0 else NULL
+    cdef Tick checks
+    if n <= 0:
+        return None
+    tick_init(&checks, None, None)
+    with nogil:
+        start = 0
+        while start < n:
+            batch = min(p.max_batch, n - start)
+            sparse_forward_first(p, &params[0], data_ptr, indices_ptr, &indptr[0], NULL, start, batch,
+                                 activations)
+            dense_forward(p, &params[0], activations + p.act_off[0], batch, activations, &checks, 1)
+            if checks.stopped:
+                break
+            memcpy(&out[0, 0] + start * K, activations + p.act_off[p.n_layers - 1],
+                   batch * K * sizeof(floating))
+            start += batch
+    if checks.stopped:
+        raise KeyboardInterrupt
+
+
+cdef object _loss_and_gradient_sparse(Workspace ws, floating[::1] params, const floating[::1] data,
+                                      const Py_ssize_t[::1] indices, const Py_ssize_t[::1] indptr,
+                                      const floating[:, ::1] Y, sample_weight):
+    cdef const Plan *p = &ws.plan
+    cdef floating *activations = <floating *>ws.activations_ptr
+    cdef floating *deltas = <floating *>ws.deltas_ptr
+    cdef floating *grad = <floating *>ws.grad_ptr
+    cdef Py_ssize_t batch = indptr.shape[0] - 1
+    cdef Py_ssize_t half = p.max_batch * p.max_width
+    cdef double loss
+    cdef const floating[::1] weights_view
+    cdef const floating *weights = NULL
+    cdef const floating *data_ptr = &data[0] if data.shape[0] > 0 else NULL
+    cdef const Py_ssize_t *indices_ptr = &indices[0] if indices.shape[0] > 0 else NULL
+    if batch > p.max_batch:
+        raise ValueError(f"batch of {batch} rows exceeds the workspace's {p.max_batch}")
+    if sample_weight is not None:
+        weights_view = sample_weight
+        weights = &weights_view[0]
+    with nogil:
+        sparse_forward_first(p, &params[0], data_ptr, indices_ptr, &indptr[0], NULL, 0, batch, activations)
+        dense_forward(p, &params[0], activations + p.act_off[0], batch, activations, NULL, 1)
+        loss = output_delta(p, activations + p.act_off[p.n_layers - 1], &Y[0, 0], weights, batch, deltas)
+        dense_backward(p, &params[0], activations, batch, activations, deltas, deltas + half, grad, 0, False,
+                       -1, NULL, NULL, 0, NULL, 1)
+        sparse_backward_first(p, &params[0], data_ptr, indices_ptr, &indptr[0], NULL, 0, batch,
+                              first_delta(p, deltas), grad, 0, False)
+    return loss
+
+
+def predict_sparse(Workspace ws, params, data, indices, indptr, out):
+    """predict for CSR rows (``data`` of the net's dtype, ``indices``/``indptr`` of np.intp, indptr of
+    length n + 1, column indices < ws.layer_sizes[0], sorted within each row, no duplicates)."""
+    if ws.single:
+        return _predict_sparse[float](ws, params, data, indices, indptr, out)
+    return _predict_sparse[double](ws, params, data, indices, indptr, out)
+
+
+def loss_and_gradient_sparse(Workspace ws, params, data, indices, indptr, Y, sample_weight=None):
+    """loss_and_gradient for one batch of CSR rows (the arrays as for predict_sparse)."""
+    if ws.single:
+        return _loss_and_gradient_sparse[float](ws, params, data, indices, indptr, Y, sample_weight)
+    return _loss_and_gradient_sparse[double](ws, params, data, indices, indptr, Y, sample_weight)
+
+
+def train_epoch_sparse(Workspace ws, params, data, indices, indptr, Y, sample_weight, Py_ssize_t batch_size,
+                       int rule, hyper, state, steps, shuffle_key, progress=None):
+    """train_epoch for CSR rows (the arrays as for predict_sparse): the same semantics, the same order of
+    examples for the same shuffle_key."""
+    if ws.single:
+        return _train_epoch[float](ws, params, None, data, indices, indptr, Y, sample_weight, batch_size,
+                                   rule, hyper, state, steps, shuffle_key, progress)
+    return _train_epoch[double](ws, params, None, data, indices, indptr, Y, sample_weight, batch_size, rule,
+                                hyper, state, steps, shuffle_key, progress)
 
 
 def _enum_codes():

@@ -31,7 +31,8 @@ from fastbp._spec import (  # noqa: F401 (the twin's vocabulary, importable from
 )
 
 # The backend interface (fastbp._backend.INTERFACE); everything else here is the readable specification.
-__all__ = ["Workspace", "predict", "loss_and_gradient", "train_epoch", "optimizer_step", "all_finite"]
+__all__ = ["Workspace", "predict", "loss_and_gradient", "train_epoch", "optimizer_step", "all_finite",
+           "predict_sparse", "loss_and_gradient_sparse", "train_epoch_sparse"]
 
 # train_epoch calls its progress hook at most this often (seconds of monotonic wall time); the compiled
 # kernel's PROGRESS_INTERVAL is the same.
@@ -57,6 +58,9 @@ class Workspace:
         float32 or float64.
     max_batch : int
         The most rows one ``loss_and_gradient`` call (or one mini-batch) may have.
+    sparse_input : bool
+        For the ``*_sparse`` functions only: the compiled kernel then allocates nothing of width
+        ``layer_sizes[0]``, and its ``train_epoch`` refuses the workspace.
 
     Notes
     -----
@@ -65,7 +69,8 @@ class Workspace:
     ``grad`` (layout of ``params``), which is part of the interface.
     """
 
-    def __init__(self, layer_sizes, activation_codes, loss_code, dtype, max_batch):
+    def __init__(self, layer_sizes, activation_codes, loss_code, dtype, max_batch, sparse_input=False):
+        self.sparse_input = bool(sparse_input)
         self.layer_sizes = tuple(int(size) for size in layer_sizes)
         self.activation_codes = tuple(int(code) for code in activation_codes)
         self.loss_code = int(loss_code)
@@ -332,6 +337,43 @@ def _add_l2(ws, params, l2, batch_weight):
             squares += float(np.dot(W.ravel().astype(np.float64), W.ravel().astype(np.float64)))
             grad_W += W.dtype.type(l2 / batch_weight) * W
     return 0.5 * l2 * squares / batch_weight
+
+
+# --------------------------------------------------------------------------------------------------------
+# Sparse input: the same functions on CSR rows
+# --------------------------------------------------------------------------------------------------------
+#
+# ``data``, ``indices``, ``indptr`` are a CSR matrix's arrays (``indptr`` of length n + 1, column indices in
+# [0, n_in), sorted within each row, no duplicates; checked by fastbp/_validation.py). The semantics are
+# those of the dense functions on the matrix those arrays describe: scipy's ``csr_matrix @ W.T`` is the
+# first layer's product, ``delta.T @ csr_matrix`` its weight gradient, and ``X[rows]`` picks the rows of a
+# shuffled batch, so the dense code above runs unchanged. No delta is formed for the input layer (nor is
+# one in the dense path).
+
+
+def _csr(ws, data, indices, indptr):
+    """The CSR rows as a ``scipy.sparse.csr_matrix`` of ``ws.layer_sizes[0]`` columns (no copy)."""
+    import scipy.sparse  # scipy is a dependency; imported here to keep ``import fastbp`` light
+
+    return scipy.sparse.csr_matrix((data, indices, indptr), shape=(len(indptr) - 1, ws.layer_sizes[0]),
+                                   copy=False)
+
+
+def predict_sparse(ws, params, data, indices, indptr, out):
+    """:func:`predict` for CSR rows."""
+    predict(ws, params, _csr(ws, data, indices, indptr), out)
+
+
+def loss_and_gradient_sparse(ws, params, data, indices, indptr, Y, sample_weight=None):
+    """:func:`loss_and_gradient` for one batch of CSR rows."""
+    return loss_and_gradient(ws, params, _csr(ws, data, indices, indptr), Y, sample_weight)
+
+
+def train_epoch_sparse(ws, params, data, indices, indptr, Y, sample_weight, batch_size, rule, hyper, state, steps,
+                       shuffle_key, progress=None):
+    """:func:`train_epoch` for CSR rows: the same batches, order, updates and progress reports."""
+    return train_epoch(ws, params, _csr(ws, data, indices, indptr), Y, sample_weight, batch_size, rule, hyper,
+                       state, steps, shuffle_key, progress)
 
 
 def train_rows(ws, params, X, Y, lr, order=None, adam=None):

@@ -22,7 +22,7 @@ import numpy as np
 
 from fastbp import _metrics, _spec
 from fastbp._results import History
-from fastbp._validation import _check_bool, _check_int, _check_real, _describe
+from fastbp._validation import SparseRows, _check_bool, _check_int, _check_real, _describe
 
 _STANDARD_LOGS = ("loss", "lr", "epoch_time", "val_loss")
 _MAX_COLUMNS = 80
@@ -38,12 +38,25 @@ def run_epoch(net, ws, optimizer, X, Y, sample_weight, batch_size, key, progress
 
     ``progress``: None, or ``progress(examples_done, loss_sum, weight_sum)``, which the backend calls during
     the epoch at most every 0.2 s. Returns the backend's ``(loss_sum, weight_sum, examples_done, status)``.
+    ``X`` is a dense matrix or :class:`~fastbp._validation.SparseRows` (then ``ws`` may be a
+    ``sparse_input`` workspace).
     """
+    if isinstance(X, SparseRows):
+        return net._module.train_epoch_sparse(ws, net.params, X.data, X.indices, X.indptr, Y, sample_weight,
+                                              batch_size, *optimizer._kernel_arguments(), key, progress)
     if progress is None:  # the call every existing backend takes, and the fastest
         return net._module.train_epoch(ws, net.params, X, Y, sample_weight, batch_size,
                                        *optimizer._kernel_arguments(), key)
     return net._module.train_epoch(ws, net.params, X, Y, sample_weight, batch_size,
                                    *optimizer._kernel_arguments(), key, progress)
+
+
+def loss_and_gradient(net, ws, X, Y, sample_weight=None):
+    """The backend's ``loss_and_gradient`` for one batch of dense rows or :class:`SparseRows`."""
+    if isinstance(X, SparseRows):
+        return net._module.loss_and_gradient_sparse(ws, net.params, X.data, X.indices, X.indptr, Y,
+                                                    sample_weight)
+    return net._module.loss_and_gradient(ws, net.params, X, Y, sample_weight)
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -383,7 +396,7 @@ def fit_loop(net, plan):
     X, Y, weights, optimizer = plan.X, plan.Y, plan.sample_weight, plan.optimizer
     n = X.shape[0]
     batch_size = min(plan.batch_size, n)  # the same batches; and a huge int would overflow the kernel's size_t
-    ws = net._new_workspace(batch_size)
+    ws = net._new_workspace(batch_size, sparse_input=isinstance(X, SparseRows))
     params = net.params
     params_start = np.empty_like(params)
     optimizer_start = optimizer._snapshot()
@@ -474,7 +487,8 @@ def _unwind(net, ws, optimizer, X, Y, weights, batch_size, key, params_start, op
     optimizer_before = optimizer._snapshot()
     for batch, start in enumerate(range(0, n, batch_size)):
         rows = order[start:start + batch_size]
-        X_batch, Y_batch = np.ascontiguousarray(X[rows]), np.ascontiguousarray(Y[rows])
+        X_batch = X[rows] if isinstance(X, SparseRows) else np.ascontiguousarray(X[rows])
+        Y_batch = np.ascontiguousarray(Y[rows])
         w_batch = None if weights is None else np.ascontiguousarray(weights[rows])
         np.copyto(before, params)
         optimizer._snapshot(into=optimizer_before)
@@ -499,7 +513,7 @@ def gradient_norms(net, ws, X, Y, weights=None):
         chunk_weight = X_chunk.shape[0] if w_chunk is None else float(w_chunk.sum(dtype=np.float64))
         if chunk_weight == 0:
             continue
-        net._module.loss_and_gradient(ws, net.params, X_chunk, Y_chunk, w_chunk)
+        loss_and_gradient(net, ws, X_chunk, Y_chunk, w_chunk)
         # the batch losses are (weighted) means: weight each by its share of the total
         total += ws.grad * (chunk_weight / weight_total)
     return [float(np.linalg.norm(W)) for W, _ in _spec.layer_views(net.layer_sizes, total)]

@@ -19,7 +19,8 @@ import numpy as np
 from fastbp import _backend, _io, _metrics, _spec, _threads, _torch_interop, _training
 from fastbp import _reference
 from fastbp._results import Gradients, Trace
-from fastbp._validation import _as_real_array, _check_bool, _check_int, _check_real, _describe
+from fastbp._validation import (SparseRows, _as_real_array, _as_sparse_rows, _check_bool, _check_int, _check_real,
+                                _describe, _is_sparse)
 from fastbp.optimizers import LBFGS, SGD, Adam, AdamW, Optimizer, RMSprop, Rprop
 from fastbp.schedules import make_schedule
 
@@ -330,9 +331,15 @@ class Network:
     # -- input conversion -------------------------------------------------------------------------------
 
     def _prepare_X(self, X, name="X"):
-        """Return ``(X2d, single)``: a C-contiguous ``(n, n_in)`` array and whether one example was given."""
-        X = _as_real_array(X, name, self.dtype, self._module.all_finite)
+        """Return ``(X2d, single)``: a C-contiguous ``(n, n_in)`` array and whether one example was given.
+
+        A scipy.sparse matrix or array becomes :class:`~fastbp._validation.SparseRows` (checked CSR rows
+        of the net's dtype), which the backend's ``*_sparse`` functions take; it is never densified.
+        """
         n_in = self.layer_sizes[0]
+        if _is_sparse(X):
+            return _as_sparse_rows(X, name, self.dtype, n_in, self._module.all_finite), False
+        X = _as_real_array(X, name, self.dtype, self._module.all_finite)
         if X.ndim == 1:
             if X.shape[0] != n_in:
                 raise ValueError(f"{name} as a single example must have shape ({n_in},) (layer_sizes[0] = "
@@ -437,33 +444,41 @@ class Network:
 
     # -- workspaces -------------------------------------------------------------------------------------
 
-    def _workspace(self, max_batch):
-        """A workspace of this layout for up to ``max_batch`` rows, cached per thread while it is small.
+    def _workspace(self, max_batch, sparse_input=False):
+        """A workspace of this layout for up to ``max_batch`` rows, cached per thread while it is small
+        (one for dense input and one, with ``sparse_input``, for the ``*_sparse`` functions).
 
         One whose per-row buffers exceed ``_CHUNK_BYTES`` (a gradient over many rows) serves the call that
         asked for it and is then freed, so that one large call does not keep its buffers for the life of
         the thread; forward passes are chunked to stay within that bound.
         """
-        cached = getattr(self._local, "workspace", None)
+        slot = "sparse_workspace" if sparse_input else "workspace"
+        cached = getattr(self._local, slot, None)
         if cached is not None and cached.max_batch >= max_batch:
             return cached
-        workspace = self._new_workspace(max_batch)
-        if max_batch * self._row_bytes() <= _CHUNK_BYTES:
-            self._local.workspace = workspace
+        workspace = self._new_workspace(max_batch, sparse_input)
+        if max_batch * self._row_bytes(sparse_input) <= _CHUNK_BYTES:
+            setattr(self._local, slot, workspace)
         return workspace
 
-    def _row_bytes(self):
+    def _row_bytes(self, sparse_input=False):
         """Workspace bytes per row: each layer's output, two delta rows of the widest layer, the input and
-        target rows (the backends' Workspace layout)."""
+        target rows (the backends' Workspace layout); with ``sparse_input`` neither the input row nor
+        deltas as wide as the input."""
         sizes = self.layer_sizes
+        if sparse_input:
+            return self.dtype.itemsize * (sum(sizes[1:]) + 2 * max(sizes[1:]) + sizes[-1])
         return self.dtype.itemsize * (sum(sizes[1:]) + 2 * max(sizes) + sizes[0] + sizes[-1])
 
-    def _chunk_rows(self, n):
+    def _chunk_rows(self, n, sparse_input=False):
         """Rows per chunk for a forward pass over ``n`` rows: at most ``_PREDICT_CHUNK`` rows and
         ``_CHUNK_BYTES`` of workspace."""
-        return max(1, min(n, _PREDICT_CHUNK, _CHUNK_BYTES // self._row_bytes()))
+        return max(1, min(n, _PREDICT_CHUNK, _CHUNK_BYTES // self._row_bytes(sparse_input)))
 
-    def _new_workspace(self, max_batch):
+    def _new_workspace(self, max_batch, sparse_input=False):
+        if sparse_input:
+            return self._module.Workspace(self.layer_sizes, self._activation_codes, self._loss_code,
+                                          self.dtype, max_batch, sparse_input=True)
         return self._module.Workspace(self.layer_sizes, self._activation_codes, self._loss_code, self.dtype,
                                       max_batch)
 
@@ -474,7 +489,9 @@ class Network:
 
         Parameters
         ----------
-        X : array_like, shape (n, n_in) or (n_in,)
+        X : array_like, shape (n, n_in) or (n_in,), or scipy.sparse matrix or array of shape (n, n_in)
+            Sparse input (any format; CSR used as it is, others converted once) is never densified: the
+            first layer is computed from the non-zeros.
 
         Returns
         -------
@@ -489,7 +506,10 @@ class Network:
         """The output for prepared rows, in chunks (see :meth:`_chunk_rows`)."""
         n = X2.shape[0]
         out = np.empty((n, self.layer_sizes[-1]), dtype=self.dtype)
-        if n:
+        if n and isinstance(X2, SparseRows):
+            self._module.predict_sparse(self._workspace(self._chunk_rows(n, True), True), self.params, X2.data,
+                                        X2.indices, X2.indptr, out)
+        elif n:
             self._module.predict(self._workspace(self._chunk_rows(n)), self.params, X2, out)
         return out
 
@@ -502,7 +522,9 @@ class Network:
 
         Parameters
         ----------
-        X : array_like, shape (n, n_in) or (n_in,)
+        X : array_like, shape (n, n_in) or (n_in,), or scipy.sparse matrix or array of shape (n, n_in)
+            Sparse input (any format; CSR used as it is, others converted once) is never densified: the
+            first layer is computed from the non-zeros.
 
         Returns
         -------
@@ -569,7 +591,9 @@ class Network:
 
         Parameters
         ----------
-        X : array_like, shape (n, n_in) or (n_in,)
+        X : array_like, shape (n, n_in) or (n_in,), or scipy.sparse matrix or array of shape (n, n_in)
+            Sparse input (any format; CSR used as it is, others converted once) is never densified: the
+            first layer is computed from the non-zeros.
         Y : array_like
             Targets of shape (n, n_out) (or (n,) when n_out is 1); for ``cross_entropy`` class indices of
             shape (n,) or probability rows (n, n_out).
@@ -591,8 +615,8 @@ class Network:
         """
         X2, Y2, single = self._prepare(X, Y)
         weights = self._prepare_sample_weight(sample_weight, X2.shape[0], single)
-        ws = self._workspace(X2.shape[0])
-        loss = self._module.loss_and_gradient(ws, self.params, X2, Y2, weights)
+        ws = self._workspace(X2.shape[0], isinstance(X2, SparseRows))
+        loss = _training.loss_and_gradient(self, ws, X2, Y2, weights)
         flat = ws.grad.copy()
         views = _spec.layer_views(self.layer_sizes, flat)
         return Gradients(loss, [W for W, _ in views], [b for _, b in views])
@@ -613,6 +637,8 @@ class Network:
             Per-example arrays are 1-D when a single example ``x`` of shape ``(n_in,)`` is given.
         """
         X2, Y2, single = self._prepare(X, Y)
+        if isinstance(X2, SparseRows):
+            X2 = X2.toarray()   # a hand calculation's batch: small
         ws = _reference.Workspace(self.layer_sizes, self._activation_codes, self._loss_code, self.dtype,
                                   X2.shape[0])
         result = _reference.trace(ws, self.params, X2, Y2)
@@ -635,7 +661,8 @@ class Network:
         Parameters
         ----------
         X, Y : array_like
-            Training data, as for :meth:`loss` (at least one example).
+            Training data, as for :meth:`loss` (at least one example); ``X`` may be a scipy.sparse matrix,
+            trained from its non-zeros (the same numbers as its dense form, to rounding).
         epochs : int
             Passes over the data (0 trains nothing).
         batch_size : int

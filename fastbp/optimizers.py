@@ -17,7 +17,7 @@ import numpy as np
 
 from fastbp import _spec, _training
 from fastbp._results import Gradients, History
-from fastbp._validation import _as_real_array, _check_bool, _check_int, _check_real, _describe
+from fastbp._validation import SparseRows, _as_real_array, _check_bool, _check_int, _check_real, _describe
 
 
 def _check_network(net):
@@ -789,7 +789,7 @@ class LBFGS:
         net = self._net
         module, params = net._module, net.params
         n = X.shape[0]
-        ws = net._new_workspace(min(n, self._CHUNK))
+        ws = net._new_workspace(min(n, self._CHUNK), sparse_input=isinstance(X, SparseRows))
         gradient = np.zeros(params.size, dtype=np.float64)
         total_weight = n if sample_weight is None else float(sample_weight.sum(dtype=np.float64))
 
@@ -806,7 +806,7 @@ class LBFGS:
                     continue
                 # every loss is a (weighted) mean over rows: weight each chunk by its share of the total
                 weight = chunk_weight / total_weight
-                total += module.loss_and_gradient(ws, params, X_chunk, Y_chunk, w_chunk) * weight
+                total += _training.loss_and_gradient(net, ws, X_chunk, Y_chunk, w_chunk) * weight
                 gradient[...] += ws.grad * weight
             return total, gradient.copy()
 

@@ -44,9 +44,9 @@ Differences from scikit-learn, by design:
   the best parameters are restored (scikit-learn runs the remaining epochs on NaN weights first).
 - Sample weights must be finite and >= 0; a mini-batch whose weights are all 0 makes no update (scikit-learn
   divides by zero there).
-- Sparse input (CSR/CSC) is densified one mini-batch at a time (``batch_size x n_features`` floats; for
-  lbfgs and prediction, chunks of 2,048 rows): memory in proportion to a batch, not to the data set, but the
-  first layer's product is a dense one.
+- Sparse input (CSR/CSC) is never densified: the first layer's product and its weight gradient are computed
+  from the non-zeros in the compiled kernel (``Network`` takes scipy.sparse matrices), so memory and time
+  follow the non-zeros, not ``n_samples x n_features``.
 
 How the training runs: on dense input, whole epochs inside the compiled kernel (the backend's
 ``train_epoch``, called once per cache-sized chunk of whole mini-batches gathered in scikit-learn's shuffled
@@ -112,7 +112,7 @@ _OUTPUT_LOSSES = {
 # The size of the chunks, in bytes of X, in which a shuffled epoch is gathered and trained (about the size
 # of a core's L2 cache).
 _GATHER_BYTES = 1 << 20
-# Rows per chunk when a full-batch computation (lbfgs, prediction) densifies sparse input.
+# Rows per gradient call when lbfgs runs over sparse input (the first layer from the non-zeros, chunk by chunk).
 _SPARSE_CHUNK_ROWS = 2048
 
 
@@ -131,10 +131,11 @@ def _check_number(name, value, *, low, high=None, low_inclusive=True, high_inclu
 
 
 def _dense_rows(X, rows):
-    """``X[rows]`` as a C-contiguous dense array (sparse rows are densified here, one batch at a time)."""
+    """``X[rows]``: a C-contiguous dense array, or CSR rows for sparse ``X`` (``Network`` takes them as they
+    are and computes the first layer from the non-zeros)."""
     part = X[rows]
     if scipy.sparse.issparse(part):
-        return part.toarray()
+        return part
     return np.ascontiguousarray(part)
 
 
@@ -914,10 +915,7 @@ class _BaseMLP(BaseEstimator):
         # As scikit-learn's products of X with coefs_: the output has the wider of the two dtypes.
         out_dtype = np.result_type(X.dtype, net.dtype) if X.dtype.kind == "f" else np.dtype(np.float64)
         if scipy.sparse.issparse(X):
-            out = np.empty((X.shape[0], net.layer_sizes[-1]), dtype=net.dtype)
-            for start in range(0, X.shape[0], _SPARSE_CHUNK_ROWS):
-                rows = slice(start, start + _SPARSE_CHUNK_ROWS)
-                out[rows] = net.predict(_dense_rows(X, rows).astype(net.dtype, copy=False))
+            out = net.predict(X)      # converted to CSR of the net's dtype once; never densified
         else:
             X = np.asarray(X)
             if X.dtype != net.dtype:

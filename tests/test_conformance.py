@@ -267,3 +267,88 @@ def test_the_progress_hook_reports_the_same_running_sums(batch_size, rule, weigh
         np.testing.assert_allclose((loss_sum, weight_sum), twin[done], **TOL[np.dtype(np.float64)])
         checked += 1
     assert checked >= 1
+
+
+def _sparse_case(rng, X, density=0.4):
+    """X with about ``1 - density`` of its entries zeroed (an empty row and a full row included), as the
+    CSR arrays the *_sparse functions take, and the dense matrix they describe."""
+    import scipy.sparse
+
+    X = X * (rng.uniform(size=X.shape) < density)
+    X[0] = 0
+    if X.shape[0] > 1:
+        X[1] = rng.normal(size=X.shape[1])     # every column
+    csr = scipy.sparse.csr_matrix(X)
+    csr.sort_indices()
+    return (csr.data, csr.indices.astype(np.intp), csr.indptr.astype(np.intp)), np.ascontiguousarray(X)
+
+
+@pytest.mark.parametrize("weighted", [False, True])
+@pytest.mark.parametrize("dtype", [np.float64, np.float32])
+@pytest.mark.parametrize("hidden,last,loss", CASES[::3])
+def test_sparse_predict_and_loss_and_gradient_agree(hidden, last, loss, dtype, weighted):
+    rng = np.random.default_rng([CASES.index((hidden, last, loss)), weighted, 7])
+    n = 7
+    sizes, codes, params, X, Y = _case(rng, hidden, last, loss, dtype, n)
+    csr, dense = _sparse_case(rng, X)
+    weights = rng.uniform(0, 2, size=n).astype(dtype) if weighted else None
+    results = {}
+    for name, module in MODULES.items():
+        for sparse_input in (False, True):
+            ws = module.Workspace(sizes, codes, _spec.LOSS_CODES[loss], dtype, n, sparse_input=sparse_input)
+            out = np.empty((n, sizes[-1]), dtype=dtype)
+            module.predict_sparse(ws, params, *csr, out)
+            loss_value = module.loss_and_gradient_sparse(ws, params, *csr, Y, weights)
+            results[name, sparse_input] = (out, loss_value, ws.grad.copy())
+        ws = module.Workspace(sizes, codes, _spec.LOSS_CODES[loss], dtype, n)
+        out = np.empty((n, sizes[-1]), dtype=dtype)
+        module.predict(ws, params, dense, out)
+        results[name, "dense"] = (out, module.loss_and_gradient(ws, params, dense, Y, weights), ws.grad.copy())
+    tol = TOL[np.dtype(dtype)]
+    for key, result in results.items():
+        for a, b in zip(result, results["numpy", "dense"]):
+            np.testing.assert_allclose(a, b, **tol, err_msg=str(key))
+
+
+@pytest.mark.parametrize("weighted", [False, True])
+@pytest.mark.parametrize("dtype", [np.float64, np.float32])
+@pytest.mark.parametrize("batch_size,shuffle", [(1, True), (4, True), (4, False), (11, False)])
+@pytest.mark.parametrize("rule", list(RULE_SETTINGS) + ["plain-sgd"])
+def test_sparse_train_epoch_agrees_with_dense(rule, batch_size, shuffle, dtype, weighted):
+    rng = np.random.default_rng([len(rule), batch_size, shuffle, weighted])
+    n = 11
+    sizes, codes, params0, X, Y = _case(rng, "tanh", "identity", "mse", dtype, n)
+    csr, dense = _sparse_case(rng, X)
+    weights = rng.uniform(0, 2, size=n).astype(dtype) if weighted else None
+    if weighted:
+        weights[2:4] = 0
+    key = _spec.epoch_key(3, 0) if shuffle else -1
+    settings = dict(lr=0.05) if rule == "plain-sgd" else RULE_SETTINGS[rule]
+    results = {}
+    for name, module in MODULES.items():
+        for form in ("sparse", "dense"):
+            ws = module.Workspace(sizes, codes, _spec.LOSS_CODES["mse"], dtype, batch_size,
+                                  sparse_input=form == "sparse")
+            params = params0.copy()
+            arguments = _optimizer_arguments(rule.replace("plain-", ""), params, **settings)
+            if form == "sparse":
+                returned = module.train_epoch_sparse(ws, params, *csr, Y, weights, batch_size, *arguments, key)
+            else:
+                returned = module.train_epoch(ws, params, dense, Y, weights, batch_size, *arguments, key)
+            results[name, form] = (returned, params, arguments[2], arguments[3])
+    tol = TOL[np.dtype(dtype)]
+    reference = results["numpy", "dense"]
+    for key_, (returned, params, state, steps) in results.items():
+        assert returned[2:] == reference[0][2:], key_
+        assert steps[0] == reference[3][0], key_
+        np.testing.assert_allclose(returned[:2], reference[0][:2], **tol, err_msg=str(key_))
+        np.testing.assert_allclose(params, reference[1], **tol, err_msg=str(key_))
+        np.testing.assert_allclose(state, reference[2], **tol, err_msg=str(key_))
+
+
+def test_the_dense_train_epoch_refuses_a_sparse_workspace():
+    ws = core.Workspace([4, 3, 2], [2, 0], _spec.LOSS_CODES["mse"], np.float64, 4, sparse_input=True)
+    params = np.zeros(_spec.param_offsets([4, 3, 2])[1])
+    arguments = _optimizer_arguments("sgd", params, lr=0.1)
+    with pytest.raises(ValueError, match="sparse_input"):
+        core.train_epoch(ws, params, np.zeros((4, 4)), np.zeros((4, 2)), None, 4, *arguments, 0)
