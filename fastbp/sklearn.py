@@ -89,6 +89,7 @@ except ImportError as error:  # pragma: no cover - depends on the environment
 from fastbp import _spec
 from fastbp import _threads
 from fastbp import _training
+from fastbp import _validation
 from fastbp.network import Network
 from fastbp.optimizers import SGD, Adam
 
@@ -223,6 +224,7 @@ class _Solver:
         self.alpha = float(estimator.alpha)
         self.net = net
         self._ws = None
+        self._ws_sparse = None
         self._params_start = self._optimizer_start = None
         self._gather = None
         if self.solver == "sgd":
@@ -277,7 +279,8 @@ class _Solver:
         net, optimizer = self.net, self.optimizer
         params = net.params
         n = X.shape[0]
-        if order is None:
+        sparse = isinstance(X, _validation.SparseRows)
+        if order is None or sparse:
             chunk = n
         else:
             row_bytes = batch_size * X.shape[1] * X.itemsize
@@ -288,9 +291,13 @@ class _Solver:
                 self._gather = (np.empty((chunk, *X.shape[1:]), dtype=X.dtype),
                                 np.empty((chunk, *Y.shape[1:]), dtype=Y.dtype))
         with net._exclusive("MLP fit"):
-            ws = self._ws
+            ws = self._ws_sparse if sparse else self._ws
             if ws is None or ws.max_batch < batch_size:
-                ws = self._ws = net._new_workspace(batch_size)
+                ws = net._new_workspace(batch_size, sparse_input=sparse)
+                if sparse:
+                    self._ws_sparse = ws
+                else:
+                    self._ws = ws
             if self._params_start is None:
                 self._params_start = np.empty_like(params)
                 self._optimizer_start = optimizer._snapshot()
@@ -301,6 +308,8 @@ class _Solver:
                 for start in range(0, n, chunk):
                     if order is None:
                         X_part, Y_part = X[start:start + chunk], Y[start:start + chunk]
+                    elif sparse:
+                        X_part, Y_part = X[order], Y[order]
                     else:
                         rows = order[start:start + chunk]
                         # mode="clip": no bounds-checked copy (the indices are valid)
@@ -729,10 +738,17 @@ class _BaseMLP(BaseEstimator):
         # The kernel's batch loss, times loss_factor, is scikit-learn's when its L2 term scales as the data
         # term does (every loss but a multi-output squared error, whose reported loss is a mean over the
         # outputs while its gradient is not) or there is none.
-        use_kernel = dense and (objective.alpha == 0 or objective.loss_factor == objective.grad_factor)
+        use_kernel = objective.alpha == 0 or objective.loss_factor == objective.grad_factor
         loss_factor = objective.loss_factor
-        if use_kernel:
+        if use_kernel and dense:
             X_train = np.ascontiguousarray(X_train, dtype=net.dtype)
+        elif use_kernel and sw_train is None:
+            # sparse rows, checked once: each epoch's rows in scikit-learn's order are a copy of the
+            # non-zeros, and the kernel computes the first layer from them
+            X_train = _validation._as_sparse_rows(X_train, "X", net.dtype, net.layer_sizes[0],
+                                                  net._module.all_finite)
+        else:
+            use_kernel = False   # sparse and weighted: batch by batch
 
         try:
             self.n_iter_ = 0

@@ -289,3 +289,31 @@ def test_divergence_in_a_chunked_epoch_keeps_the_last_finite_parameters(gather_b
         with pytest.raises(ValueError, match=f"Solver produced non-finite parameter weights.*{what}"):
             model.fit(X, y)
     assert np.all(np.isfinite(model.network_.params))
+
+
+@pytest.mark.parametrize("solver", ["sgd", "adam"])
+@pytest.mark.parametrize("shuffle", [False, True])
+@pytest.mark.parametrize("estimator", ["classifier", "regressor"])
+def test_sparse_input_trains_whole_epochs_in_the_kernel_same_as_sklearn(solver, shuffle, estimator, backend,
+                                                                        monkeypatch):
+    """Sparse X takes the kernel epoch (layer 0 from the non-zeros) and gives scikit-learn's numbers on the
+    same sparse matrix; no batch runs from Python."""
+    import scipy.sparse
+
+    rng = np.random.default_rng(5)
+    dense = rng.normal(size=(60, 12)) * (rng.uniform(size=(60, 12)) < 0.3)
+    dense[0] = 0.0                                   # an empty row
+    X = scipy.sparse.csr_matrix(dense)
+    if estimator == "regressor":
+        y = np.tanh(dense @ rng.normal(size=12))
+        classes, n_out = (MLPRegressor, sk_nn.MLPRegressor), 1
+    else:
+        y = np.argmax(dense[:, :3] + 0.3 * rng.normal(size=(60, 3)), axis=1)
+        classes, n_out = (MLPClassifier, sk_nn.MLPClassifier), 3
+    coefs = [rng.normal(size=(12, 7)) * 0.4, rng.normal(size=(7, n_out)) * 0.4]
+    intercepts = [rng.normal(size=7) * 0.1, rng.normal(size=n_out) * 0.1]
+    params = dict(hidden_layer_sizes=(7,), solver=solver, alpha=0.3, shuffle=shuffle, random_state=0,
+                  learning_rate_init=0.02, batch_size=8)
+    _no_python_batches(monkeypatch)
+    ours, theirs = _fit_pair(classes, params, backend, coefs, intercepts, X, y)
+    _assert_same(ours, theirs)
