@@ -20,6 +20,7 @@ import zipfile
 
 import numpy as np
 import pytest
+from _support import DATA
 
 import fastbp
 from fastbp import _io
@@ -344,7 +345,7 @@ def test_a_huge_header_length_or_bad_version_is_refused_naming_the_member(tmp_pa
 # --------------------------------------------------------------------------------------------------------
 
 
-SCALAR = pathlib.Path(__file__).parent / "data" / "worked-examples" / "scalar-1-1-1.json"
+SCALAR = DATA / "worked-examples" / "scalar-1-1-1.json"
 
 
 def _limit_memory():  # pragma: no cover - runs in the child

@@ -20,7 +20,7 @@ import pytest
 
 pytest.importorskip("mypy", reason='mypy is not installed (pip install "fastbp[typecheck]")')
 
-ROOT = pathlib.Path(__file__).resolve().parent.parent
+ROOT = pathlib.Path(__file__).resolve().parents[2]
 PACKAGE = ROOT / "fastbp"
 USER_SCRIPT = ROOT / "examples" / "typed_user_script.py"
 CONFIG = ROOT / "pyproject.toml"

@@ -14,12 +14,12 @@ import tempfile
 import pytest
 
 import fastbp
-from _support import WORKED_EXAMPLES, example_ids, load_example
+from _support import DATA, WORKED_EXAMPLES, example_ids, load_example
 from fastbp import cli
 
 REPO = pathlib.Path(fastbp.__file__).resolve().parent.parent
-SIGMOID = pathlib.Path(__file__).parent / "data" / "worked-examples" / "sigmoid-2-2-1.json"
-SCALAR = pathlib.Path(__file__).parent / "data" / "worked-examples" / "scalar-1-1-1.json"
+SIGMOID = DATA / "worked-examples" / "sigmoid-2-2-1.json"
+SCALAR = DATA / "worked-examples" / "scalar-1-1-1.json"
 
 
 def run_fastbp(backend, *args, timeout=120):

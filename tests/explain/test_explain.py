@@ -16,10 +16,10 @@ import numpy as np
 import pytest
 
 import fastbp
-from _support import WORKED_EXAMPLES, example_ids, example_net, load_example
+from _support import DATA, WORKED_EXAMPLES, example_ids, example_net, load_example
 
 EXACT = {"rtol": 1e-12, "atol": 1e-12}
-GOLDEN = pathlib.Path(__file__).parent / "data" / "golden" / "sigmoid-2-2-1.txt"
+GOLDEN = DATA / "golden" / "sigmoid-2-2-1.txt"
 
 
 def close(actual, expected, what):
@@ -156,7 +156,7 @@ def test_changed_and_unchanged_counts(spec, backend):
 
 
 def test_sigmoid_2_2_1_seven_of_nine_change_and_the_report_says_why(backend):
-    spec = load_example(pathlib.Path(__file__).parent / "data" / "worked-examples" / "sigmoid-2-2-1.json")
+    spec = load_example(DATA / "worked-examples" / "sigmoid-2-2-1.json")
     report = fastbp.explain_step(example_net(spec, backend), spec["x"], spec["y"], spec["lr"])
     assert report.n_parameters == 9
     assert report.n_changed == 7
@@ -401,7 +401,7 @@ def test_float32_network(backend):
 
 
 def test_decimals_markdown_and_data(backend):
-    spec = load_example(pathlib.Path(__file__).parent / "data" / "worked-examples" / "sigmoid-2-2-1.json")
+    spec = load_example(DATA / "worked-examples" / "sigmoid-2-2-1.json")
     report = fastbp.explain_step(example_net(spec, backend), spec["x"], spec["y"], spec["lr"], decimals=6)
     text = str(report)
     assert "0.645656" in text and "0.6457 " not in text
@@ -446,7 +446,7 @@ def test_bad_arguments_leave_the_network_unchanged(backend):
 
 
 def test_golden_text(backend):
-    spec = load_example(pathlib.Path(__file__).parent / "data" / "worked-examples" / "sigmoid-2-2-1.json")
+    spec = load_example(DATA / "worked-examples" / "sigmoid-2-2-1.json")
     text = str(fastbp.explain_step(example_net(spec, backend), spec["x"], spec["y"], spec["lr"]))
     if os.environ.get("FASTBP_UPDATE_GOLDEN") == "1":
         GOLDEN.parent.mkdir(parents=True, exist_ok=True)
@@ -456,7 +456,7 @@ def test_golden_text(backend):
 
 def test_documented_output_is_what_the_command_prints():
     """docs/EXPLAIN.md shows the golden text verbatim."""
-    readme = pathlib.Path(__file__).resolve().parent.parent / "docs" / "EXPLAIN.md"
+    readme = pathlib.Path(__file__).resolve().parents[2] / "docs" / "EXPLAIN.md"
     command = "$ fastbp explain tests/data/worked-examples/sigmoid-2-2-1.json\n"
     text = readme.read_text(encoding="utf-8")
     assert command in text, "docs/EXPLAIN.md no longer shows the explain example"

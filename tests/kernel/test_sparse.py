@@ -348,7 +348,7 @@ def test_the_bench_row_runs(capsys):
     import importlib.util
     import pathlib
 
-    path = pathlib.Path(__file__).resolve().parents[1] / "bench" / "sparse.py"
+    path = pathlib.Path(__file__).resolve().parents[2] / "bench" / "sparse.py"
     if not path.exists():
         pytest.skip("bench/ is not shipped with the installed package")
     spec = importlib.util.spec_from_file_location("bench_sparse", path)

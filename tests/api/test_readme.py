@@ -18,7 +18,7 @@ import sys
 import pytest
 
 
-REPO = pathlib.Path(__file__).resolve().parent.parent
+REPO = pathlib.Path(__file__).resolve().parents[2]
 README = REPO / "README.md"
 
 

@@ -18,7 +18,7 @@ import pytest
 
 import fastbp
 
-EXAMPLES = pathlib.Path(__file__).resolve().parent.parent / "examples"
+EXAMPLES = pathlib.Path(__file__).resolve().parents[2] / "examples"
 FASTBP_PARENT = str(pathlib.Path(fastbp.__file__).resolve().parent.parent)
 
 
