@@ -5,8 +5,13 @@
  * fastbp_train_rows_body: the same arithmetic as the general path of _core.pyx (dense_forward,
  * output_delta, dense_backward with update_in_place), written as one loop so that small networks pay no
  * call overhead per example: each weight row is read once in the backward sweep, which both propagates
- * the delta to the layer below (with the old weight) and applies the update.
+ * the delta to the layer below (with the old weight) and applies the update. Serves per-example Adam, and
+ * SGD on networks of more than FASTBP_WIDE_MAX_LAYERS layers.
+ * fastbp_train_rows_wide: per-example SGD on every other network past the tiny sizes, the same updates
+ * vectorised across output units (weights of wide layers transposed for the call).
  * fastbp_train_rows_small: tiny one-hidden-layer networks, the same updates regrouped for latency.
+ * fastbp_activate_row: the activations of a whole layer as one SIMD sweep (no libm call), used by the
+ * per-example loops; the mini-batch path keeps libm's tanh and the scalar fastbp_activate.
  *
  * The elementwise layer is written here once per precision and shared with _core.pyx's mini-batch path:
  * fastbp_activate (f(z)), fastbp_times_derivative (delta *= f'(z) from the output a) and
@@ -351,17 +356,18 @@ int FN(fastbp_train_rows_body)(const fastbp_plan *p, REAL *params, const REAL *X
             const REAL *W = params + p->w_off[l];
             const REAL *b = params + p->b_off[l];
             REAL *a = activations + p->act_off[l];
-            const int act = p->acts[l];
+            REAL *z = delta_b; /* free until the backward pass */
             Py_ssize_t j = 0;
             if (n_in >= 8) {
                 for (; j + 4 <= n_out; j += 4) {
-                    DOT4(W + j * n_in, n_in, a_prev, a + j);
+                    DOT4(W + j * n_in, n_in, a_prev, z + j);
                     for (int q = 0; q < 4; q++)
-                        a[j + q] = FN(fastbp_activate)(b[j + q] + a[j + q], act);
+                        z[j + q] += b[j + q];
                 }
             }
             for (; j < n_out; j++)
-                a[j] = FN(fastbp_activate)(b[j] + DOT(W + j * n_in, a_prev, n_in), act);
+                z[j] = b[j] + DOT(W + j * n_in, a_prev, n_in);
+            FN(fastbp_activate_row)(a, z, n_out, p->acts[l]);
             a_prev = a;
         }
 
