@@ -140,7 +140,7 @@ REAL FN(fastbp_expm1_core)(REAL x, REAL *scale_out)
 
 /* a[j] = f(z[j]) for j < n. The sigmoid goes back to the scalar fastbp_activate for NaN and for
  * |z| beyond the fast exp's range (results below the smallest normal number), rare enough to cost
- * nothing; the tanh needs no such pass (|z| > 20 is exactly +-1, NaN is passed through). */
+ * nothing; the tanh redoes only NaN (|z| > 20 is exactly +-1). */
 static inline __attribute__((always_inline))
 void FN(fastbp_activate_row)(REAL *FASTBP_RESTRICT a, const REAL *FASTBP_RESTRICT z,
                                            Py_ssize_t n, int act)
@@ -153,37 +153,52 @@ void FN(fastbp_activate_row)(REAL *FASTBP_RESTRICT a, const REAL *FASTBP_RESTRIC
             a[j] = z[j] < 0 ? (REAL)0 : z[j];
         break;
     case FASTBP_SIGMOID: {
-        const REAL lo = dbl ? (REAL)-708 : (REAL)-87;
-        int slow = 0;
+        /* |z| clamped to the fast exp's range in the integer domain (a floating-point select stops gcc
+         * vectorising the loop for AVX2); NaN, infinities and the clamped tail are redone afterwards */
+        union { REAL f; FASTBP_UINT u; } lim;
+        lim.f = dbl ? (REAL)708 : (REAL)87;
+        FASTBP_UINT slow = 0;
 #pragma omp simd reduction(|:slow)
         for (j = 0; j < n; j++) {
-            const REAL x = -FABS(z[j]);
-            slow |= !(x >= lo);
-            const REAL xc = x >= lo ? x : lo;
+            union { REAL f; FASTBP_UINT u; } t;
+            t.f = FABS(z[j]);
+            slow |= (FASTBP_UINT)(t.u > lim.u);
+            t.u = t.u > lim.u ? lim.u : t.u;
             REAL scale;
-            const REAL q = FN(fastbp_expm1_core)(xc, &scale);
+            const REAL q = FN(fastbp_expm1_core)(-t.f, &scale);
             const REAL e = scale + scale * q;
             a[j] = (z[j] >= 0 ? (REAL)1 : e) / ((REAL)1 + e);
         }
         if (slow)
             for (j = 0; j < n; j++)
-                if (!(-FABS(z[j]) >= lo))
+                if (!(FABS(z[j]) <= lim.f))
                     a[j] = FN(fastbp_activate)(z[j], act);
         break;
     }
-    case FASTBP_TANH:
-#pragma omp simd
+    case FASTBP_TANH: {
+        /* tanh |z| = -expm1(-2|z|) / (2 + expm1(-2|z|)); |z| > 20 gives exactly 1, so |z| is clamped there
+         * (in the integer domain, as above); NaN is redone afterwards */
+        union { REAL f; FASTBP_UINT u; } lim, inf;
+        lim.f = (REAL)20;
+        inf.f = (REAL)INFINITY;
+        FASTBP_UINT slow = 0;
+#pragma omp simd reduction(|:slow)
         for (j = 0; j < n; j++) {
-            /* tanh |z| = -expm1(-2|z|) / (2 + expm1(-2|z|)) */
-            const REAL x = -2 * FABS(z[j]);
-            const REAL xc = x >= (REAL)-40 ? x : (REAL)-40;
+            union { REAL f; FASTBP_UINT u; } t;
+            t.f = FABS(z[j]);
+            slow |= (FASTBP_UINT)(t.u > inf.u);
+            t.u = t.u > lim.u ? lim.u : t.u;
             REAL scale;
-            const REAL q = FN(fastbp_expm1_core)(xc, &scale);
+            const REAL q = FN(fastbp_expm1_core)(-2 * t.f, &scale);
             const REAL em = (scale - 1) + scale * q;
-            const REAL t = -em / (2 + em);
-            a[j] = z[j] == z[j] ? COPYSIGN(t, z[j]) : z[j];
+            a[j] = COPYSIGN(-em / (2 + em), z[j]);
         }
+        if (slow)
+            for (j = 0; j < n; j++)
+                if (z[j] != z[j])
+                    a[j] = z[j];
         break;
+    }
     default:
         for (j = 0; j < n; j++)
             a[j] = z[j];
