@@ -287,7 +287,8 @@ class Fann:
     ``w += lr * (y - yhat) * f' * input``, the gradient of ``0.5 * sum_k (y_k - yhat_k)^2``: that is
     fastbp's half_sse at batch 1 (same lr); for mse (``mean_k``, derivative ``2/K``) the lr is scaled by
     ``2/K``. FANN always computes in double, whatever the workload's dtype. It also clips the output of a
-    sigmoid to [0.01, 0.99] when it computes the sigmoid's derivative (fann_train.c).
+    sigmoid to [0.01, 0.99], and of a tanh (SIGMOID_SYMMETRIC) to [-0.98, 0.98], when it computes their
+    derivatives (fann_activation_derived): where hidden units saturate its losses drift from the others'.
     """
 
     def __init__(self, w):

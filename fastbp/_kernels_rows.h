@@ -678,8 +678,9 @@ static int FN(fastbp_train_rows_tiny)(const fastbp_plan *p, REAL *params, const 
  *
  * A layer with at least FASTBP_LANES outputs (one 64-byte vector) that is the first layer or not narrower
  * than its input works on a transposed copy of its weights, WT (n_in rows of n_out, each row padded with
- * zeros to a whole number of vectors, ld), made when the call starts and written back when it ends (calls
- * cover thousands of examples, so the two copies cost well under 1%). With that layout every loop over a
+ * zeros to a whole number of vectors, ld), made when the call starts and written back when it ends (on
+ * networks of up to FASTBP_WIDE_MAX_WEIGHTS weights, where fit's calls cover hundreds to thousands of
+ * examples, so the two copies cost about 1% or less). With that layout every loop over a
  * layer's outputs is a SIMD sweep:
  *  - forward: z = b + sum_i in_i WT[i], register tiles of two vectors of outputs, broadcast in_i, multiply-
  *    add; no horizontal sum per unit;
@@ -693,6 +694,7 @@ static int FN(fastbp_train_rows_tiny)(const fastbp_plan *p, REAL *params, const 
  * the inputs in two interleaved partial sums), so results agree with it and with the NumPy twin to rounding. */
 #define FASTBP_LANES ((Py_ssize_t)(64 / sizeof(REAL)))
 #define FASTBP_WIDE_MAX_LAYERS 8
+#define FASTBP_WIDE_MAX_WEIGHTS 65536
 
 static inline int FN(fastbp_wide_transposed)(const fastbp_plan *p, int l)
 {
@@ -752,9 +754,16 @@ static int FN(fastbp_train_rows_wide)(const fastbp_plan *p, REAL *params, const 
     int transposed[FASTBP_WIDE_MAX_LAYERS];
     Py_ssize_t total = 0, max_ld = 0;
     const Py_ssize_t T = 2 * FASTBP_LANES;
+    /* The choice depends on the network only, never on `count`: a call of one example (train_step) must do
+     * the same arithmetic as a call of thousands (fit), bit for bit. The two copies cost about one example's
+     * update; _core.pyx sizes calls by work, so networks up to FASTBP_WIDE_MAX_WEIGHTS weights get calls of
+     * at least ~100 examples in fit, where the copies are lost in the noise. */
+    Py_ssize_t weights = 0;
+    for (int l = 0; l < L; l++)
+        weights += p->sizes[l] * p->sizes[l + 1];
     for (int l = 0; l < L; l++) {
         const Py_ssize_t n_out = p->sizes[l + 1];
-        transposed[l] = FN(fastbp_wide_transposed)(p, l);
+        transposed[l] = weights <= FASTBP_WIDE_MAX_WEIGHTS && FN(fastbp_wide_transposed)(p, l);
         ld[l] = transposed[l] ? (n_out + FASTBP_LANES - 1) / FASTBP_LANES * FASTBP_LANES : n_out;
         wt_off[l] = total;
         if (transposed[l])
@@ -968,3 +977,4 @@ static int FN(fastbp_train_rows)(const fastbp_plan *p, REAL *params, const REAL 
 }
 #undef FASTBP_LANES
 #undef FASTBP_WIDE_MAX_LAYERS
+#undef FASTBP_WIDE_MAX_WEIGHTS
