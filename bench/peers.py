@@ -3,7 +3,7 @@
     python bench/peers.py --peer torch --workload mnist-b32 [--epochs 5] [--target-s 0.3]
 
 prints one line ``@@RESULT@@ {json}`` with the peer's examples/s (median timed epoch after a warm-up
-epoch), the losses of its check run, the number of examples it timed on, and its BLAS and thread counts.
+epoch, by wall clock and by the process's CPU time), the losses of its check run, the number of examples it timed on, and its BLAS and thread counts.
 
 Every peer implements the same protocol:
 
@@ -287,7 +287,8 @@ class Fann:
     ``w += lr * (y - yhat) * f' * input``, the gradient of ``0.5 * sum_k (y_k - yhat_k)^2``: that is
     fastbp's half_sse at batch 1 (same lr); for mse (``mean_k``, derivative ``2/K``) the lr is scaled by
     ``2/K``. FANN always computes in double, whatever the workload's dtype. It also clips the output of a
-    sigmoid to [0.01, 0.99] when it computes the sigmoid's derivative (fann_train.c).
+    sigmoid to [0.01, 0.99], and of a tanh (SIGMOID_SYMMETRIC) to [-0.98, 0.98], when it computes their
+    derivatives (fann_activation_derived): where hidden units saturate its losses drift from the others'.
     """
 
     def __init__(self, w):
@@ -495,11 +496,12 @@ def measure(peer_name, w, epochs, target_s, check=True):
         peer.load(W0, b0)
         peer.prepare(X, Y)
         peer.epoch()
-        times, losses = [], []
+        times, cpu_times, losses = [], [], []
         for _ in range(epochs):
-            t0 = _clock()
+            c0, t0 = time.process_time(), _clock()
             loss = peer.epoch()
             times.append(_clock() - t0)
+            cpu_times.append(time.process_time() - c0)
             losses.append(loss)
         med = statistics.median(times)
         grown = wl.round_examples(w, n * target_s / max(med, 1e-9))
@@ -507,7 +509,13 @@ def measure(peer_name, w, epochs, target_s, check=True):
             break
         n = grown
     out["timed_attempts"] = attempt + 1
+    # CPU time of the whole process (every thread): on a shared machine it counts only this peer's work,
+    # where wall time also counts the time other processes held the core. It favours no single-threaded
+    # peer over a multi-threaded one: a second thread's work is counted too.
+    cpu_med = statistics.median(cpu_times)
     out.update({"n": n, "epoch_times_s": times, "median_epoch_s": med, "examples_per_s": n / med,
+                "epoch_cpu_times_s": cpu_times, "median_epoch_cpu_s": cpu_med,
+                "examples_per_cpu_s": n / max(cpu_med, 1e-9),
                 "timed_losses": losses,
                 "finite": None if peer_name == "gemm-only" else bool(np.all(np.isfinite(losses)))})
     out["peer_info"] = peer.info() if hasattr(peer, "info") else {}

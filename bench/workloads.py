@@ -75,6 +75,25 @@ WORKLOADS = {
         Workload("wide-b512", (1024, 2048, 2048, 10), ("relu", "relu", "identity"), "mse", 512, "float32",
                  0.05, n_full=2_048, n_check=1_024, goals={"jax": 1.0}, peak_share_goal=0.90),
     ]
+    # Batch 1 on networks past the tiny-kernel sizes (issue 15): the general per-example loop against
+    # FANN's incremental training. float64, the precision FANN computes in; hidden sigmoid, tanh and ReLU
+    # (FANN has no ReLU: its stand-in costs the same, so the rate compares, not the loss).
+    + [
+        Workload(f"b1-{'-'.join(map(str, sizes))}", sizes, acts, loss, 1, "float64", lr,
+                 n_full=n_full, n_check=2_000, goals={"fann": 2.0})
+        for sizes, acts, loss, lr, n_full in [
+            ((8, 16, 1), ("sigmoid", "identity"), "mse", 0.05, 1_000_000),
+            ((10, 16, 1), ("tanh", "identity"), "mse", 0.02, 1_000_000),
+            ((13, 26, 1), ("sigmoid", "sigmoid"), "half_sse", 0.5, 500_000),
+            ((14, 16, 3), ("relu", "identity"), "mse", 0.02, 500_000),
+            ((16, 16, 1), ("tanh", "identity"), "half_sse", 0.02, 500_000),
+            ((32, 16, 1), ("relu", "identity"), "mse", 0.02, 500_000),
+            ((48, 96, 3), ("sigmoid", "identity"), "mse", 0.02, 200_000),
+            ((2, 20, 10, 1), ("tanh", "tanh", "identity"), "half_sse", 0.02, 1_000_000),
+            ((64, 128, 10), ("relu", "identity"), "mse", 0.01, 100_000),
+            ((32, 64, 64, 4), ("tanh", "relu", "identity"), "mse", 0.01, 100_000),
+        ]
+    ]
 }
 
 # fastbp's fit must also be ahead of these in every row (issue 3: "always far ahead").

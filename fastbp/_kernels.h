@@ -14,6 +14,9 @@
 
 #include <stddef.h>
 #include <math.h>
+#include <stdint.h>
+#include <stdlib.h>
+#include <string.h>
 
 #if defined(__GNUC__) && !defined(__clang__) && defined(__linux__) && defined(__x86_64__) \
     && !defined(FASTBP_NO_CLONES)
@@ -420,6 +423,7 @@ typedef struct {
 #define TANH tanhf
 #define SQRT sqrtf
 #define FABS fabsf
+#define COPYSIGN copysignf
 #define DOT fastbp_dot_f32
 #define DOT4 fastbp_dot4_f32
 #include "_kernels_rows.h"
@@ -431,6 +435,7 @@ typedef struct {
 #undef TANH
 #undef SQRT
 #undef FABS
+#undef COPYSIGN
 #undef DOT
 #undef DOT4
 
@@ -442,6 +447,7 @@ typedef struct {
 #define TANH tanh
 #define SQRT sqrt
 #define FABS fabs
+#define COPYSIGN copysign
 #define DOT fastbp_dot_f64
 #define DOT4 fastbp_dot4_f64
 #include "_kernels_rows.h"
@@ -453,6 +459,7 @@ typedef struct {
 #undef TANH
 #undef SQRT
 #undef FABS
+#undef COPYSIGN
 #undef DOT
 #undef DOT4
 

@@ -5,8 +5,13 @@
  * fastbp_train_rows_body: the same arithmetic as the general path of _core.pyx (dense_forward,
  * output_delta, dense_backward with update_in_place), written as one loop so that small networks pay no
  * call overhead per example: each weight row is read once in the backward sweep, which both propagates
- * the delta to the layer below (with the old weight) and applies the update.
+ * the delta to the layer below (with the old weight) and applies the update. Serves per-example Adam, and
+ * SGD on networks of more than FASTBP_WIDE_MAX_LAYERS layers.
+ * fastbp_train_rows_wide: per-example SGD on every other network past the tiny sizes, the same updates
+ * vectorised across output units (weights of wide layers transposed for the call).
  * fastbp_train_rows_small: tiny one-hidden-layer networks, the same updates regrouped for latency.
+ * fastbp_activate_row: the activations of a whole layer as one SIMD sweep (no libm call), used by the
+ * per-example loops; the mini-batch path keeps libm's tanh and the scalar fastbp_activate.
  *
  * The elementwise layer is written here once per precision and shared with _core.pyx's mini-batch path:
  * fastbp_activate (f(z)), fastbp_times_derivative (delta *= f'(z) from the output a) and
@@ -94,6 +99,109 @@ static inline void FN(fastbp_times_derivative)(REAL *FASTBP_RESTRICT delta, cons
             delta[i] = delta[i] * ((REAL)1 - a[i] * a[i]);
         break;
     default:
+        break;
+    }
+}
+
+/* Elementwise activations over a whole layer, written so that gcc vectorises them (no libm call, no
+ * branch, no table: one SIMD sweep per 4/8/16 units). Used by the per-example loops, where on networks of
+ * 8-128 units a scalar libm tanh or exp per unit costs more than the layer's multiply-adds.
+ *
+ * exp and expm1 of x in [lo, 0] (lo: -708 in double, -87 in float, so that the scale 2^m is normal):
+ * x = m ln2 + r with |r| <= ln2/2 (ln2 split in two so that m ln2 is exact), expm1(r) as its Taylor
+ * polynomial (degree 13 in double, 8 in float: truncation below half an ulp), 2^m from the integer bits of
+ * the rounded m. exp(x) = 2^m + 2^m q and expm1(x) = (2^m - 1) + 2^m q: the first term is exact (m = 0:
+ * 0; m = -1: -1/2; ...), so expm1 keeps its relative accuracy near 0, which the tanh needs. Within a few
+ * ulp of the exact values, like libm's, not equal to them bit for bit. */
+static inline __attribute__((always_inline))
+REAL FN(fastbp_expm1_core)(REAL x, REAL *scale_out)
+{
+    const int dbl = sizeof(REAL) == 8;
+    const REAL shifter = dbl ? (REAL)6755399441055744.0 : (REAL)12582912.0f; /* 1.5 * 2^52, 1.5 * 2^23 */
+    const REAL kf = x * (REAL)1.4426950408889634 + shifter;
+    const REAL m = kf - shifter;
+    const REAL r = dbl ? (x - m * (REAL)0.6931471803691238) - m * (REAL)1.9082149292705877e-10
+                       : (x - m * (REAL)0.693145751953125f) - m * (REAL)1.428606765330187e-06f;
+    REAL q;
+    if (dbl)
+        q = r * (1 + r * (1.0 / 2 + r * (1.0 / 6 + r * (1.0 / 24 + r * (1.0 / 120 + r * (1.0 / 720
+            + r * (1.0 / 5040 + r * (1.0 / 40320 + r * (1.0 / 362880 + r * (1.0 / 3628800
+            + r * (1.0 / 39916800 + r * (1.0 / 479001600 + r * (1.0 / 6227020800.0)))))))))))));
+    else
+        q = r * (1 + r * ((REAL)0.5 + r * ((REAL)(1.0 / 6) + r * ((REAL)(1.0 / 24) + r * ((REAL)(1.0 / 120)
+            + r * ((REAL)(1.0 / 720) + r * ((REAL)(1.0 / 5040) + r * (REAL)(1.0 / 40320))))))));
+    union { REAL f; FASTBP_UINT u; } k, scale;
+    k.f = kf;
+    /* the low mantissa bits of kf hold m: shifted into the exponent field, plus the bias */
+    scale.u = (k.u << (dbl ? 52 : 23)) + ((FASTBP_UINT)(dbl ? 1023 : 127) << (dbl ? 52 : 23));
+    *scale_out = scale.f;
+    return q;
+}
+
+/* a[j] = f(z[j]) for j < n. The sigmoid goes back to the scalar fastbp_activate for NaN and for
+ * |z| beyond the fast exp's range (results below the smallest normal number), rare enough to cost
+ * nothing; the tanh redoes only NaN (|z| > 20 is exactly +-1). */
+static inline __attribute__((always_inline))
+void FN(fastbp_activate_row)(REAL *FASTBP_RESTRICT a, const REAL *FASTBP_RESTRICT z,
+                                           Py_ssize_t n, int act)
+{
+    const int dbl = sizeof(REAL) == 8;
+    Py_ssize_t j;
+    switch (act) {
+    case FASTBP_RELU:
+        for (j = 0; j < n; j++)
+            a[j] = z[j] < 0 ? (REAL)0 : z[j];
+        break;
+    case FASTBP_SIGMOID: {
+        /* |z| clamped to the fast exp's range in the integer domain (a floating-point select stops gcc
+         * vectorising the loop for AVX2); NaN, infinities and the clamped tail are redone afterwards */
+        union { REAL f; FASTBP_UINT u; } lim;
+        lim.f = dbl ? (REAL)708 : (REAL)87;
+        FASTBP_UINT slow = 0;
+#pragma omp simd reduction(|:slow)
+        for (j = 0; j < n; j++) {
+            union { REAL f; FASTBP_UINT u; } t;
+            t.f = FABS(z[j]);
+            slow |= (FASTBP_UINT)(t.u > lim.u);
+            t.u = t.u > lim.u ? lim.u : t.u;
+            REAL scale;
+            const REAL q = FN(fastbp_expm1_core)(-t.f, &scale);
+            const REAL e = scale + scale * q;
+            a[j] = (z[j] >= 0 ? (REAL)1 : e) / ((REAL)1 + e);
+        }
+        if (slow)
+            for (j = 0; j < n; j++)
+                if (!(FABS(z[j]) <= lim.f))
+                    a[j] = FN(fastbp_activate)(z[j], act);
+        break;
+    }
+    case FASTBP_TANH: {
+        /* tanh |z| = -expm1(-2|z|) / (2 + expm1(-2|z|)); |z| > 20 gives exactly 1, so |z| is clamped there
+         * (in the integer domain, as above); NaN is redone afterwards */
+        union { REAL f; FASTBP_UINT u; } lim, inf;
+        lim.f = (REAL)20;
+        inf.f = (REAL)INFINITY;
+        FASTBP_UINT slow = 0;
+#pragma omp simd reduction(|:slow)
+        for (j = 0; j < n; j++) {
+            union { REAL f; FASTBP_UINT u; } t;
+            t.f = FABS(z[j]);
+            slow |= (FASTBP_UINT)(t.u > inf.u);
+            t.u = t.u > lim.u ? lim.u : t.u;
+            REAL scale;
+            const REAL q = FN(fastbp_expm1_core)(-2 * t.f, &scale);
+            const REAL em = (scale - 1) + scale * q;
+            a[j] = COPYSIGN(-em / (2 + em), z[j]);
+        }
+        if (slow)
+            for (j = 0; j < n; j++)
+                if (z[j] != z[j])
+                    a[j] = z[j];
+        break;
+    }
+    default:
+        for (j = 0; j < n; j++)
+            a[j] = z[j];
         break;
     }
 }
@@ -263,17 +371,18 @@ int FN(fastbp_train_rows_body)(const fastbp_plan *p, REAL *params, const REAL *X
             const REAL *W = params + p->w_off[l];
             const REAL *b = params + p->b_off[l];
             REAL *a = activations + p->act_off[l];
-            const int act = p->acts[l];
+            REAL *z = delta_b; /* free until the backward pass */
             Py_ssize_t j = 0;
             if (n_in >= 8) {
                 for (; j + 4 <= n_out; j += 4) {
-                    DOT4(W + j * n_in, n_in, a_prev, a + j);
+                    DOT4(W + j * n_in, n_in, a_prev, z + j);
                     for (int q = 0; q < 4; q++)
-                        a[j + q] = FN(fastbp_activate)(b[j + q] + a[j + q], act);
+                        z[j + q] += b[j + q];
                 }
             }
             for (; j < n_out; j++)
-                a[j] = FN(fastbp_activate)(b[j] + DOT(W + j * n_in, a_prev, n_in), act);
+                z[j] = b[j] + DOT(W + j * n_in, a_prev, n_in);
+            FN(fastbp_activate_row)(a, z, n_out, p->acts[l]);
             a_prev = a;
         }
 
@@ -565,6 +674,268 @@ static int FN(fastbp_train_rows_tiny)(const fastbp_plan *p, REAL *params, const 
 #undef FASTBP_SMALL_CASES_C
 #undef FASTBP_SMALL_CASES_B
 
+/* Per-example SGD for networks past the tiny-kernel sizes, vectorised across output units.
+ *
+ * A layer with at least FASTBP_LANES outputs (one 64-byte vector) that is the first layer or not narrower
+ * than its input works on a transposed copy of its weights, WT (n_in rows of n_out, each row padded with
+ * zeros to a whole number of vectors, ld), made when the call starts and written back when it ends (on
+ * networks of up to FASTBP_WIDE_MAX_WEIGHTS weights, where fit's calls cover hundreds to thousands of
+ * examples, so the two copies cost about 1% or less). With that layout every loop over a
+ * layer's outputs is a SIMD sweep:
+ *  - forward: z = b + sum_i in_i WT[i], register tiles of two vectors of outputs, broadcast in_i, multiply-
+ *    add; no horizontal sum per unit;
+ *  - activation: a SIMD sweep over the layer (fastbp_activate_row);
+ *  - backward: one pass over each row i of WT, which reads it once for the delta of the layer below
+ *    (sum_j WT[i][j] d_j, with the old weights) and writes it once for the update WT[i][j] += (-lr d_j) in_i.
+ * Other layers (the narrow output layer) keep the (out, in) rows of fastbp_train_rows_body: a dot product per
+ * output forward, and a backward sweep along the inputs that is already a SIMD axpy.
+ *
+ * The same updates as fastbp_train_rows_body; the sums are grouped differently (forward: bias first, then
+ * the inputs in two interleaved partial sums), so results agree with it and with the NumPy twin to rounding. */
+#define FASTBP_LANES ((Py_ssize_t)(64 / sizeof(REAL)))
+#define FASTBP_WIDE_MAX_LAYERS 8
+#define FASTBP_WIDE_MAX_WEIGHTS 65536
+
+static inline int FN(fastbp_wide_transposed)(const fastbp_plan *p, int l)
+{
+    const Py_ssize_t n_in = p->sizes[l], n_out = p->sizes[l + 1];
+    return n_out >= FASTBP_LANES && (l == 0 || n_out >= n_in);
+}
+
+/* z[0 .. ld) = b + WT^T in for one transposed layer (z past n_out: garbage, never used) */
+static inline __attribute__((always_inline))
+void FN(fastbp_wide_forward)(const REAL *FASTBP_RESTRICT WT, Py_ssize_t ld, const REAL *FASTBP_RESTRICT b,
+                             const REAL *FASTBP_RESTRICT in, Py_ssize_t n_in, Py_ssize_t n_out,
+                             REAL *FASTBP_RESTRICT z)
+{
+    enum { T = 2 * (64 / sizeof(REAL)) };
+    for (Py_ssize_t j0 = 0; j0 < ld; j0 += T) {
+        /* a tile of T outputs: two accumulators per output (even and odd inputs) keep the multiply-adds
+         * independent; a last tile of one vector reads one vector past its row (the next row, or the
+         * padding at the end of the buffer) and stores only what is used */
+        REAL s0[T], s1[T];
+        const REAL *w = WT + j0;
+#pragma omp simd
+        for (int t = 0; t < T; t++) {
+            s0[t] = 0;
+            s1[t] = 0;
+        }
+        Py_ssize_t i = 0;
+        for (; i + 2 <= n_in; i += 2) {
+            const REAL x0 = in[i], x1 = in[i + 1];
+            const REAL *w0 = w + i * ld, *w1 = w0 + ld;
+#pragma omp simd
+            for (int t = 0; t < T; t++) {
+                s0[t] += x0 * w0[t];
+                s1[t] += x1 * w1[t];
+            }
+        }
+        if (i < n_in) {
+            const REAL x0 = in[i];
+            const REAL *w0 = w + i * ld;
+#pragma omp simd
+            for (int t = 0; t < T; t++)
+                s0[t] += x0 * w0[t];
+        }
+        const Py_ssize_t m = ld - j0 < T ? ld - j0 : T;
+        const Py_ssize_t valid = n_out - j0 < m ? n_out - j0 : m;
+        for (Py_ssize_t t = 0; t < valid; t++)
+            z[j0 + t] = b[j0 + t] + (s0[t] + s1[t]);
+    }
+}
+
+FASTBP_CLONES
+static int FN(fastbp_train_rows_wide)(const fastbp_plan *p, REAL *params, const REAL *X, const REAL *Y,
+                                      const Py_ssize_t *order, Py_ssize_t start, Py_ssize_t count, REAL lr,
+                                      REAL *activations, double *loss_sum, Py_ssize_t *done)
+{
+    const int L = p->n_layers;
+    Py_ssize_t ld[FASTBP_WIDE_MAX_LAYERS], wt_off[FASTBP_WIDE_MAX_LAYERS];
+    int transposed[FASTBP_WIDE_MAX_LAYERS];
+    Py_ssize_t total = 0, max_ld = 0;
+    const Py_ssize_t T = 2 * FASTBP_LANES;
+    /* The choice depends on the network only, never on `count`: a call of one example (train_step) must do
+     * the same arithmetic as a call of thousands (fit), bit for bit. The two copies cost about one example's
+     * update; _core.pyx sizes calls by work, so networks up to FASTBP_WIDE_MAX_WEIGHTS weights get calls of
+     * at least ~100 examples in fit, where the copies are lost in the noise. */
+    Py_ssize_t weights = 0;
+    for (int l = 0; l < L; l++)
+        weights += p->sizes[l] * p->sizes[l + 1];
+    for (int l = 0; l < L; l++) {
+        const Py_ssize_t n_out = p->sizes[l + 1];
+        transposed[l] = weights <= FASTBP_WIDE_MAX_WEIGHTS && FN(fastbp_wide_transposed)(p, l);
+        ld[l] = transposed[l] ? (n_out + FASTBP_LANES - 1) / FASTBP_LANES * FASTBP_LANES : n_out;
+        wt_off[l] = total;
+        if (transposed[l])
+            total += p->sizes[l] * ld[l];
+        if (ld[l] > max_ld)
+            max_ld = ld[l];
+        if (p->sizes[l] > max_ld)
+            max_ld = p->sizes[l];
+    }
+    max_ld = (max_ld + FASTBP_LANES - 1) / FASTBP_LANES * FASTBP_LANES;
+    /* WT blocks (plus one tile of padding that the forward tiles may read), z, and two deltas */
+    const Py_ssize_t n_scratch = total + T + 3 * (max_ld + T);
+    REAL *scratch = (REAL *)calloc((size_t)n_scratch + 16, sizeof(REAL));
+    if (scratch == NULL)
+        return -2;
+    REAL *const wt_base = (REAL *)(((uintptr_t)scratch + 63) & ~(uintptr_t)63);
+    REAL *const z = wt_base + total + T;
+    REAL *delta = z + max_ld + T;
+    REAL *d_prev = delta + max_ld + T;
+    for (int l = 0; l < L; l++) {
+        if (!transposed[l])
+            continue;
+        const Py_ssize_t n_in = p->sizes[l], n_out = p->sizes[l + 1];
+        const REAL *W = params + p->w_off[l];
+        REAL *WT = wt_base + wt_off[l];
+        for (Py_ssize_t j = 0; j < n_out; j++)
+            for (Py_ssize_t i = 0; i < n_in; i++)
+                WT[i * ld[l] + j] = W[j * n_in + i];
+    }
+
+    const Py_ssize_t n_in0 = p->sizes[0];
+    const Py_ssize_t K = p->sizes[L];
+    const int out_act = p->acts[L - 1];
+    const REAL scale = (REAL)(fastbp_loss_numerator(p->loss) / fastbp_loss_divisor(p->loss, K));
+    const double value_factor = fastbp_loss_half(p->loss);
+    const double divisor = fastbp_loss_divisor(p->loss, K);
+    double total_loss = 0.0;
+    Py_ssize_t rows_done = 0;
+    int status = 0;
+
+    for (Py_ssize_t e = 0; e < count; e++) {
+        const Py_ssize_t row = order ? order[start + e] : start + e;
+        const REAL *x = X + row * n_in0;
+        const REAL *y = Y + row * K;
+
+        /* forward */
+        const REAL *a_prev = x;
+        for (int l = 0; l < L; l++) {
+            const Py_ssize_t n_in = p->sizes[l], n_out = p->sizes[l + 1];
+            const REAL *b = params + p->b_off[l];
+            REAL *a = activations + p->act_off[l];
+            if (transposed[l]) {
+                FN(fastbp_wide_forward)(wt_base + wt_off[l], ld[l], b, a_prev, n_in, n_out, z);
+            } else {
+                const REAL *W = params + p->w_off[l];
+                Py_ssize_t j = 0;
+                if (n_in >= 8) {
+                    for (; j + 4 <= n_out; j += 4) {
+                        DOT4(W + j * n_in, n_in, a_prev, z + j);
+                        for (int q = 0; q < 4; q++)
+                            z[j + q] += b[j + q];
+                    }
+                }
+                for (; j < n_out; j++)
+                    z[j] = b[j] + DOT(W + j * n_in, a_prev, n_in);
+            }
+            FN(fastbp_activate_row)(a, z, n_out, p->acts[l]);
+            a_prev = a;
+        }
+
+        /* loss and the output delta dL/dz */
+        const REAL *out = activations + p->act_off[L - 1];
+        double loss = FN(fastbp_output_delta_row)(out, y, K, p->loss, out_act, scale, delta, 0.0);
+        loss = divisor == 1.0 ? value_factor * loss : loss / divisor;
+        if (!isfinite(loss)) {
+            status = 1;
+            break;
+        }
+        if (transposed[L - 1])
+            for (Py_ssize_t j = K; j < ld[L - 1]; j++)
+                delta[j] = 0;
+
+        /* backward: propagate with the old weights and update them in the same sweep */
+        for (int l = L - 1; l >= 0; l--) {
+            const Py_ssize_t n_in = p->sizes[l], n_out = p->sizes[l + 1];
+            REAL *b = params + p->b_off[l];
+            const REAL *FASTBP_RESTRICT in = l > 0 ? activations + p->act_off[l - 1] : x;
+            REAL *FASTBP_RESTRICT dp = d_prev;
+            for (Py_ssize_t j = 0; j < n_out; j++)
+                b[j] = b[j] - lr * delta[j];
+            if (transposed[l]) {
+                const Py_ssize_t w_ld = ld[l];
+                REAL *FASTBP_RESTRICT c = z; /* z is free now: the update coefficients -lr d, 0 past n_out */
+                const REAL *FASTBP_RESTRICT d = delta;
+#pragma omp simd
+                for (Py_ssize_t j = 0; j < w_ld; j++)
+                    c[j] = -lr * d[j];
+                REAL *WT = wt_base + wt_off[l];
+                if (l > 0) {
+                    for (Py_ssize_t i = 0; i < n_in; i++) {
+                        REAL *FASTBP_RESTRICT w = WT + i * w_ld;
+                        const REAL xi = in[i];
+                        REAL s = 0;
+#pragma omp simd reduction(+:s)
+                        for (Py_ssize_t j = 0; j < w_ld; j++) {
+                            s += w[j] * d[j];
+                            w[j] += c[j] * xi;
+                        }
+                        dp[i] = s;
+                    }
+                } else {
+                    for (Py_ssize_t i = 0; i < n_in; i++) {
+                        REAL *FASTBP_RESTRICT w = WT + i * w_ld;
+                        const REAL xi = in[i];
+#pragma omp simd
+                        for (Py_ssize_t j = 0; j < w_ld; j++)
+                            w[j] += c[j] * xi;
+                    }
+                }
+            } else {
+                REAL *W = params + p->w_off[l];
+                for (Py_ssize_t j = 0; j < n_out; j++) {
+                    const REAL d = delta[j];
+                    const REAL c = -lr * d;
+                    REAL *FASTBP_RESTRICT w = W + j * n_in;
+                    if (l == 0) {
+                        for (Py_ssize_t i = 0; i < n_in; i++)
+                            w[i] += c * in[i];
+                    } else if (j == 0) {
+                        /* the first row initialises d_prev: no separate zeroing pass */
+                        for (Py_ssize_t i = 0; i < n_in; i++) {
+                            dp[i] = w[i] * d;
+                            w[i] += c * in[i];
+                        }
+                    } else {
+                        for (Py_ssize_t i = 0; i < n_in; i++) {
+                            dp[i] += w[i] * d;
+                            w[i] += c * in[i];
+                        }
+                    }
+                }
+            }
+            if (l > 0) {
+                FN(fastbp_times_derivative)(dp, in, n_in, p->acts[l - 1]);
+                if (transposed[l - 1])
+                    for (Py_ssize_t i = n_in; i < ld[l - 1]; i++)
+                        dp[i] = 0;
+                REAL *swap = delta;
+                delta = d_prev;
+                d_prev = swap;
+            }
+        }
+        total_loss += loss;
+        rows_done += 1;
+    }
+
+    for (int l = 0; l < L; l++) {
+        if (!transposed[l])
+            continue;
+        const Py_ssize_t n_in = p->sizes[l], n_out = p->sizes[l + 1];
+        REAL *W = params + p->w_off[l];
+        const REAL *WT = wt_base + wt_off[l];
+        for (Py_ssize_t j = 0; j < n_out; j++)
+            for (Py_ssize_t i = 0; i < n_in; i++)
+                W[j * n_in + i] = WT[i * ld[l] + j];
+    }
+    free(scratch);
+    *loss_sum += total_loss;
+    *done += rows_done;
+    return status;
+}
+
 FASTBP_CLONES
 static int FN(fastbp_train_rows_any)(const fastbp_plan *p, REAL *params, const REAL *X, const REAL *Y,
                                      const Py_ssize_t *order, Py_ssize_t start, Py_ssize_t count, REAL lr,
@@ -595,6 +966,15 @@ static int FN(fastbp_train_rows)(const fastbp_plan *p, REAL *params, const REAL 
     if (p->n_layers == 2 && p->sizes[0] <= 4 && p->sizes[1] <= 4 && p->sizes[2] <= 4
             && (p->loss == FASTBP_HALF_SSE || p->loss == FASTBP_MSE))
         return FN(fastbp_train_rows_tiny)(p, params, X, Y, order, start, count, lr, loss_sum, done);
+    if (p->n_layers <= FASTBP_WIDE_MAX_LAYERS) {
+        const int status = FN(fastbp_train_rows_wide)(p, params, X, Y, order, start, count, lr, activations,
+                                                       loss_sum, done);
+        if (status != -2) /* -2: no memory for the transposed copies; the loop below needs none */
+            return status;
+    }
     return FN(fastbp_train_rows_any)(p, params, X, Y, order, start, count, lr, activations, delta_a,
                                      delta_b, loss_sum, done);
 }
+#undef FASTBP_LANES
+#undef FASTBP_WIDE_MAX_LAYERS
+#undef FASTBP_WIDE_MAX_WEIGHTS
