@@ -16,6 +16,7 @@ from typing import List, Optional, Tuple
 import numpy as np
 
 from fastbp._text import table as _table
+from fastbp._validation import _is_sparse
 from fastbp.gradcheck import (DEFAULT_TOLERANCE, GradientCheck, LayerGradientCheck, _norm,  # noqa: F401
                               check_gradients)
 
@@ -226,6 +227,8 @@ def diagnose(net, X, Y) -> Diagnosis:
       ``VANISHING_RATIO`` (1e-2) the gradient vanishes on its way back, above ``EXPLODING_RATIO`` (1e2) it
       explodes.
     """
+    if _is_sparse(X):
+        X = X.toarray()  # a diagnosis reads one small batch
     trace = net.trace(X, Y)
     sizes = list(net.layer_sizes)
     names = list(net.activations)

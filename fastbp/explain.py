@@ -29,7 +29,7 @@ import numpy as np
 from fastbp._explain_data import (BackwardRow, CheckRow, ForwardRow, GradientRow, OutputGradientRow,
                                   StepReport, StepUpdate, UpdateRow, build_report)
 from fastbp._explain_reasons import LAYOUT_NOTE, UnchangedReason  # noqa: F401 (part of this module's vocabulary)
-from fastbp._validation import _as_real_array
+from fastbp._validation import _as_real_array, _is_sparse
 from fastbp.optimizers import SGD
 
 __all__ = [
@@ -133,6 +133,8 @@ def _batch(net, x, y):
     dtype = np.dtype(net.dtype)
     n_in, n_out = net.layer_sizes[0], net.layer_sizes[-1]
 
+    if _is_sparse(x):
+        x = x.toarray()  # a step worked by hand: a small batch, shown in full
     X = _as_real_array(x, "x", dtype)
     if X.ndim not in (1, 2):
         raise ValueError(

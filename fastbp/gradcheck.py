@@ -13,6 +13,7 @@ from typing import List, Optional, Tuple
 import numpy as np
 
 from fastbp import _reference, _spec
+from fastbp._validation import _is_sparse
 from fastbp._text import table as _table
 
 __all__ = ["check_gradients", "GradientCheck", "LayerGradientCheck", "KinkParameter", "DEFAULT_TOLERANCE"]
@@ -283,6 +284,8 @@ def check_gradients(net, X, Y, eps: float = 1e-6) -> GradientCheck:
     if not (np.isfinite(eps) and eps > 0):
         raise ValueError(f"eps must be a finite positive number, got {eps}")
     eps = float(eps)
+    if _is_sparse(X):
+        X = X.toarray()  # a check runs many forward passes over a small batch: dense is simplest
 
     backprop = net.gradients(X, Y)
     reference = net.copy(dtype="float64")

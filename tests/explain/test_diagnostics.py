@@ -322,3 +322,20 @@ def test_diagnose_leaves_the_network_alone_and_serialises(backend):
     assert data["verdict"] == result.verdict
     assert data["thresholds"] == {"vanishing_ratio": 1e-2, "exploding_ratio": 1e2}
     assert len(data["layers"]) == 3
+
+
+def test_the_teaching_tools_take_sparse_input_as_its_dense_matrix(backend):
+    """check_gradients, diagnose and explain_step read a scipy.sparse batch as the dense matrix it
+    describes (they used to fail inside NumPy with an unrelated message)."""
+    import scipy.sparse
+
+    rng = np.random.default_rng(3)
+    dense = rng.normal(size=(5, 4)) * (rng.uniform(size=(5, 4)) < 0.5)
+    Y = rng.normal(size=(5, 2))
+    net = fastbp.Network([4, 3, 2], ["tanh", "identity"], loss="mse", dtype="float64", seed=1,
+                         backend=backend)
+    sparse = scipy.sparse.csr_matrix(dense)
+    assert fastbp.check_gradients(net, sparse, Y).passed
+    assert str(fastbp.diagnose(net, sparse, Y)) == str(fastbp.diagnose(net, dense, Y))
+    assert (str(fastbp.explain_step(net, sparse, Y, lr=0.1, dry_run=True))
+            == str(fastbp.explain_step(net, dense, Y, lr=0.1, dry_run=True)))
