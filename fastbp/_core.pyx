@@ -870,23 +870,73 @@ cdef void fill_permutation(Py_ssize_t *order, Py_ssize_t n, uint64_t key) noexce
 
 
 # ---------------------------------------------------------------------------------------------------
+# One batch's passes over dense rows or CSR rows (every entry point below goes through these two)
+
+
+cdef void forward_rows(const Plan *p, const floating *params, const floating *inputs, const floating *data,
+                       const Py_ssize_t *indices, const Py_ssize_t *indptr, const Py_ssize_t *order,
+                       Py_ssize_t start, Py_ssize_t batch, floating *activations, Tick *checks) noexcept nogil:
+    """Every layer's output for one batch: the dense rows at ``inputs``, or (``indptr`` not NULL) the CSR
+    rows ``start ..`` (through ``order`` when not NULL), layer 0 from their non-zeros."""
+    if indptr != NULL:
+        sparse_forward_first(p, params, data, indices, indptr, order, start, batch, activations)
+        dense_forward(p, params, activations + p.act_off[0], batch, activations, checks, 1)
+    else:
+        dense_forward(p, params, inputs, batch, activations, checks)
+
+
+cdef void backward_rows(const Plan *p, floating *params, const floating *inputs, const floating *data,
+                        const Py_ssize_t *indices, const Py_ssize_t *indptr, const Py_ssize_t *order,
+                        Py_ssize_t start, Py_ssize_t batch, const floating *activations, floating *deltas,
+                        floating *grad, floating lr, bint update_in_place, int rule, const double *hyper,
+                        floating *state, int64_t steps_before, Tick *checks) noexcept nogil:
+    """dense_backward for the batch of forward_rows; CSR rows take layer 0 from their non-zeros (no
+    per-layer rule there: the caller runs the rule after the pass)."""
+    cdef Py_ssize_t half = p.max_batch * p.max_width
+    if indptr == NULL:
+        dense_backward(p, params, inputs, batch, activations, deltas, deltas + half, grad, lr,
+                       update_in_place, rule, hyper, state, steps_before, checks)
+        return
+    dense_backward(p, params, activations, batch, activations, deltas, deltas + half, grad, lr,
+                   update_in_place, -1, NULL, NULL, 0, checks, 1)
+    if checks == NULL or not checks.stopped:
+        sparse_backward_first(p, params, data, indices, indptr, order, start, batch, first_delta(p, deltas),
+                              grad, lr, update_in_place)
+
+
+# ---------------------------------------------------------------------------------------------------
 # Entry points (same names and semantics as fastbp._reference)
 
 
-cdef object _predict(Workspace ws, floating[::1] params, const floating[:, ::1] X, floating[:, ::1] out):
+cdef object _predict(Workspace ws, floating[::1] params, const floating[:, ::1] X,
+                     const floating[::1] csr_data, const Py_ssize_t[::1] csr_indices,
+                     const Py_ssize_t[::1] csr_indptr, floating[:, ::1] out):
+    """predict and predict_sparse: the rows are X, or, with X None, the CSR arrays."""
     cdef const Plan *p = &ws.plan
     cdef floating *activations = <floating *>ws.activations_ptr
-    cdef Py_ssize_t n = X.shape[0], start, batch
+    cdef bint sparse = X is None
+    cdef Py_ssize_t n = csr_indptr.shape[0] - 1 if sparse else X.shape[0], start, batch
     cdef Py_ssize_t n_in = p.sizes[0], K = p.sizes[p.n_layers]
+    cdef const floating *X_ptr = NULL
+    cdef const floating *data_ptr = NULL
+    cdef const Py_ssize_t *indices_ptr = NULL
+    cdef const Py_ssize_t *indptr_ptr = NULL
     cdef Tick checks
-    if n == 0:
+    if n <= 0:
         return None
+    if sparse:
+        data_ptr = &csr_data[0] if csr_data.shape[0] > 0 else NULL
+        indices_ptr = &csr_indices[0] if csr_indices.shape[0] > 0 else NULL
+        indptr_ptr = &csr_indptr[0]
+    else:
+        X_ptr = &X[0, 0]
     tick_init(&checks, None, None)
     with nogil:
         start = 0
         while start < n:
             batch = min(p.max_batch, n - start)
-            dense_forward(p, &params[0], &X[0, 0] + start * n_in, batch, activations, &checks)
+            forward_rows(p, &params[0], X_ptr + start * n_in if not sparse else NULL, data_ptr, indices_ptr,
+                         indptr_ptr, NULL, start, batch, activations, &checks)
             if checks.stopped:
                 break
             memcpy(&out[0, 0] + start * K, activations + p.act_off[p.n_layers - 1],
@@ -897,30 +947,43 @@ cdef object _predict(Workspace ws, floating[::1] params, const floating[:, ::1] 
 
 
 cdef object _loss_and_gradient(Workspace ws, floating[::1] params, const floating[:, ::1] X,
-                               const floating[:, ::1] Y, sample_weight):
+                               const floating[::1] csr_data, const Py_ssize_t[::1] csr_indices,
+                               const Py_ssize_t[::1] csr_indptr, const floating[:, ::1] Y, sample_weight):
+    """loss_and_gradient and loss_and_gradient_sparse: the rows are X, or, with X None, the CSR arrays."""
     cdef const Plan *p = &ws.plan
     cdef floating *activations = <floating *>ws.activations_ptr
     cdef floating *deltas = <floating *>ws.deltas_ptr
     cdef floating *grad = <floating *>ws.grad_ptr
-    cdef Py_ssize_t batch = X.shape[0]
-    cdef Py_ssize_t half = p.max_batch * p.max_width
+    cdef bint sparse = X is None
+    cdef Py_ssize_t batch = csr_indptr.shape[0] - 1 if sparse else X.shape[0]
     cdef double loss
     cdef const floating[::1] weights_view
     cdef const floating *weights = NULL
+    cdef const floating *X_ptr = NULL
+    cdef const floating *data_ptr = NULL
+    cdef const Py_ssize_t *indices_ptr = NULL
+    cdef const Py_ssize_t *indptr_ptr = NULL
     cdef Tick checks
     if batch > p.max_batch:
         raise ValueError(f"batch of {batch} rows exceeds the workspace's {p.max_batch}")
     if sample_weight is not None:
         weights_view = sample_weight
         weights = &weights_view[0]
+    if sparse:
+        data_ptr = &csr_data[0] if csr_data.shape[0] > 0 else NULL
+        indices_ptr = &csr_indices[0] if csr_indices.shape[0] > 0 else NULL
+        indptr_ptr = &csr_indptr[0]
+    else:
+        X_ptr = &X[0, 0]
     tick_init(&checks, None, None)
     with nogil:
-        dense_forward(p, &params[0], &X[0, 0], batch, activations, &checks)
+        forward_rows(p, &params[0], X_ptr, data_ptr, indices_ptr, indptr_ptr, NULL, 0, batch, activations,
+                     &checks)
         if not checks.stopped:
             loss = output_delta(p, activations + p.act_off[p.n_layers - 1], &Y[0, 0], weights, batch,
                                 deltas)
-            dense_backward(p, &params[0], &X[0, 0], batch, activations, deltas, deltas + half,
-                           grad, 0, False, -1, NULL, NULL, 0, &checks)
+            backward_rows(p, &params[0], X_ptr, data_ptr, indices_ptr, indptr_ptr, NULL, 0, batch, activations,
+                          deltas, grad, 0, False, -1, NULL, NULL, 0, &checks)
     if checks.stopped:  # ws.grad is then partly written: scratch, as after any call
         raise KeyboardInterrupt
     return loss
@@ -1092,12 +1155,8 @@ cdef object _train_epoch(Workspace ws, floating[::1] params, const floating[:, :
             # pass is checked only with a copy of the parameters to put back.
             inner_checks = &checks if step_work >= INNER_CHECK_WORK else NULL
             backward_checks = inner_checks if (not in_place or saved != NULL) else NULL
-            if sparse:
-                sparse_forward_first(p, &params[0], data_ptr, indices_ptr, indptr_ptr, order_ptr, start, batch,
-                                     activations)
-                dense_forward(p, &params[0], activations + p.act_off[0], batch, activations, inner_checks, 1)
-            else:
-                dense_forward(p, &params[0], inputs, batch, activations, inner_checks)
+            forward_rows(p, &params[0], inputs, data_ptr, indices_ptr, indptr_ptr, order_ptr, start, batch,
+                         activations, inner_checks)
             if checks.stopped:
                 status = STATUS_INTERRUPTED
                 break
@@ -1114,17 +1173,14 @@ cdef object _train_epoch(Workspace ws, floating[::1] params, const floating[:, :
             # first: then the rule runs after the pass, with the same bits.
             # (Sparse input: layer 0's gradient is formed after the pass, so the rule runs after it too.)
             per_layer = (not in_place and l2 == 0 and backward_checks == NULL and not sparse)
-            dense_backward(p, &params[0], inputs if not sparse else activations, batch, activations, deltas,
-                           deltas + half, grad, lr_, in_place, rule if per_layer else -1, hyper_ptr, state_ptr,
-                           steps_ptr[0], backward_checks, 1 if sparse else 0)
+            backward_rows(p, &params[0], inputs, data_ptr, indices_ptr, indptr_ptr, order_ptr, start, batch,
+                          activations, deltas, grad, lr_, in_place, rule if per_layer else -1, hyper_ptr,
+                          state_ptr, steps_ptr[0], backward_checks)
             if checks.stopped:
                 if in_place:  # the step is undone: the parameters are those before it, bit for bit
                     memcpy(&params[0], saved, p.n_params * sizeof(floating))
                 status = STATUS_INTERRUPTED
                 break
-            if sparse:
-                sparse_backward_first(p, &params[0], data_ptr, indices_ptr, indptr_ptr, order_ptr, start, batch,
-                                      first_delta(p, deltas), grad, lr_, in_place)
             if l2 != 0:
                 loss += 0.5 * l2 * l2_sweep(p, &params[0], grad, <floating>(l2 / batch_weight)) / batch_weight
                 if not isfinite(loss):
@@ -1157,16 +1213,16 @@ cdef object _train_epoch(Workspace ws, floating[::1] params, const floating[:, :
 def predict(Workspace ws, params, X, out):
     """Write the network's output for every row of X into out (chunks of ws.max_batch rows)."""
     if ws.single:
-        return _predict[float](ws, params, X, out)
-    return _predict[double](ws, params, X, out)
+        return _predict[float](ws, params, X, None, None, None, out)
+    return _predict[double](ws, params, X, None, None, None, out)
 
 
 def loss_and_gradient(Workspace ws, params, X, Y, sample_weight=None):
     """The loss of one batch (rows <= ws.max_batch), weighted by sample_weight (None or shape (n,), the
     net's dtype, a positive sum); its gradient is left in ws.grad."""
     if ws.single:
-        return _loss_and_gradient[float](ws, params, X, Y, sample_weight)
-    return _loss_and_gradient[double](ws, params, X, Y, sample_weight)
+        return _loss_and_gradient[float](ws, params, X, None, None, None, Y, sample_weight)
+    return _loss_and_gradient[double](ws, params, X, None, None, None, Y, sample_weight)
 
 
 def train_epoch(Workspace ws, params, X, Y, sample_weight, Py_ssize_t batch_size, int rule, hyper, state,
@@ -1325,77 +1381,19 @@ cdef inline floating *first_delta(const Plan *p, floating *deltas) noexcept nogi
     return deltas
 
 
-cdef object _predict_sparse(Workspace ws, floating[::1] params, const floating[::1] data,
-                            const Py_ssize_t[::1] indices, const Py_ssize_t[::1] indptr, floating[:, ::1] out):
-    cdef const Plan *p = &ws.plan
-    cdef floating *activations = <floating *>ws.activations_ptr
-    cdef Py_ssize_t n = indptr.shape[0] - 1, start, batch
-    cdef Py_ssize_t K = p.sizes[p.n_layers]
-    cdef const floating *data_ptr = &data[0] if data.shape[0] > 0 else NULL
-    cdef const Py_ssize_t *indices_ptr = &indices[0] if indices.shape[0] > 0 else NULL
-    cdef Tick checks
-    if n <= 0:
-        return None
-    tick_init(&checks, None, None)
-    with nogil:
-        start = 0
-        while start < n:
-            batch = min(p.max_batch, n - start)
-            sparse_forward_first(p, &params[0], data_ptr, indices_ptr, &indptr[0], NULL, start, batch,
-                                 activations)
-            dense_forward(p, &params[0], activations + p.act_off[0], batch, activations, &checks, 1)
-            if checks.stopped:
-                break
-            memcpy(&out[0, 0] + start * K, activations + p.act_off[p.n_layers - 1],
-                   batch * K * sizeof(floating))
-            start += batch
-    if checks.stopped:
-        raise KeyboardInterrupt
-
-
-cdef object _loss_and_gradient_sparse(Workspace ws, floating[::1] params, const floating[::1] data,
-                                      const Py_ssize_t[::1] indices, const Py_ssize_t[::1] indptr,
-                                      const floating[:, ::1] Y, sample_weight):
-    cdef const Plan *p = &ws.plan
-    cdef floating *activations = <floating *>ws.activations_ptr
-    cdef floating *deltas = <floating *>ws.deltas_ptr
-    cdef floating *grad = <floating *>ws.grad_ptr
-    cdef Py_ssize_t batch = indptr.shape[0] - 1
-    cdef Py_ssize_t half = p.max_batch * p.max_width
-    cdef double loss
-    cdef const floating[::1] weights_view
-    cdef const floating *weights = NULL
-    cdef const floating *data_ptr = &data[0] if data.shape[0] > 0 else NULL
-    cdef const Py_ssize_t *indices_ptr = &indices[0] if indices.shape[0] > 0 else NULL
-    if batch > p.max_batch:
-        raise ValueError(f"batch of {batch} rows exceeds the workspace's {p.max_batch}")
-    if sample_weight is not None:
-        weights_view = sample_weight
-        weights = &weights_view[0]
-    with nogil:
-        sparse_forward_first(p, &params[0], data_ptr, indices_ptr, &indptr[0], NULL, 0, batch, activations)
-        dense_forward(p, &params[0], activations + p.act_off[0], batch, activations, NULL, 1)
-        loss = output_delta(p, activations + p.act_off[p.n_layers - 1], &Y[0, 0], weights, batch, deltas)
-        dense_backward(p, &params[0], activations, batch, activations, deltas, deltas + half, grad, 0, False,
-                       -1, NULL, NULL, 0, NULL, 1)
-        sparse_backward_first(p, &params[0], data_ptr, indices_ptr, &indptr[0], NULL, 0, batch,
-                              first_delta(p, deltas), grad, 0, False)
-    return loss
-
-
 def predict_sparse(Workspace ws, params, data, indices, indptr, out):
     """predict for CSR rows (``data`` of the net's dtype, ``indices``/``indptr`` of np.intp, indptr of
     length n + 1, column indices < ws.layer_sizes[0], sorted within each row, no duplicates)."""
     if ws.single:
-        return _predict_sparse[float](ws, params, data, indices, indptr, out)
-    return _predict_sparse[double](ws, params, data, indices, indptr, out)
+        return _predict[float](ws, params, None, data, indices, indptr, out)
+    return _predict[double](ws, params, None, data, indices, indptr, out)
 
 
 def loss_and_gradient_sparse(Workspace ws, params, data, indices, indptr, Y, sample_weight=None):
     """loss_and_gradient for one batch of CSR rows (the arrays as for predict_sparse)."""
     if ws.single:
-        return _loss_and_gradient_sparse[float](ws, params, data, indices, indptr, Y, sample_weight)
-    return _loss_and_gradient_sparse[double](ws, params, data, indices, indptr, Y, sample_weight)
+        return _loss_and_gradient[float](ws, params, None, data, indices, indptr, Y, sample_weight)
+    return _loss_and_gradient[double](ws, params, None, data, indices, indptr, Y, sample_weight)
 
 
 def train_epoch_sparse(Workspace ws, params, data, indices, indptr, Y, sample_weight, Py_ssize_t batch_size,
