@@ -56,7 +56,7 @@ def train_epoch(
     hyper: npt.NDArray[np.float64],
     state: _Floats,
     steps: npt.NDArray[np.int64],
-    shuffle_key: int,
+    shuffle_key: int | npt.NDArray[np.intp],
     progress: Callable[[int, float, float], object] | None = None,
 ) -> tuple[float, float, int, int]: ...
 def optimizer_step(
@@ -94,7 +94,7 @@ def train_epoch_sparse(
     hyper: npt.NDArray[np.float64],
     state: _Floats,
     steps: npt.NDArray[np.int64],
-    shuffle_key: int,
+    shuffle_key: int | npt.NDArray[np.intp],
     progress: Callable[[int, float, float], object] | None = None,
 ) -> tuple[float, float, int, int]: ...
 def _enum_codes() -> dict[str, object]: ...

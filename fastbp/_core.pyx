@@ -145,6 +145,14 @@ cdef extern from "_kernels.h" nogil:
                                        double scale, double *delta, double total)
     void fastbp_times_derivative_f32(float *delta, const float *a, Py_ssize_t n, int act)
     void fastbp_times_derivative_f64(double *delta, const double *a, Py_ssize_t n, int act)
+    void fastbp_bias_relu_rows_f32(float *out, const float *bias, Py_ssize_t rows, Py_ssize_t n, int relu)
+    void fastbp_bias_relu_rows_f64(double *out, const double *bias, Py_ssize_t rows, Py_ssize_t n, int relu)
+    void fastbp_relu_mask_f32(float *delta, const float *a, Py_ssize_t n)
+    void fastbp_relu_mask_f64(double *delta, const double *a, Py_ssize_t n)
+    void fastbp_gather_rows(char *dst, const char *src, const Py_ssize_t *order, Py_ssize_t count,
+                            size_t row_bytes)
+    void fastbp_column_sums_f32(float *sums, const float *x, Py_ssize_t rows, Py_ssize_t n)
+    void fastbp_column_sums_f64(double *sums, const double *x, Py_ssize_t rows, Py_ssize_t n)
 
 cdef extern from "_kernels_gemm.h" nogil:
     int fastbp_small_gemm_available()
@@ -425,8 +433,37 @@ cdef inline void bias_activate(floating *row, const floating *bias, Py_ssize_t n
             row[j] = row[j] + bias[j]
 
 
+cdef inline void bias_activate_rows(floating *out, const floating *bias, Py_ssize_t rows, Py_ssize_t n,
+                                    int act) noexcept nogil:
+    """bias_activate on each of `rows` rows of n: ReLU and identity layers as one SIMD sweep (_kernels_rows.h)."""
+    cdef Py_ssize_t r
+    if act == ACT_RELU or act == ACT_IDENTITY:
+        if floating is float:
+            fastbp_bias_relu_rows_f32(out, bias, rows, n, act == ACT_RELU)
+        else:
+            fastbp_bias_relu_rows_f64(out, bias, rows, n, act == ACT_RELU)
+    else:
+        for r in range(rows):
+            bias_activate(out + r * n, bias, n, act)
+
+
+cdef inline void column_sums(floating *sums, const floating *x, Py_ssize_t rows, Py_ssize_t n) noexcept nogil:
+    """sums[j] = sum over the rows of x[r, j], added in row order (_kernels_rows.h)."""
+    if floating is float:
+        fastbp_column_sums_f32(sums, x, rows, n)
+    else:
+        fastbp_column_sums_f64(sums, x, rows, n)
+
+
 cdef inline void times_derivative(floating *delta, const floating *a, Py_ssize_t n, int act) noexcept nogil:
-    """delta *= f'(z), with f' computed from the layer's output a = f(z) (_kernels_rows.h)."""
+    """delta *= f'(z), with f' computed from the layer's output a = f(z) (_kernels_rows.h); a ReLU's mask as
+    one SIMD sweep."""
+    if act == ACT_RELU:
+        if floating is float:
+            fastbp_relu_mask_f32(delta, a, n)
+        else:
+            fastbp_relu_mask_f64(delta, a, n)
+        return
     if floating is float:
         fastbp_times_derivative_f32(delta, a, n, act)
     else:
@@ -532,8 +569,7 @@ cdef void dense_forward(const Plan *p, const floating *params, const floating *i
             # out (batch x n_out, row-major) = a_prev (batch x n_in) @ W^T
             gemm(b"T", b"N", <int>n_out, <int>batch, <int>n_in, 1, W, <int>n_in, a_prev, <int>n_in,
                  0, out, <int>n_out)
-            for r in range(batch):
-                bias_activate(out + r * n_out, bias, n_out, act)
+            bias_activate_rows(out, bias, batch, n_out, act)
         else:
             for r in range(batch):
                 row = out + r * n_out
@@ -629,7 +665,7 @@ cdef void dense_backward(const Plan *p, floating *params, const floating *inputs
     cdef const floating *a_prev
     cdef floating *d_prev
     cdef floating *swap
-    cdef floating *column_sums
+    cdef floating *sums
     cdef floating d
     cdef bint use_blas, use_small
     for l in range(p.n_layers - 1, stop_layer - 1, -1):
@@ -689,14 +725,11 @@ cdef void dense_backward(const Plan *p, floating *params, const floating *inputs
                             axpy(gW + j * n_in, a_prev + r * n_in, d, n_in)
         # the bias gradient: column sums of delta, accumulated row by row (contiguous reads) into the
         # gradient buffer's bias slot, which serves as scratch when updating in place
-        column_sums = grad + p.b_off[l]
-        memcpy(column_sums, delta, n_out * sizeof(floating))
-        for r in range(1, batch):
-            for j in range(n_out):
-                column_sums[j] = column_sums[j] + delta[r * n_out + j]
+        sums = grad + p.b_off[l]
+        column_sums(sums, delta, batch, n_out)
         if update_in_place:
             for j in range(n_out):
-                bias[j] = bias[j] - lr * column_sums[j]
+                bias[j] = bias[j] - lr * sums[j]
         elif rule >= 0:
             # this layer's weights and bias are one slice of params: [w_off, b_off + n_out)
             optimizer_range(rule, hyper, params, grad, state, p.n_params, p.w_off[l], p.b_off[l] + n_out,
@@ -989,6 +1022,22 @@ cdef object _loss_and_gradient(Workspace ws, floating[::1] params, const floatin
     return loss
 
 
+cdef const Py_ssize_t[::1] check_order(order, Py_ssize_t n):
+    """An explicit row order for train_epoch: n indices of np.intp in [0, n), C-contiguous (the kernel reads
+    rows through it unchecked)."""
+    cdef const Py_ssize_t[::1] view
+    cdef Py_ssize_t i, v
+    if order.dtype != np.intp or order.ndim != 1 or order.shape[0] != n:
+        raise ValueError(f"an explicit row order must be a 1-D np.intp array of {n} row indices; got "
+                         f"{order.dtype} of shape {order.shape}")
+    view = np.ascontiguousarray(order)
+    for i in range(n):
+        v = view[i]
+        if v < 0 or v >= n:
+            raise ValueError(f"an explicit row order must hold indices in [0, {n}); got {v} at position {i}")
+    return view
+
+
 cdef object _train_epoch(Workspace ws, floating[::1] params, const floating[:, ::1] X,
                          const floating[::1] csr_data, const Py_ssize_t[::1] csr_indices,
                          const Py_ssize_t[::1] csr_indptr,
@@ -1017,9 +1066,12 @@ cdef object _train_epoch(Workspace ws, floating[::1] params, const floating[:, :
     cdef Py_ssize_t n_in = p.sizes[0], K = p.sizes[p.n_layers]
     cdef Py_ssize_t half = p.max_batch * p.max_width
     cdef Py_ssize_t start, batch, r, row, check_every, l
-    # shuffle_key: a key in [0, 2**64) from _spec.epoch_key, or a negative number / None for no shuffle
-    cdef bint shuffle = shuffle_key is not None and shuffle_key >= 0
-    cdef uint64_t key = <uint64_t>shuffle_key if shuffle else 0
+    # shuffle_key: a key in [0, 2**64) from _spec.epoch_key, a negative number / None for no shuffle, or
+    # the epoch's row order itself (a C-contiguous np.intp array of n indices in [0, n), checked below)
+    cdef bint explicit_order = isinstance(shuffle_key, np.ndarray)
+    cdef bint shuffle = explicit_order or (shuffle_key is not None and shuffle_key >= 0)
+    cdef uint64_t key = <uint64_t>shuffle_key if shuffle and not explicit_order else 0
+    cdef const Py_ssize_t[::1] given_order
     # scikit-learn's L2 on the weights: a sweep over the gradient between the backward pass and the update.
     cdef double l2 = hyper[FASTBP_HYPER_L2]
     # Plain SGD (no momentum, no decay, no L2) updates inside the backward pass and never stores the gradient.
@@ -1067,7 +1119,10 @@ cdef object _train_epoch(Workspace ws, floating[::1] params, const floating[:, :
     if sample_weight is not None:
         weights_view = sample_weight
         weights = &weights_view[0]
-    if shuffle:
+    if explicit_order:
+        given_order = check_order(shuffle_key, n)
+        order_ptr = <Py_ssize_t *>&given_order[0]
+    elif shuffle:
         order = ws.order_buffer(n)
         order_ptr = &order[0]
     if sparse:
@@ -1096,7 +1151,7 @@ cdef object _train_epoch(Workspace ws, floating[::1] params, const floating[:, :
         saved = <floating *><size_t>saved_buffer.ctypes.data
 
     with nogil:
-        if shuffle:
+        if shuffle and not explicit_order:
             fill_permutation(order_ptr, n, key)
         start = 0
         if batch_size == 1 and (in_place or fused_adam) and weights == NULL and not sparse:
@@ -1124,10 +1179,11 @@ cdef object _train_epoch(Workspace ws, floating[::1] params, const floating[:, :
             batch = min(batch_size, n - start)
             if shuffle:
                 # (sparse rows are read through the permutation where they lie: only dense rows are gathered)
+                if not sparse:
+                    fastbp_gather_rows(<char *>batch_inputs, <const char *>X_ptr, order_ptr + start, batch,
+                                       n_in * sizeof(floating))
                 for r in range(batch):
                     row = order_ptr[start + r]
-                    if not sparse:
-                        memcpy(batch_inputs + r * n_in, X_ptr + row * n_in, n_in * sizeof(floating))
                     memcpy(batch_targets + r * K, &Y[0, 0] + row * K, K * sizeof(floating))
                     if weights != NULL:
                         batch_weights[r] = weights[row]
@@ -1231,7 +1287,8 @@ def train_epoch(Workspace ws, params, X, Y, sample_weight, Py_ssize_t batch_size
     examples_done, status).
 
     See docs/DESIGN.md and fastbp._reference.train_epoch. sample_weight: None or shape (n,) of the net's
-    dtype, shuffled with the rows. progress: None or ``progress(examples_done, loss_sum, weight_sum)``,
+    dtype, shuffled with the rows. shuffle_key: a key (the rows in _spec.permutation's order), a negative
+    number (in order), or the order itself (n indices of np.intp in [0, n)). progress: None or ``progress(examples_done, loss_sum, weight_sum)``,
     called with the GIL held at most every PROGRESS_INTERVAL seconds, at the signal checks; what it raises
     stops the epoch after its last completed update and is raised (a KeyboardInterrupt: status
     interrupted).
@@ -1330,8 +1387,7 @@ cdef void sparse_forward_first(const Plan *p, const floating *params, const floa
                 s0 = s0 + data[q] * W0[indices[q]]
             out[r * n_out + j] = s0
         j += 1
-    for r in range(batch):
-        bias_activate(out + r * n_out, params + p.b_off[0], n_out, p.acts[0])
+    bias_activate_rows(out, params + p.b_off[0], batch, n_out, p.acts[0])
 
 
 cdef void sparse_backward_first(const Plan *p, floating *params, const floating *data,
@@ -1345,7 +1401,7 @@ cdef void sparse_backward_first(const Plan *p, floating *params, const floating 
     cdef floating *gW
     cdef floating *gWj
     cdef floating *bias = params + p.b_off[0]
-    cdef floating *column_sums = grad + p.b_off[0]
+    cdef floating *sums = grad + p.b_off[0]
     cdef Py_ssize_t j, r, q, row
     cdef floating d
     if update_in_place:
@@ -1364,13 +1420,10 @@ cdef void sparse_backward_first(const Plan *p, floating *params, const floating 
                 for q in range(indptr[row], indptr[row + 1]):
                     gWj[indices[q]] += d * data[q]
     # the bias: as dense_backward does (the gradient buffer's bias slot is scratch when updating in place)
-    memcpy(column_sums, delta, n_out * sizeof(floating))
-    for r in range(1, batch):
-        for j in range(n_out):
-            column_sums[j] = column_sums[j] + delta[r * n_out + j]
+    column_sums(sums, delta, batch, n_out)
     if update_in_place:
         for j in range(n_out):
-            bias[j] = bias[j] - lr * column_sums[j]
+            bias[j] = bias[j] - lr * sums[j]
 
 
 cdef inline floating *first_delta(const Plan *p, floating *deltas) noexcept nogil:

@@ -226,6 +226,30 @@ FASTBP_DEFINE_DOT4(float, f32)
 FASTBP_DEFINE_DOT4(double, f64)
 #undef FASTBP_DEFINE_DOT4
 
+/* dst (count rows of row_bytes, contiguous) = the rows order[0..count) of src: a shuffled mini-batch
+ * gathered just before its forward pass. The rows of a large data set lie in L3 or memory at random
+ * places, so each row is prefetched FASTBP_GATHER_AHEAD rows ahead and the loads of several rows overlap
+ * (a plain memcpy per row waits for each in turn). */
+#define FASTBP_GATHER_AHEAD 32
+static void fastbp_gather_rows(char *FASTBP_RESTRICT dst, const char *FASTBP_RESTRICT src,
+                               const Py_ssize_t *order, Py_ssize_t count, size_t row_bytes)
+{
+    for (Py_ssize_t r = 0; r < count; r++) {
+#if defined(__GNUC__)
+        if (r == 0)
+            for (Py_ssize_t q = 1; q < count && q <= FASTBP_GATHER_AHEAD; q++)
+                for (size_t b = 0; b < row_bytes; b += 64)
+                    __builtin_prefetch(src + (size_t)order[q] * row_bytes + b, 0, 1);
+        if (r + FASTBP_GATHER_AHEAD < count) {
+            const char *ahead = src + (size_t)order[r + FASTBP_GATHER_AHEAD] * row_bytes;
+            for (size_t b = 0; b < row_bytes; b += 64)
+                __builtin_prefetch(ahead + b, 0, 1);
+        }
+#endif
+        memcpy(dst + (size_t)r * row_bytes, src + (size_t)order[r] * row_bytes, row_bytes);
+    }
+}
+
 /* Whether none of n values is NaN or infinite: a value is non-finite exactly when its exponent bits are
  * all ones, and an integer OR-reduction over that test vectorises (a floating-point test would not without
  * -ffast-math). Runtime-dispatched to AVX-512/AVX2 where available: it runs after every train_step over
@@ -254,7 +278,7 @@ FASTBP_DEFINE_ALL_FINITE(double, unsigned long long, 0x7ff0000000000000ULL, f64)
  * step_size = -lr sqrt(1 - beta2^t) / (1 - beta1^t): dividing by 1 is exact.
  * Branch-free bodies, one per (lerp end, amsgrad), so that each loop vectorises (restrict pointers, and
  * -fno-math-errno lets sqrt vectorise); runtime-dispatched to AVX-512/AVX2 where available. */
-#define FASTBP_ADAM_BODY(LERP, AMSGRAD)                                                               \
+#define FASTBP_ADAM_BODY(LERP, AMSGRAD, SCALE_SQRT)                                                   \
     for (Py_ssize_t i = 0; i < n; i++) {                                                              \
         const REAL_ p = params[i] * param_scale;                                                      \
         const REAL_ g = grad[i] + coupled_decay * p;                                                  \
@@ -267,8 +291,10 @@ FASTBP_DEFINE_ALL_FINITE(double, unsigned long long, 0x7ff0000000000000ULL, f64)
             s = top >= s ? top : s;                                                                   \
             max_exp_avg_sq[i] = s;                                                                    \
         }                                                                                             \
-        params[i] = p + step_size * m / (SQRT_(s) / bias2_sqrt + eps);                                \
+        params[i] = p + step_size * m / (SCALE_SQRT(SQRT_(s)) + eps);                                 \
     }
+#define FASTBP_ADAM_AS_IS(x) (x)
+#define FASTBP_ADAM_CORRECT(x) ((x) / bias2_sqrt)
 #define FASTBP_DEFINE_ADAM(REAL, SUFFIX, SQRT)                                                        \
     FASTBP_CLONES static void fastbp_adam_##SUFFIX(                                                   \
         REAL *FASTBP_RESTRICT params, const REAL *FASTBP_RESTRICT grad, REAL *FASTBP_RESTRICT exp_avg, \
@@ -277,12 +303,22 @@ FASTBP_DEFINE_ALL_FINITE(double, unsigned long long, 0x7ff0000000000000ULL, f64)
         REAL eps, REAL step_size, REAL bias2_sqrt, int amsgrad)                                       \
     {                                                                                                 \
         const REAL w = one_minus_beta1;                                                               \
-        if (w < 0.5f) {                                                                               \
-            if (amsgrad) { FASTBP_ADAM_BODY(exp_avg[i] + w * (g - exp_avg[i]), 1) }                   \
-            else { FASTBP_ADAM_BODY(exp_avg[i] + w * (g - exp_avg[i]), 0) }                           \
+        /* x / 1 is x: a bias correction of 1 (scikit-learn's convention, or torch's once beta2^t has    \
+         * underflowed) skips one of the three divider operations per value, with the same bits */     \
+        if (bias2_sqrt == 1) {                                                                        \
+            if (w < 0.5f) {                                                                           \
+                if (amsgrad) { FASTBP_ADAM_BODY(exp_avg[i] + w * (g - exp_avg[i]), 1, FASTBP_ADAM_AS_IS) } \
+                else { FASTBP_ADAM_BODY(exp_avg[i] + w * (g - exp_avg[i]), 0, FASTBP_ADAM_AS_IS) }    \
+            } else {                                                                                  \
+                if (amsgrad) { FASTBP_ADAM_BODY(g - (g - exp_avg[i]) * (1 - w), 1, FASTBP_ADAM_AS_IS) } \
+                else { FASTBP_ADAM_BODY(g - (g - exp_avg[i]) * (1 - w), 0, FASTBP_ADAM_AS_IS) }       \
+            }                                                                                         \
+        } else if (w < 0.5f) {                                                                        \
+            if (amsgrad) { FASTBP_ADAM_BODY(exp_avg[i] + w * (g - exp_avg[i]), 1, FASTBP_ADAM_CORRECT) } \
+            else { FASTBP_ADAM_BODY(exp_avg[i] + w * (g - exp_avg[i]), 0, FASTBP_ADAM_CORRECT) }      \
         } else {                                                                                      \
-            if (amsgrad) { FASTBP_ADAM_BODY(g - (g - exp_avg[i]) * (1 - w), 1) }                      \
-            else { FASTBP_ADAM_BODY(g - (g - exp_avg[i]) * (1 - w), 0) }                              \
+            if (amsgrad) { FASTBP_ADAM_BODY(g - (g - exp_avg[i]) * (1 - w), 1, FASTBP_ADAM_CORRECT) } \
+            else { FASTBP_ADAM_BODY(g - (g - exp_avg[i]) * (1 - w), 0, FASTBP_ADAM_CORRECT) }         \
         }                                                                                             \
     }
 #define REAL_ float
@@ -297,6 +333,8 @@ FASTBP_DEFINE_ADAM(double, f64, sqrt)
 #undef SQRT_
 #undef FASTBP_DEFINE_ADAM
 #undef FASTBP_ADAM_BODY
+#undef FASTBP_ADAM_AS_IS
+#undef FASTBP_ADAM_CORRECT
 
 /* scikit-learn's L2 term over one weight matrix of n values: g += scale * w, and the sum of w^2 (in double)
  * for the loss. One pass, vectorised (the sum may be reordered, as every reduction here). */

@@ -103,6 +103,47 @@ static inline void FN(fastbp_times_derivative)(REAL *FASTBP_RESTRICT delta, cons
     }
 }
 
+/* The mini-batch sweeps around a layer's products, over `rows` rows of n values (row-major), cloned for
+ * AVX-512/AVX2 (the Cython code around them is built for baseline x86-64): the bias and a ReLU or
+ * identity activation after the forward product, the ReLU's mask on a delta, and the bias gradient's
+ * column sums. Additions, compares and selects only (no multiply-add that a clone could contract), each
+ * column summed in row order: the same bits as the scalar loops. Sigmoid and tanh layers keep
+ * bias_activate and fastbp_times_derivative, as before. */
+FASTBP_CLONES static void FN(fastbp_bias_relu_rows)(REAL *FASTBP_RESTRICT out, const REAL *FASTBP_RESTRICT bias,
+                                                    Py_ssize_t rows, Py_ssize_t n, int relu)
+{
+    for (Py_ssize_t r = 0; r < rows; r++) {
+        REAL *FASTBP_RESTRICT row = out + r * n;
+        if (relu) {
+            for (Py_ssize_t j = 0; j < n; j++) {
+                const REAL v = row[j] + bias[j];
+                row[j] = v < 0 ? (REAL)0 : v;
+            }
+        } else {
+            for (Py_ssize_t j = 0; j < n; j++)
+                row[j] = row[j] + bias[j];
+        }
+    }
+}
+
+FASTBP_CLONES static void FN(fastbp_relu_mask)(REAL *FASTBP_RESTRICT delta, const REAL *FASTBP_RESTRICT a,
+                                               Py_ssize_t n)
+{
+    for (Py_ssize_t i = 0; i < n; i++)
+        delta[i] = a[i] > 0 ? delta[i] : (REAL)0;
+}
+
+FASTBP_CLONES static void FN(fastbp_column_sums)(REAL *FASTBP_RESTRICT sums, const REAL *FASTBP_RESTRICT x,
+                                                 Py_ssize_t rows, Py_ssize_t n)
+{
+    memcpy(sums, x, n * sizeof(REAL));
+    for (Py_ssize_t r = 1; r < rows; r++) {
+        const REAL *FASTBP_RESTRICT row = x + r * n;
+        for (Py_ssize_t j = 0; j < n; j++)
+            sums[j] = sums[j] + row[j];
+    }
+}
+
 /* Elementwise activations over a whole layer, written so that gcc vectorises them (no libm call, no
  * branch, no table: one SIMD sweep per 4/8/16 units). Used by the per-example loops, where on networks of
  * 8-128 units a scalar libm tanh or exp per unit costs more than the layer's multiply-adds.

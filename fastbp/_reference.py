@@ -262,11 +262,25 @@ def optimizer_step(params, grad, rule, hyper, state, steps):
     steps[0] += 1
 
 
+def _check_order(order, n):
+    """An explicit row order for :func:`train_epoch`: n indices of np.intp in ``[0, n)`` (as the kernel's
+    check_order)."""
+    if order.dtype != np.intp or order.ndim != 1 or order.shape[0] != n:
+        raise ValueError(f"an explicit row order must be a 1-D np.intp array of {n} row indices; got "
+                         f"{order.dtype} of shape {order.shape}")
+    bad = np.flatnonzero((order < 0) | (order >= n))
+    if bad.size:
+        raise ValueError(f"an explicit row order must hold indices in [0, {n}); got {order[bad[0]]} at "
+                         f"position {bad[0]}")
+    return order
+
+
 def train_epoch(ws, params, X, Y, sample_weight, batch_size, rule, hyper, state, steps, shuffle_key,
                 progress=None):
     """One epoch of mini-batch training; return ``(loss_sum, weight_sum, examples_done, status)``.
 
-    The rows are visited in order (``shuffle_key < 0``) or in ``_spec.permutation(n, shuffle_key)``
+    The rows are visited in order (``shuffle_key < 0``), in ``_spec.permutation(n, shuffle_key)``, or, with
+    ``shuffle_key`` an array (n indices of np.intp in ``[0, n)``), in that order
     (``sample_weight``, None or shape ``(n,)``, goes with its rows); each consecutive run of ``batch_size``
     rows (the last one shorter) makes one ``optimizer_step`` with the gradient of its batch loss.
     ``loss_sum`` adds up each batch loss (before its update) times the batch's weight sum (its row count
@@ -285,7 +299,10 @@ def train_epoch(ws, params, X, Y, sample_weight, batch_size, rule, hyper, state,
     if progress is not None and not callable(progress):
         raise TypeError(f"progress must be None or a callable; got {type(progress).__name__}")
     n = X.shape[0]
-    order = None if shuffle_key < 0 else _spec.permutation(n, shuffle_key)
+    if isinstance(shuffle_key, np.ndarray):
+        order = _check_order(shuffle_key, n)
+    else:
+        order = None if shuffle_key < 0 else _spec.permutation(n, shuffle_key)
     loss_sum, weight_sum, examples_done = 0.0, 0.0, 0
     snapshot = None
     last_report = time.monotonic() if progress is not None else 0.0

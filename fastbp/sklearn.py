@@ -110,9 +110,6 @@ _OUTPUT_LOSSES = {
     "softmax": "cross_entropy",
     "logistic": "binary_cross_entropy",
 }
-# The size of the chunks, in bytes of X, in which a shuffled epoch is gathered and trained (about the size
-# of a core's L2 cache).
-_GATHER_BYTES = 1 << 20
 # Rows per gradient call when lbfgs runs over sparse input (the first layer from the non-zeros, chunk by chunk).
 _SPARSE_CHUNK_ROWS = 2048
 
@@ -226,7 +223,6 @@ class _Solver:
         self._ws = None
         self._ws_sparse = None
         self._params_start = self._optimizer_start = None
-        self._gather = None
         if self.solver == "sgd":
             self.momentum = float(estimator.momentum)
             self.nesterov = bool(estimator.nesterovs_momentum) and self.momentum > 0
@@ -264,32 +260,21 @@ class _Solver:
 
     def kernel_epoch(self, X, Y, order, batch_size):
         """One unweighted epoch over the rows ``order`` of ``X, Y`` (C-contiguous, the network's dtype,
-        finite; ``order`` None: in order) in the compiled kernel, the L2 term included; returns the sum
-        over the batches of the batch loss times its row count, in the kernel's units (scikit-learn's
-        divided by ``scale``, or without its ``loss_factor`` when alpha is 0).
+        finite; ``order`` None: in order) in one call of the compiled kernel, the L2 term included; returns
+        the sum over the batches of the batch loss times its row count, in the kernel's units
+        (scikit-learn's divided by ``scale``, or without its ``loss_factor`` when alpha is 0).
 
-        A shuffled epoch is gathered and trained a chunk of whole batches at a time (about
-        ``_GATHER_BYTES``): the chunk stays in cache between its gather and its training, where gathering
-        the whole epoch first would write and read the data set once more through memory. What
-        ``Network.fit(epochs=1)`` does, without its per-call checks and thread choice (the estimator has
-        checked the data and chosen the threads for the whole fit): on a loss or parameter that is not
-        finite, the parameters and state go back to their last finite values and FloatingPointError is
-        raised.
+        The kernel reads the rows through ``order`` itself (an explicit row order for ``train_epoch``):
+        each batch is gathered into the workspace just before its forward pass, and sparse rows are read
+        where they lie. What ``Network.fit(epochs=1)`` does, without its per-call checks and thread choice
+        (the estimator has checked the data and chosen the threads for the whole fit): on a loss or
+        parameter that is not finite, the parameters and state go back to their values at the epoch's
+        start and FloatingPointError is raised.
         """
         net, optimizer = self.net, self.optimizer
         params = net.params
-        n = X.shape[0]
         sparse = isinstance(X, _validation.SparseRows)
-        if order is None or sparse:
-            chunk = n
-        else:
-            row_bytes = batch_size * X.shape[1] * X.itemsize
-            chunk = min(n, batch_size * max(1, _GATHER_BYTES // row_bytes))
-            if (self._gather is None or self._gather[0].shape[0] < chunk
-                    or self._gather[0].shape[1:] != X.shape[1:] or self._gather[1].shape[1:] != Y.shape[1:]
-                    or self._gather[0].dtype != X.dtype):
-                self._gather = (np.empty((chunk, *X.shape[1:]), dtype=X.dtype),
-                                np.empty((chunk, *Y.shape[1:]), dtype=Y.dtype))
+        key = -1 if order is None else np.ascontiguousarray(order, dtype=np.intp)
         with net._exclusive("MLP fit"):
             ws = self._ws_sparse if sparse else self._ws
             if ws is None or ws.max_batch < batch_size:
@@ -303,35 +288,20 @@ class _Solver:
                 self._optimizer_start = optimizer._snapshot()
             np.copyto(self._params_start, params)
             optimizer._snapshot(into=self._optimizer_start)
-            loss_total, done_total = 0.0, 0
             try:
-                for start in range(0, n, chunk):
-                    if order is None:
-                        X_part, Y_part = X[start:start + chunk], Y[start:start + chunk]
-                    elif sparse:
-                        X_part, Y_part = X[order], Y[order]
-                    else:
-                        rows = order[start:start + chunk]
-                        # mode="clip": no bounds-checked copy (the indices are valid)
-                        X_part = np.take(X, rows, axis=0, out=self._gather[0][:rows.shape[0]], mode="clip")
-                        Y_part = np.take(Y, rows, axis=0, out=self._gather[1][:rows.shape[0]], mode="clip")
-                    loss_sum, _, done, status = _training.run_epoch(net, ws, optimizer, X_part, Y_part, None,
-                                                                    batch_size, -1)
-                    loss_total += loss_sum
-                    done_total += done
-                    if status == _spec.STATUS_INTERRUPTED:
-                        raise KeyboardInterrupt
-                    if status == _spec.STATUS_NONFINITE or not (net._module.all_finite(params)
-                                                                and optimizer._state_finite()):
-                        # Replayed batch by batch from the epoch's start, on the epoch's rows in order.
-                        X_epoch, Y_epoch = (X, Y) if order is None else (X[order], Y[order])
-                        batch, what = _training._unwind(net, ws, optimizer, X_epoch, Y_epoch, None, batch_size,
-                                                        -1, self._params_start, self._optimizer_start, status,
-                                                        done_total)
-                        raise FloatingPointError(f"{what} became NaN or infinite at batch {batch + 1}")
+                loss_sum, _, done, status = _training.run_epoch(net, ws, optimizer, X, Y, None, batch_size, key)
+                if status == _spec.STATUS_INTERRUPTED:
+                    raise KeyboardInterrupt
+                if status == _spec.STATUS_NONFINITE or not (net._module.all_finite(params)
+                                                            and optimizer._state_finite()):
+                    # Replayed batch by batch from the epoch's start, on the epoch's rows in order.
+                    X_epoch, Y_epoch = (X, Y) if order is None else (X[key], Y[key])
+                    batch, what = _training._unwind(net, ws, optimizer, X_epoch, Y_epoch, None, batch_size, -1,
+                                                    self._params_start, self._optimizer_start, status, done)
+                    raise FloatingPointError(f"{what} became NaN or infinite at batch {batch + 1}")
             finally:
                 self._after_updates()
-        return loss_total
+        return loss_sum
 
     def kernel_batch(self, X, Y, sample_weight):
         """One update from one weighted batch in the compiled kernel (``train_step``, L2 included); returns

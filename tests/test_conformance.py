@@ -352,3 +352,63 @@ def test_the_dense_train_epoch_refuses_a_sparse_workspace():
     arguments = _optimizer_arguments("sgd", params, lr=0.1)
     with pytest.raises(ValueError, match="sparse_input"):
         core.train_epoch(ws, params, np.zeros((4, 4)), np.zeros((4, 2)), None, 4, *arguments, 0)
+
+
+@pytest.mark.parametrize("form", ["dense", "sparse"])
+@pytest.mark.parametrize("dtype", [np.float64, np.float32])
+@pytest.mark.parametrize("batch_size,rule", [(1, "plain-sgd"), (1, "adam"), (4, "adam"), (4, "plain-sgd"),
+                                             (11, "sgd")])
+def test_an_explicit_row_order_is_the_epoch_on_those_rows(form, dtype, batch_size, rule):
+    """train_epoch with the order itself as shuffle_key (how the estimators pass scikit-learn's shuffle):
+    the same as the epoch in order on the rows gathered in that order, on both backends; sample weights
+    go with their rows."""
+    rng = np.random.default_rng([batch_size, len(rule), form == "sparse"])
+    n = 11
+    sizes, codes, params0, X, Y = _case(rng, "relu", "identity", "mse", dtype, n)
+    csr, dense = _sparse_case(rng, X)
+    weights = rng.uniform(0.5, 2, size=n).astype(dtype) if batch_size == 11 else None
+    order = rng.permutation(n).astype(np.intp)
+    order[3] = order[5]   # an order need not be a permutation: a row may come twice
+    settings = dict(lr=0.05) if rule == "plain-sgd" else RULE_SETTINGS[rule]
+    tol = TOL[np.dtype(dtype)]
+
+    def run(module, rows_X, Y_, w, key):
+        ws = module.Workspace(sizes, codes, _spec.LOSS_CODES["mse"], dtype, batch_size,
+                              sparse_input=form == "sparse")
+        params = params0.copy()
+        arguments = _optimizer_arguments(rule.replace("plain-", ""), params, **settings)
+        if form == "sparse":
+            returned = module.train_epoch_sparse(ws, params, *rows_X, Y_, w, batch_size, *arguments, key)
+        else:
+            returned = module.train_epoch(ws, params, rows_X, Y_, w, batch_size, *arguments, key)
+        return returned, params
+
+    def gathered_csr(rows):
+        import scipy.sparse
+        matrix = scipy.sparse.csr_matrix((csr[0], csr[1], csr[2]), shape=dense.shape)[rows]
+        return (matrix.data.astype(dtype), matrix.indices.astype(np.intp), matrix.indptr.astype(np.intp))
+
+    expected = run(_reference, gathered_csr(order) if form == "sparse" else dense[order], Y[order],
+                   None if weights is None else weights[order], -1)
+    for name, module in MODULES.items():
+        returned, params = run(module, csr if form == "sparse" else dense, Y, weights, order)
+        assert returned[2:] == expected[0][2:], name
+        np.testing.assert_allclose(returned[:2], expected[0][:2], **tol, err_msg=name)
+        np.testing.assert_allclose(params, expected[1], **tol, err_msg=name)
+
+
+@pytest.mark.parametrize("name", sorted(MODULES))
+@pytest.mark.parametrize("order, message", [(np.arange(5, dtype=np.int32), "np.intp"),
+                                            (np.arange(4, dtype=np.intp), "5 row indices"),
+                                            (np.arange(10, dtype=np.intp).reshape(2, 5), "1-D"),
+                                            (np.array([0, 1, 5, 2, 3], dtype=np.intp), r"\[0, 5\); got 5"),
+                                            (np.array([0, -1, 4, 2, 3], dtype=np.intp), r"got -1 at position 1")])
+def test_a_bad_explicit_row_order_is_refused(name, order, message):
+    module = MODULES[name]
+    sizes = [4, 3, 2]
+    ws = module.Workspace(sizes, [2, 0], _spec.LOSS_CODES["mse"], np.float64, 2)
+    params = np.zeros(_spec.param_offsets(sizes)[1])
+    arguments = _optimizer_arguments("sgd", params, lr=0.1)
+    with pytest.raises(ValueError, match=message):
+        module.train_epoch(ws, params, np.zeros((5, 4)), np.zeros((5, 2)), None, 2, *arguments, order)
+    assert not params.any()

@@ -251,12 +251,10 @@ def test_adaptive_and_invscaling_with_alpha_in_the_kernel(backend, monkeypatch):
 
 
 @pytest.mark.parametrize("solver", ["sgd", "adam"])
-def test_epoch_gathered_in_chunks_same_as_sklearn(solver, backend, monkeypatch):
-    """A shuffled epoch is gathered and trained a few batches at a time: the same batches, the same
-    updates as scikit-learn's (here one batch per chunk, and a last chunk that is a partial batch)."""
-    import fastbp.sklearn as fastbp_sklearn
-
-    monkeypatch.setattr(fastbp_sklearn, "_GATHER_BYTES", 1)
+def test_shuffled_epoch_read_through_sklearns_order_same_as_sklearn(solver, backend, monkeypatch):
+    """A shuffled epoch is one kernel call that reads the rows through scikit-learn's order (an explicit
+    row order for train_epoch): the same batches, the same updates as scikit-learn's, a last partial batch
+    included."""
     _no_python_batches(monkeypatch)
     rng = np.random.default_rng(14)
     X = rng.normal(size=(75, 5))
@@ -269,16 +267,11 @@ def test_epoch_gathered_in_chunks_same_as_sklearn(solver, backend, monkeypatch):
     _assert_same(ours, theirs)
 
 
-@pytest.mark.parametrize("gather_bytes", [1, 1 << 20])
 @pytest.mark.parametrize("what, x_scale, y_scale, lr", [("the loss", 1e3, 1e6, 10.0),
                                                           ("a parameter", 1.0, 1e12, 1e300)])
-def test_divergence_in_a_chunked_epoch_keeps_the_last_finite_parameters(gather_bytes, what, x_scale, y_scale, lr,
-                                                                        backend, monkeypatch):
+def test_divergence_in_a_kernel_epoch_keeps_the_last_finite_parameters(what, x_scale, y_scale, lr, backend):
     """A loss that overflows (the kernel stops before updating with it), or an update that overflows a
     parameter (the epoch is replayed batch by batch from its start): the last finite parameters are kept."""
-    import fastbp.sklearn as fastbp_sklearn
-
-    monkeypatch.setattr(fastbp_sklearn, "_GATHER_BYTES", gather_bytes)
     rng = np.random.default_rng(0)
     X = rng.normal(size=(60, 3)) * x_scale
     y = rng.normal(size=60) * y_scale
