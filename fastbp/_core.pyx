@@ -151,6 +151,12 @@ cdef extern from "_kernels.h" nogil:
     void fastbp_relu_mask_f64(double *delta, const double *a, Py_ssize_t n)
     void fastbp_gather_rows(char *dst, const char *src, const Py_ssize_t *order, Py_ssize_t count,
                             size_t row_bytes)
+    void fastbp_softmax_exps_f32(const float *out, Py_ssize_t rows, Py_ssize_t K, float *e)
+    void fastbp_softmax_exps_f64(const double *out, Py_ssize_t rows, Py_ssize_t K, double *e)
+    double fastbp_cross_entropy_row_f32(const float *out, const float *y, Py_ssize_t K, float scale, float *delta,
+                                        double total)
+    double fastbp_cross_entropy_row_f64(const double *out, const double *y, Py_ssize_t K, double scale,
+                                        double *delta, double total)
     void fastbp_column_sums_f32(float *sums, const float *x, Py_ssize_t rows, Py_ssize_t n)
     void fastbp_column_sums_f64(double *sums, const double *x, Py_ssize_t rows, Py_ssize_t n)
 
@@ -596,19 +602,44 @@ cdef double output_delta(const Plan *p, const floating *output, const floating *
     cdef double total = 0.0, weight_sum = 0.0, row
     cdef Py_ssize_t r
     cdef floating scale
+    cdef bint softmax = p.loss == LOSS_CROSS_ENTROPY
+    if softmax:
+        # the exponentials of the whole batch in one sweep; each row's loss and delta from them below
+        softmax_exps(output, batch, K, delta)
     if weights == NULL:
         scale = <floating>(numerator / (batch * divisor))
         for r in range(batch):
-            total = output_delta_row(output + r * K, targets + r * K, K, p.loss, act, scale, delta + r * K,
-                                     total)
+            if softmax:
+                total = cross_entropy_row(output + r * K, targets + r * K, K, scale, delta + r * K, total)
+            else:
+                total = output_delta_row(output + r * K, targets + r * K, K, p.loss, act, scale, delta + r * K,
+                                         total)
         return fastbp_loss_half(p.loss) * total / (batch * divisor)
     for r in range(batch):
         weight_sum += weights[r]
     for r in range(batch):
         scale = <floating>(numerator * weights[r] / (weight_sum * divisor))
-        row = output_delta_row(output + r * K, targets + r * K, K, p.loss, act, scale, delta + r * K, 0.0)
+        if softmax:
+            row = cross_entropy_row(output + r * K, targets + r * K, K, scale, delta + r * K, 0.0)
+        else:
+            row = output_delta_row(output + r * K, targets + r * K, K, p.loss, act, scale, delta + r * K, 0.0)
         total += weights[r] * row
     return fastbp_loss_half(p.loss) * total / (weight_sum * divisor)
+
+
+cdef inline void softmax_exps(const floating *out, Py_ssize_t rows, Py_ssize_t K, floating *e) noexcept nogil:
+    if floating is float:
+        fastbp_softmax_exps_f32(out, rows, K, e)
+    else:
+        fastbp_softmax_exps_f64(out, rows, K, e)
+
+
+cdef inline double cross_entropy_row(const floating *out, const floating *y, Py_ssize_t K, floating scale,
+                                     floating *delta, double total) noexcept nogil:
+    if floating is float:
+        return fastbp_cross_entropy_row_f32(out, y, K, scale, delta, total)
+    else:
+        return fastbp_cross_entropy_row_f64(out, y, K, scale, delta, total)
 
 
 cdef inline double output_delta_row(const floating *out, const floating *y, Py_ssize_t K, int loss, int act,

@@ -151,6 +151,7 @@ static const double fastbp_exp2_64ths[64] = {
 
 /* exp(x), and 1 + exp(x) in *one_plus: the sigmoid's denominator straight from the last step of the exp,
  * one addition sooner than adding 1 to the result. */
+static inline __attribute__((always_inline)) double fastbp_exp_core_1p_f64(double x, double *one_plus);
 static inline double fastbp_exp_nonpositive_1p_f64(double x, double *one_plus)
 {
     if (!(x >= -708.0)) {
@@ -158,6 +159,12 @@ static inline double fastbp_exp_nonpositive_1p_f64(double x, double *one_plus)
         *one_plus = 1.0 + e;
         return e;
     }
+    return fastbp_exp_core_1p_f64(x, one_plus);
+}
+
+/* fastbp_exp_nonpositive_1p_f64 for x in [-708, 0] only: branch-free, so that a loop of it vectorises */
+static inline __attribute__((always_inline)) double fastbp_exp_core_1p_f64(double x, double *one_plus)
+{
     const double shifter = 6755399441055744.0; /* 1.5 * 2^52: adding it rounds to an integer */
     const double kf = x * 92.33248261689366 + shifter; /* 64 / ln2 */
     const double k = kf - shifter;
@@ -181,10 +188,17 @@ static inline double fastbp_exp_nonpositive_f64(double x)
     return fastbp_exp_nonpositive_1p_f64(x, &unused);
 }
 
+static inline __attribute__((always_inline)) float fastbp_exp_core_f32(float x);
 static inline float fastbp_exp_nonpositive_f32(float x)
 {
     if (!(x >= -87.0f))
         return expf(x);
+    return fastbp_exp_core_f32(x);
+}
+
+/* fastbp_exp_nonpositive_f32 for x in [-87, 0] only: branch-free, so that a loop of it vectorises */
+static inline __attribute__((always_inline)) float fastbp_exp_core_f32(float x)
+{
     const float shifter = 12582912.0f; /* 1.5 * 2^23 */
     const float n = (x * 1.44269504f + shifter) - shifter;
     const float r = (x - n * 0.693145751953125f) - n * 1.428606765330187e-06f;
@@ -202,6 +216,47 @@ static inline float fastbp_exp_nonpositive_1p_f32(float x, float *one_plus)
     *one_plus = 1.0f + e;
     return e;
 }
+
+/* The softmax's exponentials of a whole mini-batch: e[r, k] = exp(out[r, k] - max_k out[r, k]) (the
+ * difference formed in double, as fastbp_output_delta_row does row by row), for `rows` rows of K. When
+ * every difference lies in the fast exp's range (the usual case) one branch-free sweep over the batch
+ * vectorises (cloned for AVX-512/AVX2); otherwise each value goes through fastbp_exp_nonpositive. */
+static inline double fastbp_exp_core_f64(double x)
+{
+    double unused;
+    return fastbp_exp_core_1p_f64(x, &unused);
+}
+#define FASTBP_DEFINE_SOFTMAX_EXPS(REAL, SUFFIX, LOWEST)                                              \
+    FASTBP_CLONES static void fastbp_softmax_exps_##SUFFIX(const REAL *FASTBP_RESTRICT out,           \
+                                                           Py_ssize_t rows, Py_ssize_t K,             \
+                                                           REAL *FASTBP_RESTRICT e)                   \
+    {                                                                                                 \
+        int slow = 0;                                                                                 \
+        for (Py_ssize_t r = 0; r < rows; r++) {                                                       \
+            const REAL *o = out + r * K;                                                              \
+            double m = o[0];                                                                          \
+            for (Py_ssize_t k = 1; k < K; k++)                                                        \
+                if (o[k] > m)                                                                         \
+                    m = o[k];                                                                         \
+            for (Py_ssize_t k = 0; k < K; k++) {                                                      \
+                const REAL v = (REAL)(o[k] - m);                                                      \
+                e[r * K + k] = v;                                                                     \
+                slow |= !(v >= LOWEST);                                                               \
+            }                                                                                         \
+        }                                                                                             \
+        const Py_ssize_t n = rows * K;                                                                \
+        if (slow) {                                                                                   \
+            for (Py_ssize_t i = 0; i < n; i++)                                                        \
+                e[i] = fastbp_exp_nonpositive_##SUFFIX(e[i]);                                         \
+            return;                                                                                   \
+        }                                                                                             \
+        _Pragma("omp simd")                                                                           \
+        for (Py_ssize_t i = 0; i < n; i++)                                                            \
+            e[i] = fastbp_exp_core_##SUFFIX(e[i]);                                                    \
+    }
+FASTBP_DEFINE_SOFTMAX_EXPS(float, f32, -87.0f)
+FASTBP_DEFINE_SOFTMAX_EXPS(double, f64, -708.0)
+#undef FASTBP_DEFINE_SOFTMAX_EXPS
 
 /* z[j] = dot(W[j], x) for 4 consecutive rows of W at once: x is loaded once for the four rows and the
  * four sums are independent chains, which hides the latency of the additions. */

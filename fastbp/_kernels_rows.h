@@ -247,6 +247,31 @@ void FN(fastbp_activate_row)(REAL *FASTBP_RESTRICT a, const REAL *FASTBP_RESTRIC
     }
 }
 
+/* The cross-entropy of one row from its softmax exponentials, which `delta` holds on entry
+ * (exp(z_k - max z), by fastbp_output_delta_row or, for a whole mini-batch, fastbp_softmax_exps): returns
+ * `total` plus the row's loss and writes delta = scale * dL/dz.
+ * -sum_k y_k log softmax(z)_k = logsumexp(z) sum_k y_k - sum_k y_k z_k; grad softmax sum y - y */
+static inline double FN(fastbp_cross_entropy_row)(const REAL *out, const REAL *y, Py_ssize_t K, REAL scale,
+                                                  REAL *delta, double total)
+{
+    Py_ssize_t k;
+    double m = out[0], s = 0.0, target_sum = 0.0, dot_yz = 0.0;
+    for (k = 1; k < K; k++)
+        if (out[k] > m)
+            m = out[k];
+    for (k = 0; k < K; k++) {
+        s += delta[k];
+        target_sum += y[k];
+        /* a zero target contributes nothing, even where z - m overflowed to -inf (0 * -inf is NaN) */
+        if (y[k] != 0)
+            dot_yz += y[k] * (out[k] - m);
+    }
+    total += log(s) * target_sum - dot_yz;
+    for (k = 0; k < K; k++)
+        delta[k] = ((REAL)(delta[k] / s) * (REAL)target_sum - y[k]) * scale;
+    return total;
+}
+
 /* The output layer of one example, every loss: returns `total` plus the row's loss terms (the sum that
  * fastbp_loss_half / fastbp_loss_divisor turn into l_i) and writes delta = scale * dL/dz of the last
  * layer (through its activation for the squared-error losses; the logit losses need identity there).
@@ -256,24 +281,13 @@ static inline double FN(fastbp_output_delta_row)(const REAL *out, const REAL *y,
 {
     Py_ssize_t k;
     if (loss == FASTBP_CROSS_ENTROPY) {
-        /* -sum_k y_k log softmax(z)_k = logsumexp(z) sum_k y_k - sum_k y_k z_k; grad softmax sum y - y */
-        double m = out[0], s = 0.0, target_sum = 0.0, dot_yz = 0.0;
+        double m = out[0];
         for (k = 1; k < K; k++)
             if (out[k] > m)
                 m = out[k];
-        for (k = 0; k < K; k++) {
-            REAL ek = EXP((REAL)(out[k] - m));
-            delta[k] = ek;
-            s += ek;
-            target_sum += y[k];
-            /* a zero target contributes nothing, even where z - m overflowed to -inf (0 * -inf is NaN) */
-            if (y[k] != 0)
-                dot_yz += y[k] * (out[k] - m);
-        }
-        total += log(s) * target_sum - dot_yz;
         for (k = 0; k < K; k++)
-            delta[k] = ((REAL)(delta[k] / s) * (REAL)target_sum - y[k]) * scale;
-        return total;
+            delta[k] = EXP((REAL)(out[k] - m));
+        return FN(fastbp_cross_entropy_row)(out, y, K, scale, delta, total);
     }
     if (loss == FASTBP_BINARY_CROSS_ENTROPY) {
         /* max(z, 0) - z y + log(1 + exp(-|z|)): exp only of a non-positive number, finite for any z */

@@ -97,6 +97,40 @@ def test_predict_and_loss_and_gradient_agree(hidden, last, loss, dtype, weighted
         np.testing.assert_allclose(a, b, **tol)
 
 
+@pytest.mark.parametrize("weighted", [False, True])
+@pytest.mark.parametrize("dtype", [np.float64, np.float32])
+@pytest.mark.parametrize("beyond", [False, True])
+def test_a_softmax_past_the_fast_exps_range_agrees(beyond, dtype, weighted):
+    """The mini-batch softmax takes its exponentials in one sweep over the batch; logits that differ by
+    more than the fast exp's range (87 in float, 708 in double) send the batch through the per-value exp,
+    which must give the same loss and gradient (probabilities that underflow to 0 included)."""
+    rng = np.random.default_rng([beyond, weighted])
+    fast_range = 87 if dtype == np.float32 else 708
+    spread = fast_range * 0.4 if beyond else 2.0
+    n, sizes = 9, [4, 6, 5]
+    codes = [_spec.ACTIVATION_CODES["tanh"], _spec.ACTIVATION_CODES["identity"]]
+    _, total = _spec.param_offsets(sizes)
+    params = rng.uniform(-1, 1, size=total).astype(dtype)
+    w_off = _spec.param_offsets(sizes)[0][1][0]
+    params[w_off:w_off + 30] *= spread      # the output layer's weights: logits apart by about `spread`
+    X = rng.normal(size=(n, sizes[0])).astype(dtype)
+    Y = np.eye(sizes[-1], dtype=dtype)[rng.integers(0, sizes[-1], size=n)]
+    weights = rng.uniform(0.5, 2, size=n).astype(dtype) if weighted else None
+    logits = np.empty((n, sizes[-1]), dtype=dtype)
+    _reference.predict(_reference.Workspace(sizes, codes, _spec.LOSS_CODES["cross_entropy"], dtype, n), params,
+                       X, logits)
+    assert (np.ptp(logits, axis=1).max() > fast_range) == beyond
+    results = {}
+    for name, module in MODULES.items():
+        ws = module.Workspace(sizes, codes, _spec.LOSS_CODES["cross_entropy"], dtype, n)
+        loss_value = module.loss_and_gradient(ws, params, X, Y, weights)
+        results[name] = (loss_value, ws.grad.copy())
+    assert np.isfinite(results["cython"][0])
+    tol = TOL[np.dtype(dtype)]
+    for a, b in zip(results["cython"], results["numpy"]):
+        np.testing.assert_allclose(a, b, **tol)
+
+
 def _optimizer_arguments(rule, params, **hyper_values):
     """``rule, hyper, state, steps`` for the backends' train_epoch: a fresh state for ``rule``."""
     hyper = np.zeros(_spec.N_HYPER)
