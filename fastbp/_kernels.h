@@ -285,7 +285,7 @@ FASTBP_DEFINE_DOT4(double, f64)
  * gathered just before its forward pass. The rows of a large data set lie in L3 or memory at random
  * places, so each row is prefetched FASTBP_GATHER_AHEAD rows ahead and the loads of several rows overlap
  * (a plain memcpy per row waits for each in turn). */
-#define FASTBP_GATHER_AHEAD 32
+#define FASTBP_GATHER_AHEAD 8
 static void fastbp_gather_rows(char *FASTBP_RESTRICT dst, const char *FASTBP_RESTRICT src,
                                const Py_ssize_t *order, Py_ssize_t count, size_t row_bytes)
 {
@@ -294,11 +294,11 @@ static void fastbp_gather_rows(char *FASTBP_RESTRICT dst, const char *FASTBP_RES
         if (r == 0)
             for (Py_ssize_t q = 1; q < count && q <= FASTBP_GATHER_AHEAD; q++)
                 for (size_t b = 0; b < row_bytes; b += 64)
-                    __builtin_prefetch(src + (size_t)order[q] * row_bytes + b, 0, 1);
+                    __builtin_prefetch(src + (size_t)order[q] * row_bytes + b, 0, 3);
         if (r + FASTBP_GATHER_AHEAD < count) {
             const char *ahead = src + (size_t)order[r + FASTBP_GATHER_AHEAD] * row_bytes;
             for (size_t b = 0; b < row_bytes; b += 64)
-                __builtin_prefetch(ahead + b, 0, 1);
+                __builtin_prefetch(ahead + b, 0, 3);
         }
 #endif
         memcpy(dst + (size_t)r * row_bytes, src + (size_t)order[r] * row_bytes, row_bytes);
