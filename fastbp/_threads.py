@@ -25,11 +25,14 @@ from typing import Any, ContextManager, Iterator, Optional, Sequence
 _INSTALL_HINT = ('fastbp\'s thread control needs threadpoolctl: pip install "fastbp[threads]" '
                  '(or pip install threadpoolctl)')
 
-# Below this many batch rows x units of the widest layer, a second BLAS thread cannot pay: each product is a
-# few microseconds, about the cost of waking and joining the thread. Set below 32 x 784 = 25,088 (mnist-b32),
-# where docs/BENCHMARKS.md measured two threads on an idle machine at 316-501 k examples/s against 324 k for
-# one: from there up the idle machine keeps the BLAS's own count.
-SMALL_WORK = 8192
+# Below this many multiply-adds in the largest product of a step (batch rows x inputs x outputs of the widest
+# layer), a second BLAS thread does not pay inside fit: the products are tens of microseconds, and the
+# step's single-threaded work between them lets the BLAS's workers go idle. Measured on the development
+# machine (2-core Xeon, OpenBLAS 0.3.30, float64; bench/sklearn_compare.py, 2026-12-02): scikit-learn's
+# digits (batch 200, 64-100-10: 1.28 M) fitted in 0.22 s on one thread and 0.28-0.30 s on two; the
+# 100-100 layers of its 50k x 100 sets (2.0 M) fitted about 5% faster on two threads than on one. Above
+# the line the idle machine keeps the BLAS's own count.
+SMALL_WORK = 1_600_000
 
 _controller: Any = None
 _original: Any = None   # the limiter of the first set_num_threads call: restores the original limits
@@ -153,8 +156,9 @@ def threads_for_call(batch_size: int, layer_sizes: Sequence[int]) -> Optional[in
     Returns
     -------
     int or None
-        1 when ``batch_size * max(layer_sizes)`` is below ``SMALL_WORK`` (the products are too small to pay
-        for synchronising threads); the cores left free by other processes (at least 1) when others are
+        1 when the largest product of a step, ``batch_size`` times the largest ``n_in * n_out`` of a layer,
+        is below ``SMALL_WORK`` multiply-adds (the products are too small to pay for synchronising threads);
+        the cores left free by other processes (at least 1) when others are
         busy; None when the machine is idle, when ``set_num_threads`` has set a process-wide limit (the
         user's choice stands), or without threadpoolctl.
     """
@@ -164,7 +168,8 @@ def threads_for_call(batch_size: int, layer_sizes: Sequence[int]) -> Optional[in
         import threadpoolctl  # noqa: F401
     except ImportError:
         return None
-    if batch_size * max(layer_sizes) < SMALL_WORK:
+    widest = max((n_in * n_out for n_in, n_out in zip(layer_sizes[:-1], layer_sizes[1:])), default=0)
+    if batch_size * widest < SMALL_WORK:
         return 1
     cores = _usable_cores()
     busy = busy_cores()

@@ -114,7 +114,9 @@ def test_without_threadpoolctl_the_error_says_what_to_install(monkeypatch):
 def test_small_products_get_one_thread():
     assert _threads.threads_for_call(1, [784, 128, 10]) == 1
     assert _threads.threads_for_call(32, [64, 32, 10]) == 1
-    assert _threads.SMALL_WORK <= 512 * 2048  # a wide batch is never "small"
+    assert _threads.threads_for_call(200, [64, 100, 10]) == 1          # scikit-learn's digits, batch "auto"
+    assert 200 * 64 * 100 < _threads.SMALL_WORK <= 200 * 100 * 100     # ... but 100-100 layers are not "small"
+    assert _threads.SMALL_WORK <= 512 * 2048 * 2048  # a wide batch is never "small"
 
 
 def test_cores_taken_by_other_processes_give_one_thread():
