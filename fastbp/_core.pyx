@@ -1319,7 +1319,8 @@ def train_epoch(Workspace ws, params, X, Y, sample_weight, Py_ssize_t batch_size
 
     See docs/DESIGN.md and fastbp._reference.train_epoch. sample_weight: None or shape (n,) of the net's
     dtype, shuffled with the rows. shuffle_key: a key (the rows in _spec.permutation's order), a negative
-    number (in order), or the order itself (n indices of np.intp in [0, n)). progress: None or ``progress(examples_done, loss_sum, weight_sum)``,
+    number (in order), or the order itself (n indices of np.intp in [0, n)). progress: None or
+    ``progress(examples_done, loss_sum, weight_sum)``,
     called with the GIL held at most every PROGRESS_INTERVAL seconds, at the signal checks; what it raises
     stops the epoch after its last completed update and is raised (a KeyboardInterrupt: status
     interrupted).

@@ -344,6 +344,21 @@ def test_sparse_predict_and_loss_and_gradient_agree(hidden, last, loss, dtype, w
             np.testing.assert_allclose(a, b, **tol, err_msg=str(key))
 
 
+def _mse_epoch(module, form, sizes, codes, params0, rows, Y, weights, batch_size, rule, settings, key):
+    """One train_epoch (``form`` "dense": ``rows`` a matrix) or train_epoch_sparse (``rows`` the CSR arrays)
+    of an MSE network from ``params0`` with ``rule`` ("plain-sgd" or a RULE_SETTINGS name); returns
+    ``(returned, params, state, steps)``."""
+    dtype = params0.dtype
+    ws = module.Workspace(sizes, codes, _spec.LOSS_CODES["mse"], dtype, batch_size, sparse_input=form == "sparse")
+    params = params0.copy()
+    arguments = _optimizer_arguments(rule.replace("plain-", ""), params, **settings)
+    if form == "sparse":
+        returned = module.train_epoch_sparse(ws, params, *rows, Y, weights, batch_size, *arguments, key)
+    else:
+        returned = module.train_epoch(ws, params, rows, Y, weights, batch_size, *arguments, key)
+    return returned, params, arguments[2], arguments[3]
+
+
 @pytest.mark.parametrize("weighted", [False, True])
 @pytest.mark.parametrize("dtype", [np.float64, np.float32])
 @pytest.mark.parametrize("batch_size,shuffle", [(1, True), (4, True), (4, False), (11, False)])
@@ -361,15 +376,8 @@ def test_sparse_train_epoch_agrees_with_dense(rule, batch_size, shuffle, dtype, 
     results = {}
     for name, module in MODULES.items():
         for form in ("sparse", "dense"):
-            ws = module.Workspace(sizes, codes, _spec.LOSS_CODES["mse"], dtype, batch_size,
-                                  sparse_input=form == "sparse")
-            params = params0.copy()
-            arguments = _optimizer_arguments(rule.replace("plain-", ""), params, **settings)
-            if form == "sparse":
-                returned = module.train_epoch_sparse(ws, params, *csr, Y, weights, batch_size, *arguments, key)
-            else:
-                returned = module.train_epoch(ws, params, dense, Y, weights, batch_size, *arguments, key)
-            results[name, form] = (returned, params, arguments[2], arguments[3])
+            results[name, form] = _mse_epoch(module, form, sizes, codes, params0, csr if form == "sparse" else dense,
+                                             Y, weights, batch_size, rule, settings, key)
     tol = TOL[np.dtype(dtype)]
     reference = results["numpy", "dense"]
     for key_, (returned, params, state, steps) in results.items():
@@ -407,15 +415,7 @@ def test_an_explicit_row_order_is_the_epoch_on_those_rows(form, dtype, batch_siz
     tol = TOL[np.dtype(dtype)]
 
     def run(module, rows_X, Y_, w, key):
-        ws = module.Workspace(sizes, codes, _spec.LOSS_CODES["mse"], dtype, batch_size,
-                              sparse_input=form == "sparse")
-        params = params0.copy()
-        arguments = _optimizer_arguments(rule.replace("plain-", ""), params, **settings)
-        if form == "sparse":
-            returned = module.train_epoch_sparse(ws, params, *rows_X, Y_, w, batch_size, *arguments, key)
-        else:
-            returned = module.train_epoch(ws, params, rows_X, Y_, w, batch_size, *arguments, key)
-        return returned, params
+        return _mse_epoch(module, form, sizes, codes, params0, rows_X, Y_, w, batch_size, rule, settings, key)[:2]
 
     def gathered_csr(rows):
         import scipy.sparse
