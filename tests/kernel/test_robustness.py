@@ -313,9 +313,15 @@ def test_zero_dimensional_input_is_treated_alike_in_every_dtype(backend):
 # --------------------------------------------------------------------------------------------------------
 
 CHILD = textwrap.dedent("""
-    import json, os, sys, time
+    import json, os, signal, sys, time
     import numpy as np
     import fastbp
+
+    # Python installs its KeyboardInterrupt handler only where SIGINT is not ignored at startup, and a
+    # process started from a non-interactive shell's background job (`cmd &`, as a CI script may be)
+    # inherits SIGINT ignored: the signal would then be dropped and the test would wait for a hang. Ctrl-C
+    # in a terminal has the default handler; install it explicitly.
+    signal.signal(signal.SIGINT, signal.default_int_handler)
 
     def main_thread_cpu():
         # CPU seconds of this main thread (the one that runs fit), read where the parent reads it too
