@@ -937,6 +937,15 @@ cdef void fill_permutation(Py_ssize_t *order, Py_ssize_t n, uint64_t key) noexce
 # One batch's passes over dense rows or CSR rows (every entry point below goes through these two)
 
 
+cdef inline void csr_pointers(const floating[::1] data, const Py_ssize_t[::1] indices,
+                              const Py_ssize_t[::1] indptr, const floating **data_ptr,
+                              const Py_ssize_t **indices_ptr, const Py_ssize_t **indptr_ptr) noexcept:
+    """The raw pointers of CSR arrays for the *_sparse entry points (NULL for empty data: no non-zeros)."""
+    data_ptr[0] = &data[0] if data.shape[0] > 0 else NULL
+    indices_ptr[0] = &indices[0] if indices.shape[0] > 0 else NULL
+    indptr_ptr[0] = &indptr[0]
+
+
 cdef void forward_rows(const Plan *p, const floating *params, const floating *inputs, const floating *data,
                        const Py_ssize_t *indices, const Py_ssize_t *indptr, const Py_ssize_t *order,
                        Py_ssize_t start, Py_ssize_t batch, floating *activations, Tick *checks) noexcept nogil:
@@ -989,9 +998,7 @@ cdef object _predict(Workspace ws, floating[::1] params, const floating[:, ::1] 
     if n <= 0:
         return None
     if sparse:
-        data_ptr = &csr_data[0] if csr_data.shape[0] > 0 else NULL
-        indices_ptr = &csr_indices[0] if csr_indices.shape[0] > 0 else NULL
-        indptr_ptr = &csr_indptr[0]
+        csr_pointers(csr_data, csr_indices, csr_indptr, &data_ptr, &indices_ptr, &indptr_ptr)
     else:
         X_ptr = &X[0, 0]
     tick_init(&checks, None, None)
@@ -1034,9 +1041,7 @@ cdef object _loss_and_gradient(Workspace ws, floating[::1] params, const floatin
         weights_view = sample_weight
         weights = &weights_view[0]
     if sparse:
-        data_ptr = &csr_data[0] if csr_data.shape[0] > 0 else NULL
-        indices_ptr = &csr_indices[0] if csr_indices.shape[0] > 0 else NULL
-        indptr_ptr = &csr_indptr[0]
+        csr_pointers(csr_data, csr_indices, csr_indptr, &data_ptr, &indices_ptr, &indptr_ptr)
     else:
         X_ptr = &X[0, 0]
     tick_init(&checks, None, None)
@@ -1157,9 +1162,7 @@ cdef object _train_epoch(Workspace ws, floating[::1] params, const floating[:, :
         order = ws.order_buffer(n)
         order_ptr = &order[0]
     if sparse:
-        data_ptr = &csr_data[0] if csr_data.shape[0] > 0 else NULL
-        indices_ptr = &csr_indices[0] if csr_indices.shape[0] > 0 else NULL
-        indptr_ptr = &csr_indptr[0]
+        csr_pointers(csr_data, csr_indices, csr_indptr, &data_ptr, &indices_ptr, &indptr_ptr)
         # layer 0's work follows a row's mean non-zeros; the sweeps over every parameter (gradient and
         # update) that a batch makes unless it updates in place are counted too
         work = 3.0 * (<double>csr_indices.shape[0] / n + 1.0) * p.sizes[1]
