@@ -38,7 +38,8 @@ class BuildExt(build_ext):
         for ext in self.extensions:
             if unix:
                 flags = ["-O0", "-g"] if DEBUG else ["-O3"]
-                flags += ["-fopenmp-simd", "-fno-math-errno"]
+                flags += ["-fopenmp-simd", "-fno-math-errno", "-pthread"]
+                ext.extra_link_args += ["-pthread"]   # the product threads (_kernels_pool.h)
                 if SANITIZE:
                     flags += [f"-fsanitize={SANITIZE}", "-fno-omit-frame-pointer"]
                     ext.extra_link_args += [f"-fsanitize={SANITIZE}"]
@@ -52,7 +53,7 @@ extensions = [
     Extension(
         "fastbp._core",
         sources=["fastbp/_core.pyx"],
-        depends=["fastbp/_kernels.h", "fastbp/_kernels_rows.h", "fastbp/_kernels_gemm.h"],
+        depends=["fastbp/_kernels.h", "fastbp/_kernels_rows.h", "fastbp/_kernels_gemm.h", "fastbp/_kernels_pool.h"],
         include_dirs=["fastbp", numpy.get_include()],
         define_macros=[("NPY_NO_DEPRECATED_API", "NPY_1_7_API_VERSION")],
         # Link libm explicitly: an unversioned `exp` binds to glibc's slow errno-setting compat wrapper.

@@ -58,6 +58,8 @@ def train_epoch(
     steps: npt.NDArray[np.int64],
     shuffle_key: int | npt.NDArray[np.intp],
     progress: Callable[[int, float, float], object] | None = None,
+    *,
+    threads: int = 1,
 ) -> tuple[float, float, int, int]: ...
 def optimizer_step(
     params: _Floats,
@@ -96,6 +98,9 @@ def train_epoch_sparse(
     steps: npt.NDArray[np.int64],
     shuffle_key: int | npt.NDArray[np.intp],
     progress: Callable[[int, float, float], object] | None = None,
+    *,
+    threads: int = 1,
 ) -> tuple[float, float, int, int]: ...
 def _enum_codes() -> dict[str, object]: ...
+def _team_jobs() -> int: ...
 def _blas_thresholds(min_batch: int | None = ..., min_work: int | None = ...) -> tuple[int, int]: ...

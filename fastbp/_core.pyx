@@ -33,6 +33,13 @@ cdef extern from "Python.h":
     int check_signals "PyErr_CheckSignals"() noexcept
 
 
+cdef extern from "_kernels_pool.h" nogil:
+    ctypedef struct fastbp_pool:
+        pass
+    fastbp_pool *fastbp_pool_create(int parts)
+    unsigned long long fastbp_pool_jobs
+    void fastbp_pool_destroy(fastbp_pool *pool)
+
 cdef extern from "_kernels.h" nogil:
     ctypedef struct Plan "fastbp_plan":
         int n_layers
@@ -45,6 +52,7 @@ cdef extern from "_kernels.h" nogil:
         Py_ssize_t *w_off      # n_layers
         Py_ssize_t *b_off      # n_layers
         Py_ssize_t *act_off    # n_layers: start of layer l's outputs in the activation buffer
+        fastbp_pool *pool      # the product threads of a training call, or NULL
     float fastbp_dot_f32(const float *a, const float *b, Py_ssize_t n)
     double fastbp_dot_f64(const double *a, const double *b, Py_ssize_t n)
     float fastbp_activate_f32(float z, int act)
@@ -162,17 +170,20 @@ cdef extern from "_kernels.h" nogil:
 
 cdef extern from "_kernels_gemm.h" nogil:
     int fastbp_small_gemm_available()
-    void fastbp_gemm_nt_f32(const float *A, const float *W, const float *bias, int act, float *C,
-                            Py_ssize_t B, Py_ssize_t I, Py_ssize_t O)
-    void fastbp_gemm_nt_f64(const double *A, const double *W, const double *bias, int act, double *C,
-                            Py_ssize_t B, Py_ssize_t I, Py_ssize_t O)
-    void fastbp_gemm_nn_f32(const float *D, const float *W, float *C, Py_ssize_t B, Py_ssize_t I, Py_ssize_t O)
-    void fastbp_gemm_nn_f64(const double *D, const double *W, double *C, Py_ssize_t B, Py_ssize_t I,
-                            Py_ssize_t O)
-    void fastbp_gemm_tn_f32(const float *D, const float *A, float *C, Py_ssize_t B, Py_ssize_t I, Py_ssize_t O,
-                            float alpha, int accumulate)
-    void fastbp_gemm_tn_f64(const double *D, const double *A, double *C, Py_ssize_t B, Py_ssize_t I,
-                            Py_ssize_t O, double alpha, int accumulate)
+    double FASTBP_SPLIT_MIN_WORK
+    # the products on the training call's threads (pool NULL: the calling thread alone)
+    void fastbp_gemm_nt_team_f32(fastbp_pool *pool, const float *A, const float *W, const float *bias, int act,
+                                 float *C, Py_ssize_t B, Py_ssize_t I, Py_ssize_t O)
+    void fastbp_gemm_nt_team_f64(fastbp_pool *pool, const double *A, const double *W, const double *bias,
+                                 int act, double *C, Py_ssize_t B, Py_ssize_t I, Py_ssize_t O)
+    void fastbp_gemm_nn_team_f32(fastbp_pool *pool, const float *D, const float *W, float *C, Py_ssize_t B,
+                                 Py_ssize_t I, Py_ssize_t O)
+    void fastbp_gemm_nn_team_f64(fastbp_pool *pool, const double *D, const double *W, double *C, Py_ssize_t B,
+                                 Py_ssize_t I, Py_ssize_t O)
+    void fastbp_gemm_tn_team_f32(fastbp_pool *pool, const float *D, const float *A, float *C, Py_ssize_t B,
+                                 Py_ssize_t I, Py_ssize_t O, float alpha, int accumulate)
+    void fastbp_gemm_tn_team_f64(fastbp_pool *pool, const double *D, const double *A, double *C, Py_ssize_t B,
+                                 Py_ssize_t I, Py_ssize_t O, double alpha, int accumulate)
 
 # The codes as Python sees them (tests/test_conformance.py compares them with fastbp._spec).
 ACTIVATION_CODES = {"identity": ACT_IDENTITY, "sigmoid": ACT_SIGMOID, "relu": ACT_RELU, "tanh": ACT_TANH}
@@ -344,6 +355,7 @@ cdef class Workspace:
         self.plan.w_off = NULL
         self.plan.b_off = NULL
         self.plan.act_off = NULL
+        self.plan.pool = NULL
         if n_layers < 1 or len(activation_codes) != n_layers or max_batch < 1:
             raise ValueError("Workspace: inconsistent layer_sizes, activation_codes or max_batch")
         self.plan.n_layers = <int>n_layers
@@ -516,31 +528,34 @@ cdef inline bint small_gemm_pays(Py_ssize_t batch, Py_ssize_t n_in, Py_ssize_t n
             and n_out >= SMALL_GEMM_MIN_OUTPUTS)
 
 
-cdef inline void gemm_nt(const floating *a, const floating *W, const floating *bias, int act, floating *out,
+# The non-packing products (_kernels_gemm.h), split over the plan's threads during a training call (p.pool;
+# NULL elsewhere): the same bits on any number of threads.
+cdef inline void gemm_nt(const Plan *p, const floating *a, const floating *W, const floating *bias, int act,
+                         floating *out, Py_ssize_t batch, Py_ssize_t n_in, Py_ssize_t n_out) noexcept nogil:
+    """out (batch x n_out) = f(a W^T + bias)."""
+    if floating is float:
+        fastbp_gemm_nt_team_f32(p.pool, a, W, bias, act, out, batch, n_in, n_out)
+    else:
+        fastbp_gemm_nt_team_f64(p.pool, a, W, bias, act, out, batch, n_in, n_out)
+
+
+cdef inline void gemm_nn(const Plan *p, const floating *delta, const floating *W, floating *out,
                          Py_ssize_t batch, Py_ssize_t n_in, Py_ssize_t n_out) noexcept nogil:
-    """out (batch x n_out) = f(a W^T + bias), without packing (_kernels_gemm.h)."""
+    """out (batch x n_in) = delta (batch x n_out) W (n_out x n_in)."""
     if floating is float:
-        fastbp_gemm_nt_f32(a, W, bias, act, out, batch, n_in, n_out)
+        fastbp_gemm_nn_team_f32(p.pool, delta, W, out, batch, n_in, n_out)
     else:
-        fastbp_gemm_nt_f64(a, W, bias, act, out, batch, n_in, n_out)
+        fastbp_gemm_nn_team_f64(p.pool, delta, W, out, batch, n_in, n_out)
 
 
-cdef inline void gemm_nn(const floating *delta, const floating *W, floating *out, Py_ssize_t batch,
-                         Py_ssize_t n_in, Py_ssize_t n_out) noexcept nogil:
-    """out (batch x n_in) = delta (batch x n_out) W (n_out x n_in), without packing."""
+cdef inline void gemm_tn(const Plan *p, const floating *delta, const floating *a, floating *out,
+                         Py_ssize_t batch, Py_ssize_t n_in, Py_ssize_t n_out, floating alpha,
+                         bint accumulate) noexcept nogil:
+    """out (n_out x n_in) = alpha delta^T a (+ out when accumulating)."""
     if floating is float:
-        fastbp_gemm_nn_f32(delta, W, out, batch, n_in, n_out)
+        fastbp_gemm_tn_team_f32(p.pool, delta, a, out, batch, n_in, n_out, alpha, accumulate)
     else:
-        fastbp_gemm_nn_f64(delta, W, out, batch, n_in, n_out)
-
-
-cdef inline void gemm_tn(const floating *delta, const floating *a, floating *out, Py_ssize_t batch,
-                         Py_ssize_t n_in, Py_ssize_t n_out, floating alpha, bint accumulate) noexcept nogil:
-    """out (n_out x n_in) = alpha delta^T a (+ out when accumulating), without packing."""
-    if floating is float:
-        fastbp_gemm_tn_f32(delta, a, out, batch, n_in, n_out, alpha, accumulate)
-    else:
-        fastbp_gemm_tn_f64(delta, a, out, batch, n_in, n_out, alpha, accumulate)
+        fastbp_gemm_tn_team_f64(p.pool, delta, a, out, batch, n_in, n_out, alpha, accumulate)
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -570,7 +585,7 @@ cdef void dense_forward(const Plan *p, const floating *params, const floating *i
         bias = params + p.b_off[l]
         out = activations + p.act_off[l]
         if small_gemm_pays(batch, n_in, n_out):
-            gemm_nt(a_prev, W, bias, act, out, batch, n_in, n_out)
+            gemm_nt(p, a_prev, W, bias, act, out, batch, n_in, n_out)
         elif blas_pays(batch, n_in, n_out):
             # out (batch x n_out, row-major) = a_prev (batch x n_in) @ W^T
             gemm(b"T", b"N", <int>n_out, <int>batch, <int>n_in, 1, W, <int>n_in, a_prev, <int>n_in,
@@ -712,7 +727,7 @@ cdef void dense_backward(const Plan *p, floating *params, const floating *inputs
         if l > 0:
             d_prev = delta_other
             if use_small:
-                gemm_nn(delta, W, d_prev, batch, n_in, n_out)
+                gemm_nn(p, delta, W, d_prev, batch, n_in, n_out)
             elif use_blas:
                 # d_prev (batch x n_in) = delta (batch x n_out) @ W (n_out x n_in)
                 gemm(b"N", b"N", <int>n_in, <int>batch, <int>n_out, 1, W, <int>n_in, delta, <int>n_out,
@@ -734,7 +749,7 @@ cdef void dense_backward(const Plan *p, floating *params, const floating *inputs
         else:
             gW = grad + p.w_off[l]
         if use_small:
-            gemm_tn(delta, a_prev, gW, batch, n_in, n_out, -lr if update_in_place else 1, update_in_place)
+            gemm_tn(p, delta, a_prev, gW, batch, n_in, n_out, -lr if update_in_place else 1, update_in_place)
         elif use_blas:
             # gW (n_out x n_in) = delta^T (n_out x batch) @ a_prev (batch x n_in)
             if update_in_place:
@@ -1074,14 +1089,34 @@ cdef const Py_ssize_t[::1] check_order(order, Py_ssize_t n):
     return view
 
 
+# A training call runs its non-packing products on more than one thread only when a product is worth
+# splitting (FASTBP_SPLIT_MIN_WORK multiply-adds, _kernels_gemm.h) and the epoch has at least TEAM_MIN_STEPS
+# steps to spread the threads' creation (tens of microseconds) over.
+cdef Py_ssize_t TEAM_MIN_STEPS = 4
+
+
+cdef int product_threads(const Plan *p, int threads, Py_ssize_t batch, Py_ssize_t n, bint sparse) noexcept:
+    """How many threads a training call's products use: ``threads``, or 1 where none of its products runs
+    on the non-packing path (_kernels_gemm.h) or none is worth splitting."""
+    cdef Py_ssize_t l
+    if threads <= 1 or n < TEAM_MIN_STEPS * batch:
+        return 1
+    for l in range(1 if sparse else 0, p.n_layers):
+        if (small_gemm_pays(batch, p.sizes[l], p.sizes[l + 1])
+                and <double>batch * p.sizes[l] * p.sizes[l + 1] >= FASTBP_SPLIT_MIN_WORK):
+            return threads
+    return 1
+
+
 cdef object _train_epoch(Workspace ws, floating[::1] params, const floating[:, ::1] X,
                          const floating[::1] csr_data, const Py_ssize_t[::1] csr_indices,
                          const Py_ssize_t[::1] csr_indptr,
                          const floating[:, ::1] Y, sample_weight, Py_ssize_t batch_size, int rule,
                          const double[::1] hyper, floating[:, ::1] state, int64_t[::1] steps, shuffle_key,
-                         progress):
+                         progress, int threads):
     """train_epoch and train_epoch_sparse: the input rows are X (dense), or, with X None, the CSR arrays
-    (layer 0 from the non-zeros by sparse_forward_first / sparse_backward_first, the rest as for X)."""
+    (layer 0 from the non-zeros by sparse_forward_first / sparse_backward_first, the rest as for X).
+    ``threads`` > 1: the non-packing products run on that many threads (``product_threads``)."""
     cdef const Plan *p = &ws.plan
     cdef floating *activations = <floating *>ws.activations_ptr
     cdef floating *deltas = <floating *>ws.deltas_ptr
@@ -1183,6 +1218,12 @@ cdef object _train_epoch(Workspace ws, floating[::1] params, const floating[:, :
     if in_place and min(batch_size, n) >= SNAPSHOT_MIN_BATCH and work * min(batch_size, n) >= INNER_CHECK_WORK:
         saved_buffer = np.empty(p.n_params, dtype=ws.dtype)
         saved = <floating *><size_t>saved_buffer.ctypes.data
+    if threads < 1:
+        raise ValueError(f"threads must be at least 1; got {threads}")
+    threads = product_threads(p, threads, min(batch_size, n), n, sparse)
+    # (the nogil block below raises nothing: the pool is always destroyed after it)
+    if threads > 1:
+        ws.plan.pool = fastbp_pool_create(threads)   # NULL (one thread) if the threads cannot be made
 
     with nogil:
         if shuffle and not explicit_order:
@@ -1292,6 +1333,8 @@ cdef object _train_epoch(Workspace ws, floating[::1] params, const floating[:, :
             if checks.work >= checks.every and start < n and tick_check(&checks):
                 status = STATUS_INTERRUPTED
                 break
+    fastbp_pool_destroy(ws.plan.pool)
+    ws.plan.pool = NULL
     if errors:
         raise errors[0]
     return loss_sum, weight_sum, done, status
@@ -1316,7 +1359,7 @@ def loss_and_gradient(Workspace ws, params, X, Y, sample_weight=None):
 
 
 def train_epoch(Workspace ws, params, X, Y, sample_weight, Py_ssize_t batch_size, int rule, hyper, state,
-                steps, shuffle_key, progress=None):
+                steps, shuffle_key, progress=None, *, int threads=1):
     """One epoch of mini-batch training with update rule ``rule``; returns (loss_sum, weight_sum,
     examples_done, status).
 
@@ -1333,9 +1376,9 @@ def train_epoch(Workspace ws, params, X, Y, sample_weight, Py_ssize_t batch_size
         raise ValueError("train_epoch needs a Workspace built without sparse_input (use train_epoch_sparse)")
     if ws.single:
         return _train_epoch[float](ws, params, X, None, None, None, Y, sample_weight, batch_size, rule, hyper,
-                                   state, steps, shuffle_key, progress)
+                                   state, steps, shuffle_key, progress, threads)
     return _train_epoch[double](ws, params, X, None, None, None, Y, sample_weight, batch_size, rule, hyper,
-                                state, steps, shuffle_key, progress)
+                                state, steps, shuffle_key, progress, threads)
 
 
 cdef object _optimizer_step(floating[::1] params, const floating[::1] grad, int rule,
@@ -1485,14 +1528,14 @@ def loss_and_gradient_sparse(Workspace ws, params, data, indices, indptr, Y, sam
 
 
 def train_epoch_sparse(Workspace ws, params, data, indices, indptr, Y, sample_weight, Py_ssize_t batch_size,
-                       int rule, hyper, state, steps, shuffle_key, progress=None):
+                       int rule, hyper, state, steps, shuffle_key, progress=None, *, int threads=1):
     """train_epoch for CSR rows (the arrays as for predict_sparse): the same semantics, the same order of
     examples for the same shuffle_key."""
     if ws.single:
         return _train_epoch[float](ws, params, None, data, indices, indptr, Y, sample_weight, batch_size,
-                                   rule, hyper, state, steps, shuffle_key, progress)
+                                   rule, hyper, state, steps, shuffle_key, progress, threads)
     return _train_epoch[double](ws, params, None, data, indices, indptr, Y, sample_weight, batch_size, rule,
-                                hyper, state, steps, shuffle_key, progress)
+                                hyper, state, steps, shuffle_key, progress, threads)
 
 
 def _enum_codes():
@@ -1562,6 +1605,12 @@ def _small_gemm_thresholds(min_batch=None, max_batch=None, min_inputs=None, min_
     if min_outputs is not None:
         SMALL_GEMM_MIN_OUTPUTS = max(1, int(min_outputs))
     return SMALL_GEMM_MIN_BATCH, SMALL_GEMM_MAX_BATCH, SMALL_GEMM_MIN_INPUTS, SMALL_GEMM_MIN_OUTPUTS
+
+
+def _team_jobs():
+    """How many products have run split over a team of threads since the module was loaded (for the tests).
+    Not part of the public API."""
+    return fastbp_pool_jobs
 
 
 def _small_gemm_available():

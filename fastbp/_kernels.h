@@ -46,6 +46,9 @@ typedef struct {
     Py_ssize_t *w_off;      /* n_layers */
     Py_ssize_t *b_off;      /* n_layers */
     Py_ssize_t *act_off;    /* n_layers: start of layer l's outputs in the activation buffer */
+    /* the threads of the mini-batch products during one training call (_kernels_pool.h); NULL: the
+     * calling thread alone */
+    struct fastbp_pool *pool;
 } fastbp_plan;
 
 /* The codes, declared once for C and Cython (_core.pyx brings them in with `cdef extern`); the Python

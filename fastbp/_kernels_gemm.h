@@ -19,6 +19,8 @@
 
 #include <string.h>
 
+#include "_kernels_pool.h"
+
 /* The register block of nn/tn: FASTBP_GEMM_ROWS rows of C x FASTBP_GEMM_VECS vectors of 64 bytes (GCC
  * vector extensions: 16 of the 32 AVX-512 registers). */
 #define FASTBP_GEMM_VECS 2
@@ -110,13 +112,13 @@ static int fastbp_small_gemm_available(void) { return 0; }
                 }                                                                                     \
             }                                                                                         \
         }
-#define FASTBP_GEMM_BLOCK(REAL, h, K, DK, DSTRIDE, XK, CROW, I, ALPHA, ACC)                           \
+#define FASTBP_GEMM_BLOCK(REAL, h, K, DK, DSTRIDE, XK, CROW, I0, I, ALPHA, ACC)                       \
     {                                                                                                 \
         FASTBP_GEMM_VEC(REAL)                                                                         \
         enum { L = sizeof(vec) / sizeof(REAL) };                                                      \
         vec zero;                                                                                     \
         memset(&zero, 0, sizeof zero);                                                                \
-        Py_ssize_t i0 = 0;                                                                            \
+        Py_ssize_t i0 = (I0);                                                                         \
         FASTBP_GEMM_STRIP(REAL, FASTBP_GEMM_VECS, h, K, DK, DSTRIDE, XK, CROW, I, ALPHA, ACC)         \
         FASTBP_GEMM_STRIP(REAL, 1, h, K, DK, DSTRIDE, XK, CROW, I, ALPHA, ACC)                        \
         for (int q = 0; q < h; q++) {                                                                 \
@@ -146,14 +148,15 @@ static int fastbp_small_gemm_available(void) { return 0; }
                                                                                                       \
     FASTBP_GEMM_TARGET static void fastbp_gemm_nt_##SUFFIX(                                                \
         const REAL *FASTBP_RESTRICT A, const REAL *FASTBP_RESTRICT W, const REAL *FASTBP_RESTRICT bias, \
-        int act, REAL *FASTBP_RESTRICT C, Py_ssize_t B, Py_ssize_t I, Py_ssize_t O)                   \
+        int act, REAL *FASTBP_RESTRICT C, Py_ssize_t B, Py_ssize_t I, Py_ssize_t O, Py_ssize_t j0,    \
+        Py_ssize_t j1)                                                                                \
     {                                                                                                 \
         Py_ssize_t r = 0;                                                                             \
         for (; r + 4 <= B; r += 4) {                                                                  \
             const REAL *a0 = A + r * I, *a1 = a0 + I, *a2 = a1 + I, *a3 = a2 + I;                     \
             REAL *c = C + r * O;                                                                      \
-            Py_ssize_t j = 0;                                                                         \
-            for (; j + 4 <= O; j += 4) {                                                              \
+            Py_ssize_t j = j0;                                                                        \
+            for (; j + 4 <= j1; j += 4) {                                                             \
                 const REAL *w[4] = {W + j * I, W + (j + 1) * I, W + (j + 2) * I, W + (j + 3) * I};    \
                 const REAL *a[4] = {a0, a1, a2, a3};                                                  \
                 FASTBP_GEMM_VEC(REAL)                                                                 \
@@ -179,7 +182,7 @@ static int fastbp_small_gemm_available(void) { return 0; }
                     }                                                                                 \
                 }                                                                                     \
             }                                                                                         \
-            for (; j < O; j++) {                                                                      \
+            for (; j < j1; j++) {                                                                     \
                 const REAL *w0 = W + j * I;                                                           \
                 REAL s0 = 0, s1 = 0, s2 = 0, s3 = 0;                                                  \
                 _Pragma("omp simd reduction(+:s0,s1,s2,s3)")                                          \
@@ -189,50 +192,124 @@ static int fastbp_small_gemm_available(void) { return 0; }
                 }                                                                                     \
                 c[j] = s0; c[O + j] = s1; c[2 * O + j] = s2; c[3 * O + j] = s3;                       \
             }                                                                                         \
-            fastbp_gemm_epilogue_##SUFFIX(c, bias, O, act);                                           \
-            fastbp_gemm_epilogue_##SUFFIX(c + O, bias, O, act);                                       \
-            fastbp_gemm_epilogue_##SUFFIX(c + 2 * O, bias, O, act);                                   \
-            fastbp_gemm_epilogue_##SUFFIX(c + 3 * O, bias, O, act);                                   \
+            for (int q = 0; q < 4; q++)                                                               \
+                fastbp_gemm_epilogue_##SUFFIX(c + q * O + j0, bias + j0, j1 - j0, act);               \
         }                                                                                             \
         for (; r < B; r++) {                                                                          \
             const REAL *a0 = A + r * I;                                                               \
-            for (Py_ssize_t j = 0; j < O; j++) {                                                      \
+            for (Py_ssize_t j = j0; j < j1; j++) {                                                    \
                 const REAL *w0 = W + j * I;                                                           \
                 REAL s0 = 0;                                                                          \
                 _Pragma("omp simd reduction(+:s0)")                                                   \
                 for (Py_ssize_t i = 0; i < I; i++) s0 += a0[i] * w0[i];                               \
                 C[r * O + j] = s0;                                                                    \
             }                                                                                         \
-            fastbp_gemm_epilogue_##SUFFIX(C + r * O, bias, O, act);                                   \
+            fastbp_gemm_epilogue_##SUFFIX(C + r * O + j0, bias + j0, j1 - j0, act);                   \
         }                                                                                             \
     }                                                                                                 \
                                                                                                       \
-    /* C (B x I) = D (B x O) W: FASTBP_GEMM_ROWS rows of C x FASTBP_GEMM_VECS vectors in registers. */ \
+    /* C (B x I) = D (B x O) W, columns [i_begin, i_end) of C: FASTBP_GEMM_ROWS rows of C x FASTBP_GEMM_VECS   \
+     * vectors in registers. */                                                                       \
     FASTBP_GEMM_TARGET static void fastbp_gemm_nn_##SUFFIX(                                                \
         const REAL *FASTBP_RESTRICT D, const REAL *FASTBP_RESTRICT W, REAL *FASTBP_RESTRICT C,        \
-        Py_ssize_t B, Py_ssize_t I, Py_ssize_t O)                                                     \
+        Py_ssize_t B, Py_ssize_t I, Py_ssize_t O, Py_ssize_t i_begin, Py_ssize_t i_end)               \
     {                                                                                                 \
         for (Py_ssize_t r = 0; r < B; r += FASTBP_GEMM_ROWS) {                                        \
             const int h = B - r < FASTBP_GEMM_ROWS ? (int)(B - r) : FASTBP_GEMM_ROWS;                 \
             /* row q of the block: C row r + q, its D row at stride O, its W row at stride I */       \
-            FASTBP_GEMM_BLOCK(REAL, h, O, D + r * O + k, O, W + k * I, C + (r + q) * I, I, 1, 0)      \
+            FASTBP_GEMM_BLOCK(REAL, h, O, D + r * O + k, O, W + k * I, C + (r + q) * I, i_begin, i_end,  \
+                              1, 0)                                                                   \
         }                                                                                             \
     }                                                                                                 \
                                                                                                       \
-    /* C (O x I) = alpha D^T A (+ C when accumulating): the same block over rows of C = columns of D. */ \
+    /* C (O x I) = alpha D^T A (+ C when accumulating), rows [j0, j1) of C (j0 a multiple of           \
+     * FASTBP_GEMM_ROWS): the same block over rows of C = columns of D. */                            \
     FASTBP_GEMM_TARGET static void fastbp_gemm_tn_##SUFFIX(                                                \
         const REAL *FASTBP_RESTRICT D, const REAL *FASTBP_RESTRICT A, REAL *FASTBP_RESTRICT C,        \
-        Py_ssize_t B, Py_ssize_t I, Py_ssize_t O, REAL alpha, int accumulate)                         \
+        Py_ssize_t B, Py_ssize_t I, Py_ssize_t O, REAL alpha, int accumulate, Py_ssize_t j0,          \
+        Py_ssize_t j1)                                                                                \
     {                                                                                                 \
-        for (Py_ssize_t j = 0; j < O; j += FASTBP_GEMM_ROWS) {                                        \
-            const int h = O - j < FASTBP_GEMM_ROWS ? (int)(O - j) : FASTBP_GEMM_ROWS;                 \
-            FASTBP_GEMM_BLOCK(REAL, h, B, D + k * O + j, 1, A + k * I, C + (j + q) * I, I, alpha,     \
+        for (Py_ssize_t j = j0; j < j1; j += FASTBP_GEMM_ROWS) {                                      \
+            const int h = j1 - j < FASTBP_GEMM_ROWS ? (int)(j1 - j) : FASTBP_GEMM_ROWS;               \
+            FASTBP_GEMM_BLOCK(REAL, h, B, D + k * O + j, 1, A + k * I, C + (j + q) * I, 0, I, alpha,  \
                               accumulate)                                                             \
         }                                                                                             \
+    }
+
+/* The products on a team of threads (_kernels_pool.h): each part computes a slice of the output cut at
+ * the edges of the serial loop's register blocks (4 outputs for nt, FASTBP_GEMM_VECS vectors of columns
+ * for nn, FASTBP_GEMM_ROWS rows for tn), so the bits do not depend on the number of parts. Products below
+ * FASTBP_SPLIT_MIN_WORK multiply-adds run on the calling thread alone (a fork-join costs about a
+ * microsecond). */
+#define FASTBP_SPLIT_MIN_WORK 65536.0
+enum { FASTBP_GEMM_NT = 0, FASTBP_GEMM_NN = 1, FASTBP_GEMM_TN = 2 };
+typedef struct {
+    int kind, act, accumulate;
+    const void *a, *w, *bias;
+    void *c;
+    Py_ssize_t B, I, O;
+    double alpha;
+} fastbp_gemm_job;
+
+#define FASTBP_DEFINE_GEMM_TEAM(REAL, SUFFIX)                                                         \
+    static void fastbp_gemm_part_##SUFFIX(void *ctx, int part, int parts)                             \
+    {                                                                                                 \
+        const fastbp_gemm_job *job = (const fastbp_gemm_job *)ctx;                                    \
+        const REAL *a = (const REAL *)job->a, *w = (const REAL *)job->w;                              \
+        REAL *c = (REAL *)job->c;                                                                     \
+        Py_ssize_t b, e;                                                                              \
+        if (job->kind == FASTBP_GEMM_NT) {                                                            \
+            fastbp_pool_slice(job->O, 4, part, parts, &b, &e);                                        \
+            if (b < e)                                                                                \
+                fastbp_gemm_nt_##SUFFIX(a, w, (const REAL *)job->bias, job->act, c, job->B, job->I,   \
+                                        job->O, b, e);                                                \
+        } else if (job->kind == FASTBP_GEMM_NN) {                                                     \
+            fastbp_pool_slice(job->I, FASTBP_GEMM_VECS * (64 / (Py_ssize_t)sizeof(REAL)), part, parts, \
+                              &b, &e);                                                                \
+            if (b < e) fastbp_gemm_nn_##SUFFIX(a, w, c, job->B, job->I, job->O, b, e);                \
+        } else {                                                                                      \
+            fastbp_pool_slice(job->O, FASTBP_GEMM_ROWS, part, parts, &b, &e);                         \
+            if (b < e)                                                                                \
+                fastbp_gemm_tn_##SUFFIX(a, w, c, job->B, job->I, job->O, (REAL)job->alpha,            \
+                                        job->accumulate, b, e);                                       \
+        }                                                                                             \
+    }                                                                                                 \
+                                                                                                      \
+    static void fastbp_gemm_run_##SUFFIX(fastbp_pool *pool, fastbp_gemm_job *job)                     \
+    {                                                                                                 \
+        if (pool == NULL || (double)job->B * (double)job->I * (double)job->O < FASTBP_SPLIT_MIN_WORK) \
+            fastbp_gemm_part_##SUFFIX(job, 0, 1);                                                     \
+        else                                                                                          \
+            fastbp_pool_run(pool, fastbp_gemm_part_##SUFFIX, job);                                    \
+    }                                                                                                 \
+                                                                                                      \
+    /* C (B x O) = f(A W^T + bias) */                                                                 \
+    static void fastbp_gemm_nt_team_##SUFFIX(fastbp_pool *pool, const REAL *A, const REAL *W,         \
+        const REAL *bias, int act, REAL *C, Py_ssize_t B, Py_ssize_t I, Py_ssize_t O)                 \
+    {                                                                                                 \
+        fastbp_gemm_job job = {FASTBP_GEMM_NT, act, 0, A, W, bias, C, B, I, O, 0.0};                  \
+        fastbp_gemm_run_##SUFFIX(pool, &job);                                                         \
+    }                                                                                                 \
+    /* C (B x I) = D (B x O) W */                                                                     \
+    static void fastbp_gemm_nn_team_##SUFFIX(fastbp_pool *pool, const REAL *D, const REAL *W, REAL *C, \
+        Py_ssize_t B, Py_ssize_t I, Py_ssize_t O)                                                     \
+    {                                                                                                 \
+        fastbp_gemm_job job = {FASTBP_GEMM_NN, 0, 0, D, W, NULL, C, B, I, O, 0.0};                    \
+        fastbp_gemm_run_##SUFFIX(pool, &job);                                                         \
+    }                                                                                                 \
+    /* C (O x I) = alpha D^T A (+ C when accumulating) */                                             \
+    static void fastbp_gemm_tn_team_##SUFFIX(fastbp_pool *pool, const REAL *D, const REAL *A, REAL *C, \
+        Py_ssize_t B, Py_ssize_t I, Py_ssize_t O, REAL alpha, int accumulate)                         \
+    {                                                                                                 \
+        fastbp_gemm_job job = {FASTBP_GEMM_TN, 0, accumulate, D, A, NULL, C, B, I, O, (double)alpha}; \
+        fastbp_gemm_run_##SUFFIX(pool, &job);                                                         \
     }
 
 FASTBP_DEFINE_GEMM(float, f32)
 FASTBP_DEFINE_GEMM(double, f64)
 #undef FASTBP_DEFINE_GEMM
+FASTBP_DEFINE_GEMM_TEAM(float, f32)
+FASTBP_DEFINE_GEMM_TEAM(double, f64)
+#undef FASTBP_DEFINE_GEMM_TEAM
 
 #endif

@@ -19,6 +19,7 @@ values, targets as a float matrix ``Y`` of shape ``(n, n_out)`` (class indices a
 from __future__ import annotations
 
 import math
+import numbers
 import time
 
 import numpy as np
@@ -276,7 +277,7 @@ def _check_order(order, n):
 
 
 def train_epoch(ws, params, X, Y, sample_weight, batch_size, rule, hyper, state, steps, shuffle_key,
-                progress=None):
+                progress=None, *, threads=1):
     """One epoch of mini-batch training; return ``(loss_sum, weight_sum, examples_done, status)``.
 
     The rows are visited in order (``shuffle_key < 0``), in ``_spec.permutation(n, shuffle_key)``, or, with
@@ -295,7 +296,12 @@ def train_epoch(ws, params, X, Y, sample_weight, batch_size, rule, hyper, state,
     (``time.monotonic``; never at the end: the return value says that). A KeyboardInterrupt inside it
     interrupts the epoch (status 2); anything else it raises stops the epoch after its last completed
     update and propagates.
+
+    ``threads``: the compiled kernel's thread count for its own products (the results do not depend on it);
+    checked here (an int of at least 1) and otherwise unused: NumPy's products use its BLAS's threads.
     """
+    if isinstance(threads, bool) or not isinstance(threads, numbers.Integral) or threads < 1:
+        raise ValueError(f"threads must be an int of at least 1; got {threads!r}")
     if progress is not None and not callable(progress):
         raise TypeError(f"progress must be None or a callable; got {type(progress).__name__}")
     n = X.shape[0]
@@ -387,10 +393,10 @@ def loss_and_gradient_sparse(ws, params, data, indices, indptr, Y, sample_weight
 
 
 def train_epoch_sparse(ws, params, data, indices, indptr, Y, sample_weight, batch_size, rule, hyper, state, steps,
-                       shuffle_key, progress=None):
+                       shuffle_key, progress=None, *, threads=1):
     """:func:`train_epoch` for CSR rows: the same batches, order, updates and progress reports."""
     return train_epoch(ws, params, _csr(ws, data, indices, indptr), Y, sample_weight, batch_size, rule, hyper,
-                       state, steps, shuffle_key, progress)
+                       state, steps, shuffle_key, progress, threads=threads)
 
 
 def train_rows(ws, params, X, Y, lr, order=None, adam=None):

@@ -181,13 +181,43 @@ def threads_for_call(batch_size: int, layer_sizes: Sequence[int]) -> Optional[in
 
 def limit_for_call(threads: Optional[int], batch_size: int, layer_sizes: Sequence[int]) -> ContextManager[Any]:
     """The thread limit for one training call: ``threads`` when given (checked), else ``threads_for_call``.
+    Inside it, ``kernel_threads()`` is the count for the compiled kernel's own products.
 
     ``with _threads.limit_for_call(threads, batch_size, net.layer_sizes): ...``
     """
     if threads is not None:
-        return num_threads(_check_threads(threads, "threads"))
+        count = _check_threads(threads, "threads")
+        return _kernel_team(count, num_threads(count))
     chosen = threads_for_call(batch_size, layer_sizes)
-    return contextlib.nullcontext() if chosen is None else _at_most(chosen)
+    if chosen is not None:
+        return _kernel_team(chosen, _at_most(chosen))
+    # the machine is idle (or the user's set_num_threads limit stands, or threadpoolctl is missing)
+    team = get_num_threads() if _original is not None else _usable_cores()
+    return _kernel_team(team, contextlib.nullcontext())
+
+
+# The thread count for the compiled kernel's own mini-batch products (the non-packing products of
+# _kernels_gemm.h, split over a team of threads that lives for one backend call; the same bits on any count):
+# 1 outside a training call, the BLAS limit of the call inside ``limit_for_call``. Process-wide, like the
+# BLAS limit it follows.
+_kernel_threads = 1
+
+
+def kernel_threads() -> int:
+    """The thread count for the compiled kernel's own products in the current training call (1 outside)."""
+    return _kernel_threads
+
+
+@contextlib.contextmanager
+def _kernel_team(n: int, blas_limit: ContextManager[Any]) -> Iterator[None]:
+    global _kernel_threads
+    before = _kernel_threads
+    with blas_limit:
+        _kernel_threads = n
+        try:
+            yield
+        finally:
+            _kernel_threads = before
 
 
 @contextlib.contextmanager

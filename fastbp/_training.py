@@ -20,7 +20,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from fastbp import _metrics, _spec
+from fastbp import _metrics, _spec, _threads
 from fastbp._results import History
 from fastbp._validation import SparseRows, _check_bool, _check_int, _check_real, _describe
 
@@ -41,14 +41,13 @@ def run_epoch(net, ws, optimizer, X, Y, sample_weight, batch_size, key, progress
     ``X`` is a dense matrix or :class:`~fastbp._validation.SparseRows` (then ``ws`` may be a
     ``sparse_input`` workspace).
     """
+    threads = _threads.kernel_threads()
     if isinstance(X, SparseRows):
         return net._module.train_epoch_sparse(ws, net.params, X.data, X.indices, X.indptr, Y, sample_weight,
-                                              batch_size, *optimizer._kernel_arguments(), key, progress)
-    if progress is None:  # the call every existing backend takes, and the fastest
-        return net._module.train_epoch(ws, net.params, X, Y, sample_weight, batch_size,
-                                       *optimizer._kernel_arguments(), key)
+                                              batch_size, *optimizer._kernel_arguments(), key, progress,
+                                              threads=threads)
     return net._module.train_epoch(ws, net.params, X, Y, sample_weight, batch_size,
-                                   *optimizer._kernel_arguments(), key, progress)
+                                   *optimizer._kernel_arguments(), key, progress, threads=threads)
 
 
 def loss_and_gradient(net, ws, X, Y, sample_weight=None):

@@ -3,7 +3,8 @@ fused, the delta of the layer below, the weight gradient and the plain-SGD updat
 NumPy twin, on shapes that take them: batch rows between the kernel's bounds, layers wide enough, and
 sizes that are not multiples of the register blocks (rows of 4 and 8, vectors of 8 and 16, the scalar
 columns at the end), so that every remainder path runs. Also: the same results with the products
-switched off (BLAS), and the same bits run to run.
+switched off (BLAS), and the same bits run to run and on any number of threads (the products split over a
+team of threads, _kernels_pool.h).
 """
 
 from __future__ import annotations
@@ -66,7 +67,7 @@ def test_predict_and_gradient_agree_with_the_twin(sizes, hidden, batch, dtype):
         np.testing.assert_allclose(a, b, **TOL[np.dtype(dtype)])
 
 
-def _train(sizes, hidden, batch, dtype, rule, small):
+def _train(sizes, hidden, batch, dtype, rule, small, threads=1):
     codes, params, X, Y = _case(sizes, hidden, 5 * batch + 3, dtype, 7)
     bounds = core._small_gemm_thresholds()
     try:
@@ -81,7 +82,7 @@ def _train(sizes, hidden, batch, dtype, rule, small):
         steps = np.zeros(1, dtype=np.int64)
         ws = core.Workspace(sizes, codes, _spec.LOSS_CODES["mse"], dtype, batch)
         returned = core.train_epoch(ws, params, X, Y, None, batch, _spec.RULE_CODES[rule], hyper, state, steps,
-                                    _spec.epoch_key(3, 0))
+                                    _spec.epoch_key(3, 0), threads=threads)
     finally:
         core._small_gemm_thresholds(*bounds)
     return returned, params
@@ -101,3 +102,55 @@ def test_training_agrees_with_blas_and_repeats_bit_for_bit(sizes, hidden, batch,
     np.testing.assert_allclose(params_small, params_blas, **tol)
     assert small == again
     assert params_small.tobytes() == params_again.tobytes()
+
+
+@pytest.mark.parametrize("rule", ["sgd", "adam"])
+@pytest.mark.parametrize("dtype", [np.float64, np.float32])
+@pytest.mark.parametrize("sizes,hidden,batch", SHAPES)
+def test_training_on_a_team_of_threads_gives_the_same_bits(sizes, hidden, batch, dtype, rule):
+    # each thread computes a slice of every product's output cut at the serial loop's register blocks: 2
+    # threads halve the outputs, 3 cut them unevenly, 8 leave some threads without a block on narrow layers
+    alone, params_alone = _train(sizes, hidden, batch, dtype, rule, small=True, threads=1)
+    for threads in (2, 3, 8):
+        jobs = core._team_jobs()
+        team, params_team = _train(sizes, hidden, batch, dtype, rule, small=True, threads=threads)
+        assert core._team_jobs() > jobs, "the products did not run on a team"
+        assert team == alone
+        assert params_team.tobytes() == params_alone.tobytes()
+
+
+def test_one_thread_and_unsplittable_calls_start_no_team():
+    sizes, hidden, batch = SHAPES[3]
+    jobs = core._team_jobs()
+    _train(sizes, hidden, batch, np.float32, "sgd", small=True, threads=1)
+    _train(sizes, hidden, batch, np.float32, "sgd", small=False, threads=2)   # BLAS serves every layer
+    assert core._team_jobs() == jobs
+
+
+@pytest.mark.parametrize("module", [core, _reference], ids=["cython", "numpy"])
+@pytest.mark.parametrize("threads", [0, -2])
+def test_a_thread_count_below_one_is_refused(module, threads):
+    sizes, hidden, batch = SHAPES[0]
+    codes, params, X, Y = _case(sizes, hidden, batch, np.float64, 1)
+    ws = module.Workspace(sizes, codes, _spec.LOSS_CODES["mse"], np.float64, batch)
+    with pytest.raises(ValueError, match="threads"):
+        module.train_epoch(ws, params, X, Y, None, batch, _spec.RULE_CODES["sgd"], np.zeros(_spec.N_HYPER),
+                           np.zeros((0, params.size)), np.zeros(1, dtype=np.int64), -1, threads=threads)
+
+
+@pytest.mark.parametrize("dtype", ["float32", "float64"])
+def test_fit_gives_the_same_bits_on_one_and_two_threads(dtype):
+    from fastbp import Network
+
+    sizes = [300, 64, 10]
+    rng = np.random.default_rng(5)
+    X = rng.normal(size=(200, sizes[0])).astype(dtype)
+    Y = np.eye(sizes[-1], dtype=dtype)[rng.integers(0, sizes[-1], 200)]
+    fitted = {}
+    for threads in (1, 2):
+        net = Network(sizes, ["relu", "identity"], loss="cross_entropy", dtype=dtype, seed=3)
+        jobs = core._team_jobs()
+        net.fit(X, Y, epochs=2, batch_size=32, lr=0.05, threads=threads, seed=4)
+        assert (core._team_jobs() > jobs) == (threads > 1)
+        fitted[threads] = net.params.tobytes()
+    assert fitted[1] == fitted[2]
