@@ -38,7 +38,7 @@ typedef void (*fastbp_pool_fn)(void *ctx, int part, int parts);
 /* Spins before each wait starts yielding the core (a few tens of microseconds): between two products of
  * one step the helpers wait microseconds, but on a busy machine, or while the caller runs a long serial
  * stretch, a waiting thread must let others run. */
-#define FASTBP_POOL_SPINS 20000
+#define FASTBP_POOL_SPINS 200
 
 struct fastbp_pool;
 typedef struct { struct fastbp_pool *pool; int part; } fastbp_pool_helper_arg;
