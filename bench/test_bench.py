@@ -5,6 +5,7 @@
     FASTBP_BACKEND=numpy pytest bench/               # the NumPy twin only
     pytest bench/ -k "cython and mnist"              # a subset
     pytest bench/ -k adam                            # the Adam rows only (-k sgd: the SGD rows)
+    pytest bench/ -k threads                         # mnist-b32 and -b256 on one and two threads
     pytest bench/ --benchmark-json=out.json          # machine-readable (extra_info has examples/s)
 
 Every benchmark first checks that what it is about to time is a real training run (from the shared
@@ -126,11 +127,26 @@ def _check_run(w, dtype, backend, optimizer):
 @pytest.mark.parametrize("backend", _backends())
 @pytest.mark.parametrize("name, dtype", _cases())
 def test_fit_epoch(benchmark, backend, name, dtype, optimizer):
+    _time_fit(benchmark, backend, name, dtype, optimizer, None)
+
+
+# The compiled kernel's team of threads (issue 15): the batch-32 row with its products on one thread and on
+# two (threads= of fit, which the kernel's team follows, with the same bits), and batch 256 (BLAS's threads).
+@pytest.mark.skipif(not _compiled_available(), reason="fastbp._core (compiled backend) not built")
+@pytest.mark.parametrize("threads", [1, 2])
+@pytest.mark.parametrize("optimizer", OPTIMIZERS)
+@pytest.mark.parametrize("name", ["mnist-b32", "mnist-b256"])
+def test_fit_epoch_threads(benchmark, name, optimizer, threads):
+    _time_fit(benchmark, "cython", name, wl.get(name).dtype, optimizer, threads)
+    benchmark.group = f"{name} threads"
+
+
+def _time_fit(benchmark, backend, name, dtype, optimizer, threads):
     w = wl.get(name)
     ok, details = _check_run(w, dtype, backend, optimizer)
     benchmark.group = name
     benchmark.extra_info.update(backend=backend, workload=name, dtype=dtype, batch=w.batch,
-                                optimizer=optimizer, correct=ok, **details)
+                                optimizer=optimizer, threads=threads, correct=ok, **details)
     assert ok, f"{name} {dtype} {optimizer} on {backend} is not a real training run: {details['problems']}"
 
     n = wl.round_examples(w, EXAMPLES[FULL][name])
@@ -143,7 +159,8 @@ def test_fit_epoch(benchmark, backend, name, dtype, optimizer):
         opt.zero_state()   # Adam's moments and step count as a fresh optimizer's (SGD has none in use)
 
     history = benchmark.pedantic(net.fit, args=(X, Y),
-                                 kwargs=dict(epochs=1, batch_size=w.batch, optimizer=opt, shuffle=False),
+                                 kwargs=dict(epochs=1, batch_size=w.batch, optimizer=opt, shuffle=False,
+                                             threads=threads),
                                  setup=reset, rounds=ROUNDS, warmup_rounds=1, iterations=1)
     assert np.isfinite(history.loss[0])
     benchmark.extra_info["examples"] = n

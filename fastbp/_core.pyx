@@ -36,7 +36,11 @@ cdef extern from "Python.h":
 cdef extern from "_kernels_pool.h" nogil:
     ctypedef struct fastbp_pool:
         pass
+    ctypedef void (*fastbp_pool_fn)(void *ctx, int part, int parts) noexcept nogil
     fastbp_pool *fastbp_pool_create(int parts)
+    void fastbp_pool_run(fastbp_pool *pool, fastbp_pool_fn fn, void *ctx)
+    void fastbp_pool_slice(Py_ssize_t extent, Py_ssize_t unit, int part, int parts, Py_ssize_t *begin,
+                           Py_ssize_t *end)
     unsigned long long fastbp_pool_jobs
     void fastbp_pool_destroy(fastbp_pool *pool)
 
@@ -778,8 +782,8 @@ cdef void dense_backward(const Plan *p, floating *params, const floating *inputs
                 bias[j] = bias[j] - lr * sums[j]
         elif rule >= 0:
             # this layer's weights and bias are one slice of params: [w_off, b_off + n_out)
-            optimizer_range(rule, hyper, params, grad, state, p.n_params, p.w_off[l], p.b_off[l] + n_out,
-                            steps_before)
+            optimizer_range_team(p, rule, hyper, params, grad, state, p.n_params, p.w_off[l],
+                                 p.b_off[l] + n_out, steps_before)
 
         if l > 0:
             swap = delta
@@ -923,6 +927,61 @@ cdef void optimizer_range(int rule, const double *hyper, floating *params, const
         else:
             fastbp_rprop_f64(params + start, grad + start, row0 + start, row1 + start, stop - start, eta_minus,
                              eta_plus, step_min, step_max)
+
+
+# The update of a layer on the training call's team of threads (p.pool), each thread a slice of the range
+# cut at multiples of TEAM_SWEEP_UNIT values; ranges under TEAM_MIN_SWEEP values run on the calling thread.
+# The rules are elementwise (the same bits in any pieces, as optimizer_range says).
+cdef Py_ssize_t TEAM_SWEEP_UNIT = 64
+cdef Py_ssize_t TEAM_MIN_SWEEP = 16384
+
+ctypedef struct RangeJob:
+    int rule
+    const double *hyper
+    void *params
+    const void *grad
+    void *state
+    Py_ssize_t n, start, stop
+    int64_t steps_before
+
+
+cdef void optimizer_part_f32(void *ctx, int part, int parts) noexcept nogil:
+    cdef RangeJob *job = <RangeJob *>ctx
+    cdef Py_ssize_t b, e
+    fastbp_pool_slice(job.stop - job.start, TEAM_SWEEP_UNIT, part, parts, &b, &e)
+    optimizer_range[float](job.rule, job.hyper, <float *>job.params, <const float *>job.grad,
+                           <float *>job.state, job.n, job.start + b, job.start + e, job.steps_before)
+
+
+cdef void optimizer_part_f64(void *ctx, int part, int parts) noexcept nogil:
+    cdef RangeJob *job = <RangeJob *>ctx
+    cdef Py_ssize_t b, e
+    fastbp_pool_slice(job.stop - job.start, TEAM_SWEEP_UNIT, part, parts, &b, &e)
+    optimizer_range[double](job.rule, job.hyper, <double *>job.params, <const double *>job.grad,
+                            <double *>job.state, job.n, job.start + b, job.start + e, job.steps_before)
+
+
+cdef void optimizer_range_team(const Plan *p, int rule, const double *hyper, floating *params,
+                               const floating *grad, floating *state, Py_ssize_t n, Py_ssize_t start,
+                               Py_ssize_t stop, int64_t steps_before) noexcept nogil:
+    """optimizer_range, split over p.pool when there is one and the range is worth it."""
+    cdef RangeJob job
+    if p.pool == NULL or stop - start < TEAM_MIN_SWEEP:
+        optimizer_range(rule, hyper, params, grad, state, n, start, stop, steps_before)
+        return
+    job.rule = rule
+    job.hyper = hyper
+    job.params = params
+    job.grad = grad
+    job.state = state
+    job.n = n
+    job.start = start
+    job.stop = stop
+    job.steps_before = steps_before
+    if floating is float:
+        fastbp_pool_run(p.pool, optimizer_part_f32, &job)
+    else:
+        fastbp_pool_run(p.pool, optimizer_part_f64, &job)
 
 
 # ---------------------------------------------------------------------------------------------------

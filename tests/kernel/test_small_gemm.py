@@ -27,6 +27,7 @@ SHAPES = [
     ([257, 40, 33, 3], "tanh", 16),     # 257: one scalar column; 40 x 33 takes the hand loops or BLAS
     ([264, 256, 17, 2], "sigmoid", 48),  # 264 = 8 x 32 + 8 (one 8-wide double vector); both first layers
     ([784, 128, 10], "relu", 32),       # mnist-b32
+    ([300, 22, 4], "relu", 44),         # 44 rows = 11 blocks of 4; 22 outputs = 5 blocks of 4 + 2 left
 ]
 
 
@@ -78,6 +79,15 @@ def _train(sizes, hidden, batch, dtype, rule, small, threads=1):
         if rule == "adam":
             hyper[_spec.HYPER_ADAM_BETA1], hyper[_spec.HYPER_ADAM_BETA2] = 0.9, 0.999
             hyper[_spec.HYPER_ADAM_EPS] = 1e-8
+        elif rule == "rmsprop":
+            hyper[_spec.HYPER_RMSPROP_ALPHA], hyper[_spec.HYPER_RMSPROP_EPS] = 0.99, 1e-8
+            hyper[_spec.HYPER_RMSPROP_MOMENTUM], hyper[_spec.HYPER_RMSPROP_CENTERED] = 0.5, 1
+        elif rule == "rprop":
+            hyper[_spec.HYPER_RPROP_ETA_MINUS], hyper[_spec.HYPER_RPROP_ETA_PLUS] = 0.5, 1.2
+            hyper[_spec.HYPER_RPROP_STEP_MIN], hyper[_spec.HYPER_RPROP_STEP_MAX] = 1e-6, 50
+        elif rule == "momentum":
+            rule = "sgd"
+            hyper[_spec.HYPER_SGD_MOMENTUM], hyper[_spec.HYPER_SGD_NESTEROV] = 0.9, 1
         state = np.zeros((len(_spec.STATE_ROWS[rule]), params.size), dtype=dtype)
         steps = np.zeros(1, dtype=np.int64)
         ws = core.Workspace(sizes, codes, _spec.LOSS_CODES["mse"], dtype, batch)
@@ -104,12 +114,13 @@ def test_training_agrees_with_blas_and_repeats_bit_for_bit(sizes, hidden, batch,
     assert params_small.tobytes() == params_again.tobytes()
 
 
-@pytest.mark.parametrize("rule", ["sgd", "adam"])
+@pytest.mark.parametrize("rule", ["sgd", "adam", "momentum", "rmsprop", "rprop"])
 @pytest.mark.parametrize("dtype", [np.float64, np.float32])
 @pytest.mark.parametrize("sizes,hidden,batch", SHAPES)
 def test_training_on_a_team_of_threads_gives_the_same_bits(sizes, hidden, batch, dtype, rule):
     # each thread computes a slice of every product's output cut at the serial loop's register blocks: 2
-    # threads halve the outputs, 3 cut them unevenly, 8 leave some threads without a block on narrow layers
+    # threads halve the outputs, 3 cut them unevenly, 8 leave some threads without a block on narrow layers;
+    # the update rules (all but plain SGD, which updates inside the product) split each large layer's sweep
     alone, params_alone = _train(sizes, hidden, batch, dtype, rule, small=True, threads=1)
     for threads in (2, 3, 8):
         jobs = core._team_jobs()
