@@ -945,20 +945,20 @@ ctypedef struct RangeJob:
     int64_t steps_before
 
 
-cdef void optimizer_part_f32(void *ctx, int part, int parts) noexcept nogil:
-    cdef RangeJob *job = <RangeJob *>ctx
+cdef inline void optimizer_part(const RangeJob *job, floating *params, int part, int parts) noexcept nogil:
+    """The part-th slice of a RangeJob (params: job.params as the job's dtype)."""
     cdef Py_ssize_t b, e
     fastbp_pool_slice(job.stop - job.start, TEAM_SWEEP_UNIT, part, parts, &b, &e)
-    optimizer_range[float](job.rule, job.hyper, <float *>job.params, <const float *>job.grad,
-                           <float *>job.state, job.n, job.start + b, job.start + e, job.steps_before)
+    optimizer_range(job.rule, job.hyper, params, <const floating *>job.grad, <floating *>job.state, job.n,
+                    job.start + b, job.start + e, job.steps_before)
+
+
+cdef void optimizer_part_f32(void *ctx, int part, int parts) noexcept nogil:
+    optimizer_part(<RangeJob *>ctx, <float *>(<RangeJob *>ctx).params, part, parts)
 
 
 cdef void optimizer_part_f64(void *ctx, int part, int parts) noexcept nogil:
-    cdef RangeJob *job = <RangeJob *>ctx
-    cdef Py_ssize_t b, e
-    fastbp_pool_slice(job.stop - job.start, TEAM_SWEEP_UNIT, part, parts, &b, &e)
-    optimizer_range[double](job.rule, job.hyper, <double *>job.params, <const double *>job.grad,
-                            <double *>job.state, job.n, job.start + b, job.start + e, job.steps_before)
+    optimizer_part(<RangeJob *>ctx, <double *>(<RangeJob *>ctx).params, part, parts)
 
 
 cdef void optimizer_range_team(const Plan *p, int rule, const double *hyper, floating *params,
