@@ -300,8 +300,10 @@ def train_epoch(ws, params, X, Y, sample_weight, batch_size, rule, hyper, state,
     ``threads``: the compiled kernel's thread count for its own products (the results do not depend on it);
     checked here (an int of at least 1) and otherwise unused: NumPy's products use its BLAS's threads.
     """
-    if isinstance(threads, bool) or not isinstance(threads, numbers.Integral) or threads < 1:
-        raise ValueError(f"threads must be an int of at least 1; got {threads!r}")
+    if isinstance(threads, bool) or not isinstance(threads, numbers.Integral):
+        raise TypeError(f"threads must be an int; got {type(threads).__name__} {threads!r}")
+    if threads < 1:
+        raise ValueError(f"threads must be at least 1; got {threads}")
     if progress is not None and not callable(progress):
         raise TypeError(f"progress must be None or a callable; got {type(progress).__name__}")
     n = X.shape[0]

@@ -147,6 +147,9 @@ def test_a_thread_count_below_one_is_refused(module, threads):
     with pytest.raises(ValueError, match="threads"):
         module.train_epoch(ws, params, X, Y, None, batch, _spec.RULE_CODES["sgd"], np.zeros(_spec.N_HYPER),
                            np.zeros((0, params.size)), np.zeros(1, dtype=np.int64), -1, threads=threads)
+    with pytest.raises(TypeError):
+        module.train_epoch(ws, params, X, Y, None, batch, _spec.RULE_CODES["sgd"], np.zeros(_spec.N_HYPER),
+                           np.zeros((0, params.size)), np.zeros(1, dtype=np.int64), -1, threads="2")
 
 
 @pytest.mark.parametrize("dtype", ["float32", "float64"])
