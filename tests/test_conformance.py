@@ -446,3 +446,22 @@ def test_a_bad_explicit_row_order_is_refused(name, order, message):
     with pytest.raises(ValueError, match=message):
         module.train_epoch(ws, params, np.zeros((5, 4)), np.zeros((5, 2)), None, 2, *arguments, order)
     assert not params.any()
+
+
+@pytest.mark.parametrize("name", sorted(MODULES))
+@pytest.mark.parametrize("threads", [0, -2])
+def test_train_epoch_refuses_a_bad_thread_count(name, threads):
+    # threads= (the kernel's team for its own products): an int of at least 1 on both backends
+    module = MODULES[name]
+    sizes, batch = [300, 21, 5], 19
+    codes = [_spec.ACTIVATION_CODES["relu"], _spec.ACTIVATION_CODES["identity"]]
+    _, total = _spec.param_offsets(sizes)
+    rng = np.random.default_rng(1)
+    params, X, Y = rng.normal(size=total), rng.normal(size=(batch, sizes[0])), rng.normal(size=(batch, sizes[-1]))
+    ws = module.Workspace(sizes, codes, _spec.LOSS_CODES["mse"], np.float64, batch)
+    with pytest.raises(ValueError, match="threads"):
+        module.train_epoch(ws, params, X, Y, None, batch, _spec.RULE_CODES["sgd"], np.zeros(_spec.N_HYPER),
+                           np.zeros((0, params.size)), np.zeros(1, dtype=np.int64), -1, threads=threads)
+    with pytest.raises(TypeError):
+        module.train_epoch(ws, params, X, Y, None, batch, _spec.RULE_CODES["sgd"], np.zeros(_spec.N_HYPER),
+                           np.zeros((0, params.size)), np.zeros(1, dtype=np.int64), -1, threads="2")

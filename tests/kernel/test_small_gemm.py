@@ -138,20 +138,6 @@ def test_one_thread_and_unsplittable_calls_start_no_team():
     assert core._team_jobs() == jobs
 
 
-@pytest.mark.parametrize("module", [core, _reference], ids=["cython", "numpy"])
-@pytest.mark.parametrize("threads", [0, -2])
-def test_a_thread_count_below_one_is_refused(module, threads):
-    sizes, hidden, batch = SHAPES[0]
-    codes, params, X, Y = _case(sizes, hidden, batch, np.float64, 1)
-    ws = module.Workspace(sizes, codes, _spec.LOSS_CODES["mse"], np.float64, batch)
-    with pytest.raises(ValueError, match="threads"):
-        module.train_epoch(ws, params, X, Y, None, batch, _spec.RULE_CODES["sgd"], np.zeros(_spec.N_HYPER),
-                           np.zeros((0, params.size)), np.zeros(1, dtype=np.int64), -1, threads=threads)
-    with pytest.raises(TypeError):
-        module.train_epoch(ws, params, X, Y, None, batch, _spec.RULE_CODES["sgd"], np.zeros(_spec.N_HYPER),
-                           np.zeros((0, params.size)), np.zeros(1, dtype=np.int64), -1, threads="2")
-
-
 @pytest.mark.parametrize("dtype", ["float32", "float64"])
 def test_fit_gives_the_same_bits_on_one_and_two_threads(dtype):
     from fastbp import Network
