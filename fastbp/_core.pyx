@@ -1270,6 +1270,8 @@ cdef object _train_epoch(Workspace ws, floating[::1] params, const floating[:, :
 
     if batch_size < 1 or min(batch_size, n) > p.max_batch:
         raise ValueError(f"batch_size {batch_size} does not fit the workspace ({p.max_batch} rows)")
+    if threads < 1:
+        raise ValueError(f"threads must be at least 1; got {threads}")
     if progress is not None and not callable(progress):
         raise TypeError(f"progress must be None or a callable; got {type(progress).__name__}")
     if n <= 0:
@@ -1305,8 +1307,6 @@ cdef object _train_epoch(Workspace ws, floating[::1] params, const floating[:, :
     if in_place and min(batch_size, n) >= SNAPSHOT_MIN_BATCH and work * min(batch_size, n) >= INNER_CHECK_WORK:
         saved_buffer = np.empty(p.n_params, dtype=ws.dtype)
         saved = <floating *><size_t>saved_buffer.ctypes.data
-    if threads < 1:
-        raise ValueError(f"threads must be at least 1; got {threads}")
     threads = product_threads(p, threads, min(batch_size, n), n, sparse)
     # (the nogil block below raises nothing: the pool is always destroyed after it)
     if threads > 1:

@@ -55,13 +55,14 @@ typedef struct fastbp_pool {
     fastbp_pool_helper_arg helpers[FASTBP_POOL_MAX];
 } fastbp_pool;
 
-static void fastbp_pool_wait_while_equal(const unsigned *word, unsigned value)
-{
-    long spins = 0;
-    while (__atomic_load_n(word, __ATOMIC_ACQUIRE) == value) {
-        if (++spins < FASTBP_POOL_SPINS) FASTBP_POOL_PAUSE(); else sched_yield();
+/* Wait while CONDITION (which reads an atomic) holds: FASTBP_POOL_SPINS pauses, then yielding the core. */
+#define FASTBP_POOL_WAIT_WHILE(CONDITION)                                                             \
+    {                                                                                                 \
+        long spins_ = 0;                                                                              \
+        while (CONDITION) {                                                                           \
+            if (++spins_ < FASTBP_POOL_SPINS) FASTBP_POOL_PAUSE(); else sched_yield();                \
+        }                                                                                             \
     }
-}
 
 static void *fastbp_pool_helper(void *arg)
 {
@@ -69,7 +70,7 @@ static void *fastbp_pool_helper(void *arg)
     const int part = ((fastbp_pool_helper_arg *)arg)->part;
     unsigned seen = 0;
     for (;;) {
-        fastbp_pool_wait_while_equal(&pool->generation, seen);
+        FASTBP_POOL_WAIT_WHILE(__atomic_load_n(&pool->generation, __ATOMIC_ACQUIRE) == seen)
         seen = __atomic_load_n(&pool->generation, __ATOMIC_ACQUIRE);
         if (__atomic_load_n(&pool->quit, __ATOMIC_ACQUIRE)) return NULL;
         pool->fn(pool->ctx, part, pool->parts);
@@ -105,7 +106,6 @@ static fastbp_pool *fastbp_pool_create(int parts)
 /* fn(ctx, part, parts) for every part, part 0 on the calling thread; returns when all have finished. */
 static void fastbp_pool_run(fastbp_pool *pool, fastbp_pool_fn fn, void *ctx)
 {
-    long spins = 0;
     if (pool == NULL) {
         fn(ctx, 0, 1);
         return;
@@ -116,9 +116,7 @@ static void fastbp_pool_run(fastbp_pool *pool, fastbp_pool_fn fn, void *ctx)
     __atomic_store_n(&pool->remaining, pool->parts - 1, __ATOMIC_RELAXED);
     __atomic_add_fetch(&pool->generation, 1, __ATOMIC_RELEASE);
     fn(ctx, 0, pool->parts);
-    while (__atomic_load_n(&pool->remaining, __ATOMIC_ACQUIRE) != 0) {
-        if (++spins < FASTBP_POOL_SPINS) FASTBP_POOL_PAUSE(); else sched_yield();
-    }
+    FASTBP_POOL_WAIT_WHILE(__atomic_load_n(&pool->remaining, __ATOMIC_ACQUIRE) != 0)
 }
 
 static void fastbp_pool_destroy(fastbp_pool *pool)
