@@ -49,10 +49,19 @@ AGREE_RTOL = {"float64": 1e-5, "float32": 2e-3}
 # Running the children
 # ----------------------------------------------------------------------------------------------------------
 
+# --emulate-avx2: what an AVX2-only CPU would run, as far as an AVX-512 one can show it: OpenBLAS's AVX2
+# (Haswell) kernels for numpy, scipy and the gemm peers, and fastbp's AVX2 small products. fastbp's cloned
+# loops (per-example training, the sweeps) and XLA's matmuls (which ignore --xla_cpu_max_isa; measured)
+# still pick their AVX-512 code, so the JAX ratio is not the AVX2 machine's.
+EMULATE_AVX2_ENV = {"OPENBLAS_CORETYPE": "Haswell", "FASTBP_SMALL_GEMM": "avx2"}
+EXTRA_ENV = {}
+
+
 def child_env():
     env = os.environ.copy()
     for key in STRIPPED_ENV:
         env.pop(key, None)
+    env.update(EXTRA_ENV)
     return env
 
 
@@ -211,7 +220,9 @@ def report(meta, peaks, rows, all_results, peers):
     p(f"mode: epochs={meta['epochs']} timed epochs (median, after 1 warm-up), ~{meta['target_s']} s per epoch, "
       f"optimizer {meta.get('optimizer', 'sgd')}, torch threads {meta['torch_threads']}, fastbp from {meta['fastbp_from']}, "
       f"best of {meta['repeat']} interleaved run(s) per peer; clock {meta.get('clock', 'wall')}; "
-      f"children without {', '.join(STRIPPED_ENV)}")
+      f"children without {', '.join(STRIPPED_ENV)}"
+      + (f"; AVX2 EMULATED: children with {meta['emulate_avx2']} (fastbp's cloned loops and XLA keep AVX-512)"
+         if meta.get("emulate_avx2") else ""))
     pk = []
     for dt, r in peaks.items():
         pk.append(f"{dt}: {r['gflops_best']:.1f} GFLOP/s (median {r['gflops_median']:.1f})" if r.get("status") == "ok"
@@ -286,7 +297,8 @@ def report(meta, peaks, rows, all_results, peers):
         if "jax_version" in info:
             extra.append(f"jax {info['jax_version']} {info['jax_devices']}")
         if "net_backend" in info:
-            extra.append(f"fastbp backend {info['net_backend']} from {info['fastbp_file']}")
+            extra.append(f"fastbp backend {info['net_backend']} from {info['fastbp_file']}"
+                         + (f", small products {info['small_gemm']}" if "small_gemm" in info else ""))
         if "fann" in info:
             extra.append(info["fann"])
         p(f"- {peer}: python {env.get('python_version')} ({env.get('python')}), numpy {env.get('numpy')}, "
@@ -370,6 +382,8 @@ def main(argv=None):
     ap.add_argument("--fastbp-from", choices=("source", "installed"), default="source",
                     help="benchmark the fastbp of this checkout (default; its compiled module built in place, "
                          "e.g. by pip install -e .) or the one the interpreter imports")
+    ap.add_argument("--emulate-avx2", action="store_true",
+                    help="children run OpenBLAS's AVX2 kernels and fastbp's AVX2 small products (see EMULATE_AVX2_ENV)")
     ap.add_argument("--child-timeout", type=float, default=600.0, help="seconds before a child is given up")
     args = ap.parse_args(argv)
     global CLOCK
@@ -400,6 +414,10 @@ def main(argv=None):
     os.environ["FASTBP_BENCH_TORCH_THREADS"] = str(args.torch_threads)  # read by the torch child
     os.environ["FASTBP_BENCH_FROM"] = args.fastbp_from                   # read by the fastbp children
     os.environ["FASTBP_BENCH_OPTIMIZER"] = args.optimizer               # read by every child
+    if args.emulate_avx2:
+        # a FASTBP_SMALL_GEMM of the caller's own stands (=off: the AVX2 machine before its small products)
+        EXTRA_ENV.update({k: v for k, v in EMULATE_AVX2_ENV.items() if k in STRIPPED_ENV or k not in os.environ})
+        meta["emulate_avx2"] = dict(EXTRA_ENV)
     meta.update(clock=args.clock, torch_threads=args.torch_threads, fastbp_from=args.fastbp_from, optimizer=args.optimizer)
     if os.getloadavg()[0] > 0.5 * (os.cpu_count() or 1):
         log(f"warning: load average {meta['load_before']} on {os.cpu_count()} cores: other processes are "

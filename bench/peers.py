@@ -104,8 +104,12 @@ class FastbpFit:
 
     def info(self):
         fb = self.fastbp
-        return {"fastbp_file": os.path.dirname(fb.__file__), "fastbp_version": getattr(fb, "__version__", None),
+        info = {"fastbp_file": os.path.dirname(fb.__file__), "fastbp_version": getattr(fb, "__version__", None),
                 "net_backend": str(getattr(self.net, "backend", None))}
+        if info["net_backend"] == "cython":
+            from fastbp import _core
+            info["small_gemm"] = _core._small_gemm_isa()
+        return info
 
 
 class FastbpTwin(FastbpFit):
@@ -433,7 +437,8 @@ def env_info():
             "cpu_count": os.cpu_count(),
             "affinity": sorted(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else None,
             "env": {k: os.environ.get(k) for k in ("OPENBLAS_CORETYPE", "OPENBLAS_L2_SIZE", "OPENBLAS_NUM_THREADS",
-                                                    "OMP_NUM_THREADS", "MKL_NUM_THREADS", "FASTBP_BACKEND")
+                                                    "OMP_NUM_THREADS", "MKL_NUM_THREADS", "FASTBP_BACKEND",
+                                                    "FASTBP_SMALL_GEMM")
                     if os.environ.get(k) is not None}}
     try:
         import resource

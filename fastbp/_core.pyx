@@ -22,7 +22,9 @@ from cpython.exc cimport PyErr_Clear
 from cpython.ref cimport PyObject
 from scipy.linalg.cython_blas cimport sgemm, dgemm
 
+import os
 import time
+import warnings
 
 import numpy as np
 
@@ -173,7 +175,9 @@ cdef extern from "_kernels.h" nogil:
     void fastbp_column_sums_f64(double *sums, const double *x, Py_ssize_t rows, Py_ssize_t n)
 
 cdef extern from "_kernels_gemm.h" nogil:
-    int fastbp_small_gemm_available()
+    int FASTBP_GEMM_ISA_NONE, FASTBP_GEMM_ISA_AVX2, FASTBP_GEMM_ISA_AVX512
+    int fastbp_small_gemm_cpu_level()
+    int fastbp_small_gemm_select(int level)
     double FASTBP_SPLIT_MIN_WORK
     # the products on the training call's threads (pool NULL: the calling thread alone)
     void fastbp_gemm_nt_team_f32(fastbp_pool *pool, const float *A, const float *W, const float *bias, int act,
@@ -220,8 +224,27 @@ cdef Py_ssize_t SMALL_GEMM_MIN_BATCH = 16
 cdef Py_ssize_t SMALL_GEMM_MAX_BATCH = 48
 cdef Py_ssize_t SMALL_GEMM_MIN_INPUTS = 256
 cdef Py_ssize_t SMALL_GEMM_MIN_OUTPUTS = 16
-# Whether this CPU runs them (AVX-512; see _kernels_gemm.h): checked once, at import.
-cdef bint SMALL_GEMM_CPU = fastbp_small_gemm_available() != 0
+# Which build of them the layers use (_kernels_gemm.h: AVX-512, AVX2+FMA, or none, when BLAS serves every
+# layer): the best this CPU runs, chosen at import; the environment variable FASTBP_SMALL_GEMM (avx512,
+# avx2 or off) caps it, and _small_gemm_isa() changes it.
+SMALL_GEMM_ISA_NAMES = {"off": FASTBP_GEMM_ISA_NONE, "avx2": FASTBP_GEMM_ISA_AVX2,
+                        "avx512": FASTBP_GEMM_ISA_AVX512}
+cdef int SMALL_GEMM_ISA = fastbp_small_gemm_select(FASTBP_GEMM_ISA_AVX512)
+
+
+def _small_gemm_env_cap():
+    value = os.environ.get("FASTBP_SMALL_GEMM", "").strip().lower()
+    if not value:
+        return
+    if value not in SMALL_GEMM_ISA_NAMES:
+        warnings.warn(f"FASTBP_SMALL_GEMM={value!r} is not one of {', '.join(SMALL_GEMM_ISA_NAMES)}; ignored",
+                      RuntimeWarning, stacklevel=2)
+        return
+    global SMALL_GEMM_ISA
+    SMALL_GEMM_ISA = fastbp_small_gemm_select(min(SMALL_GEMM_ISA_NAMES[value], SMALL_GEMM_ISA))
+
+
+_small_gemm_env_cap()
 
 # How many multiply-adds of training pass between two checks for Ctrl-C (each check takes the GIL; at
 # 2e7 that is 1-4 ms of one core's work, so the GIL's cost is not measurable and Ctrl-C is seen within a
@@ -527,7 +550,7 @@ cdef inline bint blas_pays(Py_ssize_t batch, Py_ssize_t n_in, Py_ssize_t n_out) 
 
 
 cdef inline bint small_gemm_pays(Py_ssize_t batch, Py_ssize_t n_in, Py_ssize_t n_out) noexcept nogil:
-    return (SMALL_GEMM_CPU and SMALL_GEMM_MIN_BATCH <= batch <= SMALL_GEMM_MAX_BATCH
+    return (SMALL_GEMM_ISA != FASTBP_GEMM_ISA_NONE and SMALL_GEMM_MIN_BATCH <= batch <= SMALL_GEMM_MAX_BATCH
             and n_in >= SMALL_GEMM_MIN_INPUTS
             and n_out >= SMALL_GEMM_MIN_OUTPUTS)
 
@@ -1701,8 +1724,36 @@ def _team_jobs():
 
 
 def _small_gemm_available():
-    """Whether this CPU runs the non-packing products (x86-64 with AVX-512, a gcc build on Linux)."""
-    return bool(SMALL_GEMM_CPU)
+    """Whether this CPU runs the non-packing products (x86-64 with AVX-512 or AVX2+FMA, a gcc build on
+    Linux). Not part of the public API."""
+    return fastbp_small_gemm_cpu_level() != FASTBP_GEMM_ISA_NONE
+
+
+def _small_gemm_isas():
+    """The builds of the non-packing products this CPU runs, best first (``"avx512"``, ``"avx2"``), for
+    the tests and benchmarks. Not part of the public API."""
+    level = fastbp_small_gemm_cpu_level()
+    return [name for name, code in sorted(SMALL_GEMM_ISA_NAMES.items(), key=lambda item: -item[1])
+            if FASTBP_GEMM_ISA_NONE < code <= level]
+
+
+def _small_gemm_isa(name=None):
+    """Read (and, for the tests and benchmarks, set) which build of the non-packing products the layers
+    use: ``"avx512"``, ``"avx2"`` or ``"off"`` (BLAS for every layer). Returns the name in force after
+    the call. Not part of the public API.
+
+    Raises ValueError for another name, or for a build this CPU cannot run.
+    """
+    global SMALL_GEMM_ISA
+    if name is not None:
+        if name not in SMALL_GEMM_ISA_NAMES:
+            raise ValueError(f"small-product build must be one of {', '.join(SMALL_GEMM_ISA_NAMES)}; got {name!r}")
+        level = SMALL_GEMM_ISA_NAMES[name]
+        if level > fastbp_small_gemm_cpu_level():
+            raise ValueError(f"this CPU or build cannot run the {name} products; it runs "
+                             f"{', '.join(_small_gemm_isas()) or 'none'}")
+        SMALL_GEMM_ISA = fastbp_small_gemm_select(level)
+    return {code: key for key, code in SMALL_GEMM_ISA_NAMES.items()}[SMALL_GEMM_ISA]
 
 
 def _blas_thresholds(min_batch=None, min_work=None):

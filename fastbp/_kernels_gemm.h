@@ -1,19 +1,29 @@
 /* Small mini-batch products without packing, for the row counts (batch 2-64) where BLAS spends more time
  * packing operands and synchronising threads than multiplying. Included by fastbp/_core.pyx after
- * _kernels.h (FASTBP_RESTRICT, fastbp_activate, Py_ssize_t). Used only where fastbp_small_gemm_available()
- * (gcc, Linux, x86-64 with AVX-512); everywhere else the layers keep BLAS. Row-major operands throughout,
- * the shapes of one dense layer: a batch of B rows, I inputs, O outputs, W stored (O, I).
+ * _kernels.h (FASTBP_RESTRICT, fastbp_activate, Py_ssize_t). Used only where fastbp_small_gemm_cpu_level()
+ * is above zero (gcc, Linux, x86-64 with AVX-512 or AVX2+FMA); everywhere else the layers keep BLAS.
+ * Row-major operands throughout, the shapes of one dense layer: a batch of B rows, I inputs, O outputs,
+ * W stored (O, I).
  *
  * - fastbp_gemm_nt: C (B x O) = f(A (B x I) W^T + bias), the forward product: every entry is a dot
- *   product along contiguous rows of A and W, 4 rows x 4 outputs at a time (16 vector accumulators, each
+ *   product along contiguous rows of A and W, 4 rows x NTU outputs at a time (vector accumulators, each
  *   summed as a tree at the end), the bias and activation applied to each block of 4 rows while it is
  *   in L1.
  * - fastbp_gemm_nn: C (B x I) = D (B x O) W, the delta of the layer below: rows of W scaled and summed,
- *   a block of FASTBP_GEMM_ROWS rows x FASTBP_GEMM_VECS vectors of C kept in registers across the sum.
+ *   a block of ROWS rows x VECS vectors of C kept in registers across the sum.
  * - fastbp_gemm_tn: C (O x I) = alpha D^T A + beta C (beta 0 or 1): the weight gradient (or, with
  *   alpha = -lr and beta = 1, the plain-SGD update in place), the same register blocking over O.
- * The sums over O (nn) and over the batch (tn) run in index order; the dot products (nt) in 64-byte lanes
- * summed as a tree: every result is the same bits run to run. */
+ * The sums over O (nn) and over the batch (tn) run in index order; the dot products (nt) in vector lanes
+ * summed as a tree: every result is the same bits run to run, and on any number of threads.
+ *
+ * Each product is built twice, with runtime dispatch between the two (fastbp_gemm_isa):
+ * - AVX-512 (x86-64-v4, 32 registers of 64 bytes): nt blocks of 4 rows x 4 outputs, nn/tn 8 rows x 2
+ *   vectors (16 accumulators);
+ * - AVX2+FMA (x86-64-v3, 16 registers of 32 bytes): nt 4 x 3 (12 accumulators; 4 x 2 measured 10% slower,
+ *   4 x 4 30% slower on the AMD EPYC of docs/BENCHMARKS.md), nn/tn 4 x 2 (the AVX-512 blocks spill on
+ *   16 registers: 8 x 2 with three vectors measured 4x slower).
+ * The two give results that differ in the last bits (lanes of 16 or 8 floats in the dot products); each
+ * is deterministic. */
 #ifndef FASTBP_KERNELS_GEMM_H
 #define FASTBP_KERNELS_GEMM_H
 
@@ -21,36 +31,39 @@
 
 #include "_kernels_pool.h"
 
-/* The register block of nn/tn: FASTBP_GEMM_ROWS rows of C x FASTBP_GEMM_VECS vectors of 64 bytes (GCC
- * vector extensions: 16 of the 32 AVX-512 registers). */
-#define FASTBP_GEMM_VECS 2
-#define FASTBP_GEMM_ROWS 8
-#if defined(__GNUC__) && !defined(__clang__) && defined(__linux__) && defined(__x86_64__) \
+/* Instruction sets of the products: what the CPU runs (fastbp_small_gemm_cpu_level) and what the layers
+ * use now (fastbp_gemm_isa, set by fastbp_small_gemm_select; NONE: BLAS serves every layer). */
+enum { FASTBP_GEMM_ISA_NONE = 0, FASTBP_GEMM_ISA_AVX2 = 1, FASTBP_GEMM_ISA_AVX512 = 2 };
+static int fastbp_gemm_isa = FASTBP_GEMM_ISA_NONE;
+
+#if defined(__GNUC__) && !defined(__clang__) && defined(__linux__) && defined(__x86_64__)             \
     && !defined(FASTBP_NO_CLONES)
-/* Built for AVX-512 only (x86-64-v4: 32 vector registers hold the blocks below) and used only where the
- * CPU has it: on AVX2, 64-byte vectors split into pairs that spill (measured 3-40x slower than BLAS), so
- * there the layers keep BLAS. */
-#define FASTBP_GEMM_TARGET __attribute__((target("arch=x86-64-v4")))
-static int fastbp_small_gemm_available(void)
+#define FASTBP_GEMM_TARGET_AVX512 __attribute__((target("arch=x86-64-v4")))
+#define FASTBP_GEMM_TARGET_AVX2 __attribute__((target("arch=x86-64-v3")))
+static int fastbp_small_gemm_cpu_level(void)
 {
     __builtin_cpu_init();
-    return __builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512vl")
-           && __builtin_cpu_supports("avx512bw") && __builtin_cpu_supports("avx512dq")
-           && __builtin_cpu_supports("avx512cd");
+    if (__builtin_cpu_supports("x86-64-v4")) return FASTBP_GEMM_ISA_AVX512;
+    if (__builtin_cpu_supports("x86-64-v3")) return FASTBP_GEMM_ISA_AVX2;
+    return FASTBP_GEMM_ISA_NONE;
 }
-#define FASTBP_GEMM_VEC(REAL) typedef REAL vec __attribute__((vector_size(64)));
-/* OUT = the lanes of the 64-byte vector V summed as a tree (halves added: 64 -> 32 -> 16 bytes, then the
- * last lanes in order), a few instructions instead of one scalar add per lane. */
-#define FASTBP_GEMM_HSUM(REAL, V, OUT)                                                                \
+/* `vec`: VB bytes of REAL (GCC vector extensions). */
+#define FASTBP_GEMM_VEC(REAL, VB) typedef REAL vec __attribute__((vector_size(VB)));
+/* OUT = the lanes of the VB-byte vector V (64 or 32) summed as a tree (halves added: 64 -> 32 -> 16 bytes,
+ * then the last lanes in order), a few instructions instead of one scalar add per lane. */
+#define FASTBP_GEMM_HSUM(REAL, VB, V, OUT)                                                            \
     {                                                                                                 \
         typedef REAL half_ __attribute__((vector_size(32)));                                          \
         typedef REAL quarter_ __attribute__((vector_size(16)));                                       \
-        half_ h0_, h1_;                                                                               \
+        half_ h0_;                                                                                    \
         quarter_ q0_, q1_;                                                                            \
         REAL t_[16 / sizeof(REAL)];                                                                   \
         memcpy(&h0_, (const char *)&(V), 32);                                                         \
-        memcpy(&h1_, (const char *)&(V) + 32, 32);                                                    \
-        h0_ = h0_ + h1_;                                                                              \
+        if ((VB) == 64) {                                                                             \
+            half_ h1_;                                                                                \
+            memcpy(&h1_, (const char *)&(V) + 32, 32);                                                \
+            h0_ = h0_ + h1_;                                                                          \
+        }                                                                                             \
         memcpy(&q0_, (const char *)&h0_, 16);                                                         \
         memcpy(&q1_, (const char *)&h0_ + 16, 16);                                                    \
         q0_ = q0_ + q1_;                                                                              \
@@ -61,28 +74,50 @@ static int fastbp_small_gemm_available(void)
 #else
 /* Elsewhere the layers keep BLAS; the functions are still built (scalar: a "vector" is one value) so
  * that the module links, and stay correct if called. */
-#define FASTBP_GEMM_TARGET
-static int fastbp_small_gemm_available(void) { return 0; }
-#define FASTBP_GEMM_VEC(REAL) typedef REAL vec;
-#define FASTBP_GEMM_HSUM(REAL, V, OUT) OUT = (V);
+#define FASTBP_GEMM_TARGET_AVX512
+#define FASTBP_GEMM_TARGET_AVX2
+static int fastbp_small_gemm_cpu_level(void) { return FASTBP_GEMM_ISA_NONE; }
+#define FASTBP_GEMM_VEC(REAL, VB) typedef REAL vec;
+#define FASTBP_GEMM_HSUM(REAL, VB, V, OUT) OUT = (V);
 #endif
 
-/* One block of nn/tn: for the h (<= FASTBP_GEMM_ROWS) rows q of C starting at CROW (an expression in q),
+/* Use the products of instruction set `level` (capped at what the CPU runs; FASTBP_GEMM_ISA_NONE turns
+ * them off); returns the set now in use. Called at import, and by the tests and benchmarks to run the
+ * AVX2 products on an AVX-512 CPU. */
+static int fastbp_small_gemm_select(int level)
+{
+    const int cpu = fastbp_small_gemm_cpu_level();
+    fastbp_gemm_isa = level < FASTBP_GEMM_ISA_NONE ? FASTBP_GEMM_ISA_NONE : level > cpu ? cpu : level;
+    return fastbp_gemm_isa;
+}
+
+/* The register blocks of each set (see the top of the file). NT_OUTS: outputs of an nt block; ROWS x
+ * VECS: an nn/tn block; VBYTES: the vector width. The team splits each product at these edges. */
+#define FASTBP_GEMM_AVX512_VBYTES 64
+#define FASTBP_GEMM_AVX512_NT_OUTS 4
+#define FASTBP_GEMM_AVX512_ROWS 8
+#define FASTBP_GEMM_AVX512_VECS 2
+#define FASTBP_GEMM_AVX2_VBYTES 32
+#define FASTBP_GEMM_AVX2_NT_OUTS 3
+#define FASTBP_GEMM_AVX2_ROWS 4
+#define FASTBP_GEMM_AVX2_VECS 2
+
+/* One block of nn/tn: for the h (<= ROWS) rows q of C starting at CROW (an expression in q),
  * over every column i of I: C[q][i] = alpha * sum_{k < K} DK[q * DSTRIDE] * XK[i] (+ C[q][i] when ACC),
  * where DK and XK are expressions in k. Every element's sum runs in k order, whichever strip (NV vectors
  * wide, one vector wide, or the scalar columns at the end) computes it. */
-#define FASTBP_GEMM_STRIP(REAL, NV, h, K, DK, DSTRIDE, XK, CROW, I, ALPHA, ACC)                       \
+#define FASTBP_GEMM_STRIP(REAL, ROWS, NV, h, K, DK, DSTRIDE, XK, CROW, I, ALPHA, ACC)                 \
         for (; i0 + (NV) * L <= (I); i0 += (NV) * L) {                                                \
-            vec acc[FASTBP_GEMM_ROWS][NV];                                                            \
-            for (int q = 0; q < FASTBP_GEMM_ROWS; q++)                                                \
-                for (int u = 0; u < (NV); u++) acc[q][u] = zero;                                  \
-            if (h == FASTBP_GEMM_ROWS) {                                                              \
+            vec acc[ROWS][NV];                                                                        \
+            for (int q = 0; q < (ROWS); q++)                                                          \
+                for (int u = 0; u < (NV); u++) acc[q][u] = zero;                                      \
+            if (h == (ROWS)) {                                                                        \
                 for (Py_ssize_t k = 0; k < (K); k++) {                                                \
                     const REAL *dk = (DK);                                                            \
                     const REAL *x = (XK) + i0;                                                        \
                     vec v[NV];                                                                        \
-                    for (int u = 0; u < (NV); u++) memcpy(&v[u], x + u * L, sizeof(vec));   \
-                    for (int q = 0; q < FASTBP_GEMM_ROWS; q++) {                                      \
+                    for (int u = 0; u < (NV); u++) memcpy(&v[u], x + u * L, sizeof(vec));             \
+                    for (int q = 0; q < (ROWS); q++) {                                                \
                         const REAL dq = dk[q * (DSTRIDE)];                                            \
                         for (int u = 0; u < (NV); u++) acc[q][u] += dq * v[u];                        \
                     }                                                                                 \
@@ -92,7 +127,7 @@ static int fastbp_small_gemm_available(void) { return 0; }
                     const REAL *dk = (DK);                                                            \
                     const REAL *x = (XK) + i0;                                                        \
                     vec v[NV];                                                                        \
-                    for (int u = 0; u < (NV); u++) memcpy(&v[u], x + u * L, sizeof(vec));   \
+                    for (int u = 0; u < (NV); u++) memcpy(&v[u], x + u * L, sizeof(vec));             \
                     for (int q = 0; q < h; q++) {                                                     \
                         const REAL dq = dk[q * (DSTRIDE)];                                            \
                         for (int u = 0; u < (NV); u++) acc[q][u] += dq * v[u];                        \
@@ -105,22 +140,22 @@ static int fastbp_small_gemm_available(void) { return 0; }
                     vec out = (ALPHA) * acc[q][u];                                                    \
                     if (ACC) {                                                                        \
                         vec old;                                                                      \
-                        memcpy(&old, c + u * L, sizeof old);                                \
+                        memcpy(&old, c + u * L, sizeof old);                                          \
                         out = old + out;                                                              \
                     }                                                                                 \
-                    memcpy(c + u * L, &out, sizeof out);                                    \
+                    memcpy(c + u * L, &out, sizeof out);                                              \
                 }                                                                                     \
             }                                                                                         \
         }
-#define FASTBP_GEMM_BLOCK(REAL, h, K, DK, DSTRIDE, XK, CROW, I0, I, ALPHA, ACC)                       \
+#define FASTBP_GEMM_BLOCK(REAL, VB, ROWS, VECS, h, K, DK, DSTRIDE, XK, CROW, I0, I, ALPHA, ACC)       \
     {                                                                                                 \
-        FASTBP_GEMM_VEC(REAL)                                                                         \
+        FASTBP_GEMM_VEC(REAL, VB)                                                                     \
         enum { L = sizeof(vec) / sizeof(REAL) };                                                      \
         vec zero;                                                                                     \
         memset(&zero, 0, sizeof zero);                                                                \
         Py_ssize_t i0 = (I0);                                                                         \
-        FASTBP_GEMM_STRIP(REAL, FASTBP_GEMM_VECS, h, K, DK, DSTRIDE, XK, CROW, I, ALPHA, ACC)         \
-        FASTBP_GEMM_STRIP(REAL, 1, h, K, DK, DSTRIDE, XK, CROW, I, ALPHA, ACC)                        \
+        FASTBP_GEMM_STRIP(REAL, ROWS, VECS, h, K, DK, DSTRIDE, XK, CROW, I, ALPHA, ACC)               \
+        FASTBP_GEMM_STRIP(REAL, ROWS, 1, h, K, DK, DSTRIDE, XK, CROW, I, ALPHA, ACC)                  \
         for (int q = 0; q < h; q++) {                                                                 \
             REAL *c = (CROW);                                                                         \
             for (Py_ssize_t i = i0; i < (I); i++) {                                                   \
@@ -131,11 +166,11 @@ static int fastbp_small_gemm_available(void) { return 0; }
         }                                                                                             \
     }
 
-#define FASTBP_DEFINE_GEMM(REAL, SUFFIX)                                                              \
+#define FASTBP_DEFINE_GEMM_EPILOGUE(REAL, SUFFIX)                                                     \
     /* C = f(A W^T + bias), row by row: the bias and activation applied to each block of 4 rows while \
-     * it is in L1 (the same per-element formula as _core.pyx's bias_activate). */                     \
-    static inline void fastbp_gemm_epilogue_##SUFFIX(REAL *FASTBP_RESTRICT c,                          \
-        const REAL *FASTBP_RESTRICT bias, Py_ssize_t n, int act)                                       \
+     * it is in L1 (the same per-element formula as _core.pyx's bias_activate). */                    \
+    static inline void fastbp_gemm_epilogue_##SUFFIX(REAL *FASTBP_RESTRICT c,                         \
+        const REAL *FASTBP_RESTRICT bias, Py_ssize_t n, int act)                                      \
     {                                                                                                 \
         if (act == FASTBP_RELU) {                                                                     \
             for (Py_ssize_t j = 0; j < n; j++) { const REAL v = c[j] + bias[j]; c[j] = v < 0 ? 0 : v; } \
@@ -145,8 +180,11 @@ static int fastbp_small_gemm_available(void) { return 0; }
             for (Py_ssize_t j = 0; j < n; j++) c[j] = fastbp_activate_##SUFFIX(c[j] + bias[j], act);  \
         }                                                                                             \
     }                                                                                                 \
-                                                                                                      \
-    FASTBP_GEMM_TARGET static void fastbp_gemm_nt_##SUFFIX(                                                \
+
+/* The three products of one instruction set ISA (avx512, avx2): TARGET its function attribute, VB its vector
+ * bytes, NTU the outputs of an nt block, ROWS x VECS the nn/tn block. */
+#define FASTBP_DEFINE_GEMM(REAL, SUFFIX, ISA, TARGET, VB, NTU, ROWS, VECS)                            \
+    TARGET static void fastbp_gemm_nt_##ISA##_##SUFFIX(                                               \
         const REAL *FASTBP_RESTRICT A, const REAL *FASTBP_RESTRICT W, const REAL *FASTBP_RESTRICT bias, \
         int act, REAL *FASTBP_RESTRICT C, Py_ssize_t B, Py_ssize_t I, Py_ssize_t O, Py_ssize_t j0,    \
         Py_ssize_t j1)                                                                                \
@@ -156,27 +194,28 @@ static int fastbp_small_gemm_available(void) { return 0; }
             const REAL *a0 = A + r * I, *a1 = a0 + I, *a2 = a1 + I, *a3 = a2 + I;                     \
             REAL *c = C + r * O;                                                                      \
             Py_ssize_t j = j0;                                                                        \
-            for (; j + 4 <= j1; j += 4) {                                                             \
-                const REAL *w[4] = {W + j * I, W + (j + 1) * I, W + (j + 2) * I, W + (j + 3) * I};    \
+            for (; j + (NTU) <= j1; j += (NTU)) {                                                     \
+                const REAL *w[NTU];                                                                   \
+                for (int u = 0; u < (NTU); u++) w[u] = W + (j + u) * I;                               \
                 const REAL *a[4] = {a0, a1, a2, a3};                                                  \
-                FASTBP_GEMM_VEC(REAL)                                                                 \
+                FASTBP_GEMM_VEC(REAL, VB)                                                             \
                 enum { L = sizeof(vec) / sizeof(REAL) };                                              \
-                vec acc[4][4];                                                                        \
+                vec acc[4][NTU];                                                                      \
                 memset(acc, 0, sizeof acc);                                                           \
                 Py_ssize_t i = 0;                                                                     \
                 for (; i + L <= I; i += L) {                                                          \
-                    vec x[4], y[4];                                                                   \
-                    for (int q = 0; q < 4; q++) {                                                     \
-                        memcpy(&x[q], a[q] + i, sizeof(vec));                                         \
-                        memcpy(&y[q], w[q] + i, sizeof(vec));                                         \
-                    }                                                                                 \
+                    vec x[4], y[NTU];                                                                 \
+                    _Pragma("GCC unroll 4")                                                           \
+                    for (int q = 0; q < 4; q++) memcpy(&x[q], a[q] + i, sizeof(vec));                 \
+                    _Pragma("GCC unroll 4")                                                           \
+                    for (int u = 0; u < (NTU); u++) memcpy(&y[u], w[u] + i, sizeof(vec));             \
                     for (int q = 0; q < 4; q++)                                                       \
-                        for (int u = 0; u < 4; u++) acc[q][u] += x[q] * y[u];                         \
+                        for (int u = 0; u < (NTU); u++) acc[q][u] += x[q] * y[u];                     \
                 }                                                                                     \
                 for (int q = 0; q < 4; q++) {                                                         \
-                    for (int u = 0; u < 4; u++) {                                                     \
+                    for (int u = 0; u < (NTU); u++) {                                                 \
                         REAL s;                                                                       \
-                        FASTBP_GEMM_HSUM(REAL, acc[q][u], s)                                          \
+                        FASTBP_GEMM_HSUM(REAL, VB, acc[q][u], s)                                      \
                         for (Py_ssize_t t = i; t < I; t++) s += a[q][t] * w[u][t];                    \
                         c[q * O + j + u] = s;                                                         \
                     }                                                                                 \
@@ -208,48 +247,70 @@ static int fastbp_small_gemm_available(void) { return 0; }
         }                                                                                             \
     }                                                                                                 \
                                                                                                       \
-    /* C (B x I) = D (B x O) W, columns [i_begin, i_end) of C: FASTBP_GEMM_ROWS rows of C x FASTBP_GEMM_VECS   \
-     * vectors in registers. */                                                                       \
-    FASTBP_GEMM_TARGET static void fastbp_gemm_nn_##SUFFIX(                                                \
+    /* C (B x I) = D (B x O) W, columns [i_begin, i_end) of C: ROWS rows of C x VECS vectors in registers. \
+     */                                                                                               \
+    TARGET static void fastbp_gemm_nn_##ISA##_##SUFFIX(                                               \
         const REAL *FASTBP_RESTRICT D, const REAL *FASTBP_RESTRICT W, REAL *FASTBP_RESTRICT C,        \
         Py_ssize_t B, Py_ssize_t I, Py_ssize_t O, Py_ssize_t i_begin, Py_ssize_t i_end)               \
     {                                                                                                 \
-        for (Py_ssize_t r = 0; r < B; r += FASTBP_GEMM_ROWS) {                                        \
-            const int h = B - r < FASTBP_GEMM_ROWS ? (int)(B - r) : FASTBP_GEMM_ROWS;                 \
+        for (Py_ssize_t r = 0; r < B; r += (ROWS)) {                                                  \
+            const int h = B - r < (ROWS) ? (int)(B - r) : (ROWS);                                     \
             /* row q of the block: C row r + q, its D row at stride O, its W row at stride I */       \
-            FASTBP_GEMM_BLOCK(REAL, h, O, D + r * O + k, O, W + k * I, C + (r + q) * I, i_begin, i_end,  \
-                              1, 0)                                                                   \
+            FASTBP_GEMM_BLOCK(REAL, VB, ROWS, VECS, h, O, D + r * O + k, O, W + k * I, C + (r + q) * I,      \
+                              i_begin, i_end, 1, 0)                                                                   \
         }                                                                                             \
     }                                                                                                 \
                                                                                                       \
-    /* C (O x I) = alpha D^T A (+ C when accumulating), rows [j0, j1) of C (j0 a multiple of           \
-     * FASTBP_GEMM_ROWS): the same block over rows of C = columns of D. */                            \
-    FASTBP_GEMM_TARGET static void fastbp_gemm_tn_##SUFFIX(                                                \
+    /* C (O x I) = alpha D^T A (+ C when accumulating), rows [j0, j1) of C (j0 a multiple of ROWS):   \
+     * the same block over rows of C = columns of D. */                                               \
+    TARGET static void fastbp_gemm_tn_##ISA##_##SUFFIX(                                               \
         const REAL *FASTBP_RESTRICT D, const REAL *FASTBP_RESTRICT A, REAL *FASTBP_RESTRICT C,        \
         Py_ssize_t B, Py_ssize_t I, Py_ssize_t O, REAL alpha, int accumulate, Py_ssize_t j0,          \
         Py_ssize_t j1)                                                                                \
     {                                                                                                 \
-        for (Py_ssize_t j = j0; j < j1; j += FASTBP_GEMM_ROWS) {                                      \
-            const int h = j1 - j < FASTBP_GEMM_ROWS ? (int)(j1 - j) : FASTBP_GEMM_ROWS;               \
-            FASTBP_GEMM_BLOCK(REAL, h, B, D + k * O + j, 1, A + k * I, C + (j + q) * I, 0, I, alpha,  \
-                              accumulate)                                                             \
+        for (Py_ssize_t j = j0; j < j1; j += (ROWS)) {                                                \
+            const int h = j1 - j < (ROWS) ? (int)(j1 - j) : (ROWS);                                   \
+            FASTBP_GEMM_BLOCK(REAL, VB, ROWS, VECS, h, B, D + k * O + j, 1, A + k * I, C + (j + q) * I, 0, I, \
+                              alpha, accumulate)                                                             \
         }                                                                                             \
     }
 
 /* The products on a team of threads (_kernels_pool.h): each part computes a slice of the output cut at
- * the edges of the serial loop's register blocks (4 outputs for nt, FASTBP_GEMM_VECS vectors of columns
- * for nn, FASTBP_GEMM_ROWS rows for tn), so the bits do not depend on the number of parts. Products below
- * FASTBP_SPLIT_MIN_WORK multiply-adds run on the calling thread alone (a fork-join costs about a
- * microsecond). */
+ * the edges of the serial loop's register blocks (NT_OUTS outputs for nt, VECS vectors of columns for nn,
+ * ROWS rows for tn, of the instruction set in use), so the bits do not depend on the number of parts.
+ * Products below FASTBP_SPLIT_MIN_WORK multiply-adds run on the calling thread alone (a fork-join costs
+ * about a microsecond). */
 #define FASTBP_SPLIT_MIN_WORK 65536.0
 enum { FASTBP_GEMM_NT = 0, FASTBP_GEMM_NN = 1, FASTBP_GEMM_TN = 2 };
 typedef struct {
-    int kind, act, accumulate;
+    int kind, act, accumulate, isa;
     const void *a, *w, *bias;
     void *c;
     Py_ssize_t B, I, O;
     double alpha;
 } fastbp_gemm_job;
+
+/* One part of a job on the instruction set ISA (its block sizes FASTBP_GEMM_<ISA>_*). */
+#define FASTBP_GEMM_PART(REAL, SUFFIX, ISA, ISA_UPPER)                                                \
+    {                                                                                                 \
+        if (job->kind == FASTBP_GEMM_NT) {                                                            \
+            fastbp_pool_slice(job->O, FASTBP_GEMM_##ISA_UPPER##_NT_OUTS, part, parts, &b, &e);        \
+            if (b < e)                                                                                \
+                fastbp_gemm_nt_##ISA##_##SUFFIX(a, w, (const REAL *)job->bias, job->act, c, job->B,   \
+                                                job->I, job->O, b, e);                                \
+        } else if (job->kind == FASTBP_GEMM_NN) {                                                     \
+            fastbp_pool_slice(job->I,                                                                 \
+                              FASTBP_GEMM_##ISA_UPPER##_VECS                                          \
+                                  * (FASTBP_GEMM_##ISA_UPPER##_VBYTES / (Py_ssize_t)sizeof(REAL)),    \
+                              part, parts, &b, &e);                                                   \
+            if (b < e) fastbp_gemm_nn_##ISA##_##SUFFIX(a, w, c, job->B, job->I, job->O, b, e);        \
+        } else {                                                                                      \
+            fastbp_pool_slice(job->O, FASTBP_GEMM_##ISA_UPPER##_ROWS, part, parts, &b, &e);           \
+            if (b < e)                                                                                \
+                fastbp_gemm_tn_##ISA##_##SUFFIX(a, w, c, job->B, job->I, job->O, (REAL)job->alpha,    \
+                                                job->accumulate, b, e);                               \
+        }                                                                                             \
+    }
 
 #define FASTBP_DEFINE_GEMM_TEAM(REAL, SUFFIX)                                                         \
     static void fastbp_gemm_part_##SUFFIX(void *ctx, int part, int parts)                             \
@@ -258,25 +319,15 @@ typedef struct {
         const REAL *a = (const REAL *)job->a, *w = (const REAL *)job->w;                              \
         REAL *c = (REAL *)job->c;                                                                     \
         Py_ssize_t b, e;                                                                              \
-        if (job->kind == FASTBP_GEMM_NT) {                                                            \
-            fastbp_pool_slice(job->O, 4, part, parts, &b, &e);                                        \
-            if (b < e)                                                                                \
-                fastbp_gemm_nt_##SUFFIX(a, w, (const REAL *)job->bias, job->act, c, job->B, job->I,   \
-                                        job->O, b, e);                                                \
-        } else if (job->kind == FASTBP_GEMM_NN) {                                                     \
-            fastbp_pool_slice(job->I, FASTBP_GEMM_VECS * (64 / (Py_ssize_t)sizeof(REAL)), part, parts, \
-                              &b, &e);                                                                \
-            if (b < e) fastbp_gemm_nn_##SUFFIX(a, w, c, job->B, job->I, job->O, b, e);                \
-        } else {                                                                                      \
-            fastbp_pool_slice(job->O, FASTBP_GEMM_ROWS, part, parts, &b, &e);                         \
-            if (b < e)                                                                                \
-                fastbp_gemm_tn_##SUFFIX(a, w, c, job->B, job->I, job->O, (REAL)job->alpha,            \
-                                        job->accumulate, b, e);                                       \
-        }                                                                                             \
+        if (job->isa == FASTBP_GEMM_ISA_AVX2)                                                         \
+            FASTBP_GEMM_PART(REAL, SUFFIX, avx2, AVX2)                                                \
+        else                                                                                          \
+            FASTBP_GEMM_PART(REAL, SUFFIX, avx512, AVX512)                                            \
     }                                                                                                 \
                                                                                                       \
     static void fastbp_gemm_run_##SUFFIX(fastbp_pool *pool, fastbp_gemm_job *job)                     \
     {                                                                                                 \
+        job->isa = fastbp_gemm_isa;                                                                   \
         if (pool == NULL || (double)job->B * (double)job->I * (double)job->O < FASTBP_SPLIT_MIN_WORK) \
             fastbp_gemm_part_##SUFFIX(job, 0, 1);                                                     \
         else                                                                                          \
@@ -287,29 +338,37 @@ typedef struct {
     static void fastbp_gemm_nt_team_##SUFFIX(fastbp_pool *pool, const REAL *A, const REAL *W,         \
         const REAL *bias, int act, REAL *C, Py_ssize_t B, Py_ssize_t I, Py_ssize_t O)                 \
     {                                                                                                 \
-        fastbp_gemm_job job = {FASTBP_GEMM_NT, act, 0, A, W, bias, C, B, I, O, 0.0};                  \
+        fastbp_gemm_job job = {FASTBP_GEMM_NT, act, 0, 0, A, W, bias, C, B, I, O, 0.0};               \
         fastbp_gemm_run_##SUFFIX(pool, &job);                                                         \
     }                                                                                                 \
     /* C (B x I) = D (B x O) W */                                                                     \
     static void fastbp_gemm_nn_team_##SUFFIX(fastbp_pool *pool, const REAL *D, const REAL *W, REAL *C, \
         Py_ssize_t B, Py_ssize_t I, Py_ssize_t O)                                                     \
     {                                                                                                 \
-        fastbp_gemm_job job = {FASTBP_GEMM_NN, 0, 0, D, W, NULL, C, B, I, O, 0.0};                    \
+        fastbp_gemm_job job = {FASTBP_GEMM_NN, 0, 0, 0, D, W, NULL, C, B, I, O, 0.0};                 \
         fastbp_gemm_run_##SUFFIX(pool, &job);                                                         \
     }                                                                                                 \
     /* C (O x I) = alpha D^T A (+ C when accumulating) */                                             \
     static void fastbp_gemm_tn_team_##SUFFIX(fastbp_pool *pool, const REAL *D, const REAL *A, REAL *C, \
         Py_ssize_t B, Py_ssize_t I, Py_ssize_t O, REAL alpha, int accumulate)                         \
     {                                                                                                 \
-        fastbp_gemm_job job = {FASTBP_GEMM_TN, 0, accumulate, D, A, NULL, C, B, I, O, (double)alpha}; \
+        fastbp_gemm_job job = {FASTBP_GEMM_TN, 0, accumulate, 0, D, A, NULL, C, B, I, O, (double)alpha}; \
         fastbp_gemm_run_##SUFFIX(pool, &job);                                                         \
     }
 
-FASTBP_DEFINE_GEMM(float, f32)
-FASTBP_DEFINE_GEMM(double, f64)
-#undef FASTBP_DEFINE_GEMM
-FASTBP_DEFINE_GEMM_TEAM(float, f32)
-FASTBP_DEFINE_GEMM_TEAM(double, f64)
+#define FASTBP_DEFINE_GEMM_ISAS(REAL, SUFFIX)                                                         \
+    FASTBP_DEFINE_GEMM_EPILOGUE(REAL, SUFFIX)                                                         \
+    FASTBP_DEFINE_GEMM(REAL, SUFFIX, avx512, FASTBP_GEMM_TARGET_AVX512, FASTBP_GEMM_AVX512_VBYTES,    \
+                       FASTBP_GEMM_AVX512_NT_OUTS, FASTBP_GEMM_AVX512_ROWS, FASTBP_GEMM_AVX512_VECS)  \
+    FASTBP_DEFINE_GEMM(REAL, SUFFIX, avx2, FASTBP_GEMM_TARGET_AVX2, FASTBP_GEMM_AVX2_VBYTES,          \
+                       FASTBP_GEMM_AVX2_NT_OUTS, FASTBP_GEMM_AVX2_ROWS, FASTBP_GEMM_AVX2_VECS)        \
+    FASTBP_DEFINE_GEMM_TEAM(REAL, SUFFIX)
+
+FASTBP_DEFINE_GEMM_ISAS(float, f32)
+FASTBP_DEFINE_GEMM_ISAS(double, f64)
+#undef FASTBP_DEFINE_GEMM_ISAS
 #undef FASTBP_DEFINE_GEMM_TEAM
+#undef FASTBP_DEFINE_GEMM_EPILOGUE
+#undef FASTBP_DEFINE_GEMM
 
 #endif

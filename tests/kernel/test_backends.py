@@ -64,6 +64,36 @@ def test_require_compiled_imports_when_built(tmp_path):
         assert result.returncode != 0 and "ImportError" in result.stderr
 
 
+SMALL_GEMM_PROBE = (
+    "import json, warnings; warnings.simplefilter('always'); from fastbp import _core; "
+    "print(json.dumps({'in_use': _core._small_gemm_isa(), 'runs': _core._small_gemm_isas()}))"
+)
+
+
+@pytest.mark.parametrize("value", [None, "off", "avx2", "AVX512", "sse2"])
+def test_the_environment_caps_the_small_products_build(tmp_path, value):
+    if not compiled_available():
+        pytest.skip("compiled kernel not built")
+    env = {k: v for k, v in os.environ.items() if not k.startswith("FASTBP_")}
+    if value is not None:
+        env["FASTBP_SMALL_GEMM"] = value
+    env["PYTHONPATH"] = FASTBP_PARENT + os.pathsep + env.get("PYTHONPATH", "")
+    result = subprocess.run([sys.executable, "-c", SMALL_GEMM_PROBE], cwd=tmp_path, env=env,
+                            capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0, result.stderr
+    seen = json.loads(result.stdout)
+    best = seen["runs"][0] if seen["runs"] else "off"
+    if value in (None, "sse2", "AVX512"):
+        # unset, or a name that is not a build (warned about and ignored): the best build this CPU runs
+        assert seen["in_use"] == best
+        assert ("FASTBP_SMALL_GEMM='sse2' is not one of off, avx2, avx512" in result.stderr) == (value == "sse2")
+    elif value == "off":
+        assert seen["in_use"] == "off"
+    else:
+        # a cap: the AVX2 build where the CPU runs it, never one the CPU lacks
+        assert seen["in_use"] == ("avx2" if "avx2" in seen["runs"] else "off")
+
+
 def test_unknown_environment_backend_is_an_error(tmp_path):
     result = run_probe(tmp_path, FASTBP_BACKEND="fortran")
     assert result.returncode != 0

@@ -1,10 +1,12 @@
 """The non-packing mini-batch products of fastbp/_kernels_gemm.h (forward with the bias and activation
 fused, the delta of the layer below, the weight gradient and the plain-SGD update in place) against the
 NumPy twin, on shapes that take them: batch rows between the kernel's bounds, layers wide enough, and
-sizes that are not multiples of the register blocks (rows of 4 and 8, vectors of 8 and 16, the scalar
-columns at the end), so that every remainder path runs. Also: the same results with the products
-switched off (BLAS), and the same bits run to run and on any number of threads (the products split over a
-team of threads, _kernels_pool.h).
+sizes that are not multiples of the register blocks (rows of 4 and 8, outputs of 3 and 4, vectors of 4,
+8 and 16, the scalar columns at the end), so that every remainder path runs. Also: the same results with
+the products switched off (BLAS), and the same bits run to run and on any number of threads (the
+products split over a team of threads, _kernels_pool.h).
+
+Every test runs once for each build of the products this CPU runs (AVX-512, AVX2: on an AVX-512 CPU both).
 """
 
 from __future__ import annotations
@@ -18,6 +20,17 @@ core = pytest.importorskip("fastbp._core")
 if not core._small_gemm_available():
     pytest.skip("this CPU or build has no small products (AVX-512, gcc on Linux): BLAS serves every layer",
                 allow_module_level=True)
+
+
+
+@pytest.fixture(autouse=True, params=core._small_gemm_isas())
+def isa(request):
+    """Each test on each build of the products (``_small_gemm_isa``), the default put back afterwards."""
+    default = core._small_gemm_isa()
+    core._small_gemm_isa(request.param)
+    yield request.param
+    core._small_gemm_isa(default)
+
 
 TOL = {np.dtype(np.float64): {"rtol": 1e-10, "atol": 1e-12}, np.dtype(np.float32): {"rtol": 2e-4, "atol": 2e-5}}
 
@@ -154,3 +167,44 @@ def test_fit_gives_the_same_bits_on_one_and_two_threads(dtype):
         assert (core._team_jobs() > jobs) == (threads > 1)
         fitted[threads] = net.params.tobytes()
     assert fitted[1] == fitted[2]
+
+
+def test_each_build_is_really_the_one_used(isa):
+    # the dot products of the forward product sum lanes of 16 floats (AVX-512) or 8 (AVX2) as a tree, so the
+    # two builds round differently: agreeing within the tolerance but not in every bit shows that switching
+    # the build switches the code that runs (and is not the same build tested twice)
+    isas = core._small_gemm_isas()
+    if len(isas) < 2:
+        pytest.skip(f"this CPU runs one build of the products ({isas[0]})")
+    sizes, hidden, batch = SHAPES[3]
+    codes, params, X, _ = _case(sizes, hidden, batch, np.float32, 11)
+    outputs = {}
+    for name in isas:
+        core._small_gemm_isa(name)
+        ws = core.Workspace(sizes, codes, _spec.LOSS_CODES["mse"], np.float32, batch)
+        outputs[name] = np.empty((batch, sizes[-1]), dtype=np.float32)
+        core.predict(ws, params, X, outputs[name])
+    np.testing.assert_allclose(outputs["avx512"], outputs["avx2"], **TOL[np.dtype(np.float32)])
+    assert outputs["avx512"].tobytes() != outputs["avx2"].tobytes()
+    assert core._small_gemm_isa() == isas[-1]
+
+
+def test_a_build_is_chosen_by_name_only_where_the_cpu_runs_it(isa):
+    assert core._small_gemm_isa() == isa
+    with pytest.raises(ValueError, match="one of off, avx2, avx512; got 'sse2'"):
+        core._small_gemm_isa("sse2")
+    for name in ("avx512", "avx2"):
+        if name not in core._small_gemm_isas():
+            with pytest.raises(ValueError, match=f"cannot run the {name} products"):
+                core._small_gemm_isa(name)
+    assert core._small_gemm_isa() == isa
+    # "off": BLAS serves every layer, so a call that would split its products over a team starts none
+    sizes, hidden, batch = SHAPES[3]
+    jobs = core._team_jobs()
+    _train(sizes, hidden, batch, np.float32, "sgd", small=True, threads=2)
+    assert core._team_jobs() > jobs
+    assert core._small_gemm_isa("off") == "off"
+    jobs = core._team_jobs()
+    _train(sizes, hidden, batch, np.float32, "sgd", small=True, threads=2)
+    assert core._team_jobs() == jobs
+
