@@ -8,7 +8,8 @@ by workload, so that the ratios of one row are measured minutes apart at most. A
 same weights and data (``bench/workloads.py``) and make the same updates (in order, consecutive mini-batches,
 plain SGD, fixed lr); the script shows that their losses agree. Children run with ``OPENBLAS_CORETYPE`` and
 ``OPENBLAS_L2_SIZE`` removed from their environment (only theirs), and each reports its BLAS and thread
-counts, printed at the end.
+counts, printed at the end. ``--emulate-avx2`` runs the children with OpenBLAS's AVX2 kernels and fastbp's
+AVX2 small products, to show on an AVX-512 CPU what an AVX2-only one runs (``EMULATE_AVX2_ENV``).
 
 Peers: fastbp-fit (compiled ``fit``), fastbp-step (a Python loop of ``SGD.train_step``, compiled),
 numpy-twin (fastbp's NumPy backend), torch (eager, 2 threads), jax (jit of a ``lax.scan`` epoch), fann

@@ -219,7 +219,9 @@ cdef Py_ssize_t BLAS_MIN_WORK = 512
 # weight gradient 1.3x faster; at 16 rows 1.4-2.3x. Below 16 rows OpenBLAS's own small-matrix kernels
 # win (8 rows: 0.7x); from 64 rows its packed kernels catch up (784-128-10 fit at batch 64: 0.97x) and
 # its second thread pays; narrower layers (32 x 128 x 10: 0.35x) lose to the horizontal sums of the dot
-# products.
+# products. The AVX2 build keeps the same bounds: against OpenBLAS's Haswell kernels (AVX2 emulated on a
+# Zen 5, docs/BENCHMARKS.md) 784-128-10 fit on one thread is 1.07-1.21x at batch 16, 0.94-1.04x at 32,
+# 0.92-0.97x at 48, and on two threads, where the team replaces OpenBLAS's threads, 1.04-1.18x at 32.
 cdef Py_ssize_t SMALL_GEMM_MIN_BATCH = 16
 cdef Py_ssize_t SMALL_GEMM_MAX_BATCH = 48
 cdef Py_ssize_t SMALL_GEMM_MIN_INPUTS = 256
