@@ -141,6 +141,31 @@ def test_fit_epoch_threads(benchmark, name, optimizer, threads):
     benchmark.group = f"{name} threads"
 
 
+def _small_gemm_builds():
+    if not _compiled_available():
+        return []
+    from fastbp import _core
+    return _core._small_gemm_isas() + ["off"]
+
+
+# Each build of the small products this CPU runs (AVX-512, AVX2) and none ("off": BLAS for every layer), on
+# the batch-32 row, with the kernel's choice of threads. On an AVX-512 CPU the avx2 row shows what an AVX2-
+# only CPU's products do (with this CPU's BLAS: bench/compare.py --emulate-avx2 also switches OpenBLAS).
+@pytest.mark.skipif(not _compiled_available(), reason="fastbp._core (compiled backend) not built")
+@pytest.mark.parametrize("build", _small_gemm_builds())
+@pytest.mark.parametrize("optimizer", OPTIMIZERS)
+def test_fit_epoch_small_gemm_build(benchmark, optimizer, build):
+    from fastbp import _core
+    default = _core._small_gemm_isa()
+    _core._small_gemm_isa(build)
+    try:
+        _time_fit(benchmark, "cython", "mnist-b32", "float32", optimizer, None)
+    finally:
+        _core._small_gemm_isa(default)
+    benchmark.group = "mnist-b32 small-product builds"
+    benchmark.extra_info["small_gemm"] = build
+
+
 def _time_fit(benchmark, backend, name, dtype, optimizer, threads):
     w = wl.get(name)
     ok, details = _check_run(w, dtype, backend, optimizer)
