@@ -313,8 +313,8 @@ static int fastbp_small_gemm_select(int level)
     {                                                                                                 \
         for (Py_ssize_t j = j0; j < j1; j += (ROWS)) {                                                \
             const int h = j1 - j < (ROWS) ? (int)(j1 - j) : (ROWS);                                   \
-            FASTBP_GEMM_BLOCK(REAL, VB, ROWS, VECS, h, B, D + k * O + j, 1, A + k * I, C + (j + q) * I, 0, I, \
-                              alpha, accumulate)                                                      \
+            FASTBP_GEMM_BLOCK(REAL, VB, ROWS, VECS, h, B, D + k * O + j, 1, A + k * I, C + (j + q) * I, \
+                              0, I, alpha, accumulate)                                                \
         }                                                                                             \
     }
 
