@@ -20,8 +20,8 @@
  * - AVX-512 (x86-64-v4, 32 registers of 64 bytes): nt blocks of 4 rows x 4 outputs, nn/tn 8 rows x 2
  *   vectors (16 accumulators);
  * - AVX2+FMA (x86-64-v3, 16 registers of 32 bytes): nt 4 x 3 (12 accumulators; 4 x 2 measured 10% slower,
- *   4 x 4 30% slower on the AMD EPYC of docs/BENCHMARKS.md), nn/tn 4 x 2 (the AVX-512 blocks spill on
- *   16 registers: 8 x 2 with three vectors measured 4x slower).
+ *   4 x 4 30% slower on the AMD EPYC of docs/BENCHMARKS.md), nn/tn 4 x 2 (6 x 2 and 8 x 1 no faster;
+ *   blocks of 3 vectors spill on 16 registers and measured 4x slower).
  * The two give results that differ in the last bits (lanes of 16 or 8 floats in the dot products); each
  * is deterministic. */
 #ifndef FASTBP_KERNELS_GEMM_H

@@ -18,9 +18,8 @@ from fastbp import _reference, _spec
 
 core = pytest.importorskip("fastbp._core")
 if not core._small_gemm_available():
-    pytest.skip("this CPU or build has no small products (AVX-512, gcc on Linux): BLAS serves every layer",
-                allow_module_level=True)
-
+    pytest.skip("this CPU or build has no small products (AVX-512 or AVX2, gcc on Linux): BLAS serves every "
+                "layer", allow_module_level=True)
 
 
 @pytest.fixture(autouse=True, params=core._small_gemm_isas())
