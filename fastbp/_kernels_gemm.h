@@ -290,8 +290,8 @@ static int fastbp_small_gemm_select(int level)
         }                                                                                             \
     }                                                                                                 \
                                                                                                       \
-    /* C (B x I) = D (B x O) W, columns [i_begin, i_end) of C: ROWS rows of C x VECS vectors in registers. \
-     */                                                                                               \
+    /* C (B x I) = D (B x O) W, columns [i_begin, i_end) of C: ROWS rows of C x VECS vectors in        \
+     * registers. */                                                                                 \
     TARGET static void fastbp_gemm_nn_##ISA##_##SUFFIX(                                               \
         const REAL *FASTBP_RESTRICT D, const REAL *FASTBP_RESTRICT W, REAL *FASTBP_RESTRICT C,        \
         Py_ssize_t B, Py_ssize_t I, Py_ssize_t O, Py_ssize_t i_begin, Py_ssize_t i_end)               \
