@@ -34,6 +34,7 @@ class Workspace:
         max_batch: int,
         sparse_input: bool = ...,
     ) -> None: ...
+    def _buffer_addresses(self) -> dict[str, int]: ...
 
 ACTIVATION_CODES: dict[str, int]
 LOSS_CODES: dict[str, int]

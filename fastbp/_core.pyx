@@ -28,6 +28,8 @@ import warnings
 
 import numpy as np
 
+from fastbp._spec import aligned_zeros
+
 
 cdef extern from "Python.h":
     # Declared here without Cython's `except -1`: the checks below clear the handler's exception and stop
@@ -420,10 +422,11 @@ cdef class Workspace:
         self.sparse_input = sparse_input
         self.max_batch = max_batch
         self.layer_sizes = tuple(int(s) for s in layer_sizes)
-        self.grad = np.zeros(position, dtype=self.dtype)
-        self._activations = np.zeros(act_position, dtype=self.dtype)
-        self._deltas = np.zeros(2 * max_batch * self.plan.max_width, dtype=self.dtype)
-        self._batch_inputs = np.zeros(0 if sparse_input else max_batch * self.plan.sizes[0], dtype=self.dtype)
+        # (on cache lines: the small products' vector loads of a row then stay within one line)
+        self.grad = aligned_zeros(position, self.dtype)
+        self._activations = aligned_zeros(act_position, self.dtype)
+        self._deltas = aligned_zeros(2 * max_batch * self.plan.max_width, self.dtype)
+        self._batch_inputs = aligned_zeros(0 if sparse_input else max_batch * self.plan.sizes[0], self.dtype)
         self._batch_targets = np.zeros(max_batch * self.plan.sizes[n_layers], dtype=self.dtype)
         self._batch_weights = np.zeros(max_batch, dtype=self.dtype)
         self._order = np.zeros(0, dtype=np.intp)
@@ -433,6 +436,12 @@ cdef class Workspace:
         self.batch_inputs_ptr = <void *><size_t>self._batch_inputs.ctypes.data
         self.batch_targets_ptr = <void *><size_t>self._batch_targets.ctypes.data
         self.batch_weights_ptr = <void *><size_t>self._batch_weights.ctypes.data
+
+    def _buffer_addresses(self):
+        """The data address of each buffer, by name (for the tests: each starts on a cache line)."""
+        return {name: buffer.ctypes.data for name, buffer in (
+            ("grad", self.grad), ("activations", self._activations), ("deltas", self._deltas),
+            ("batch_inputs", self._batch_inputs))}
 
     def __dealloc__(self):
         free(self.plan.sizes)

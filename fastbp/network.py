@@ -137,7 +137,7 @@ class Network:
     def _allocate(self):
         offsets, total = _spec.param_offsets(self.layer_sizes)
         try:
-            self._params = np.zeros(total, dtype=self.dtype)
+            self._params = _spec.aligned_zeros(total, self.dtype)
         except (MemoryError, ValueError) as error:
             raise ValueError(f"layer_sizes {list(self.layer_sizes)} needs {total} parameters, which could "
                              f"not be allocated ({error})") from None

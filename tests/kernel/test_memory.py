@@ -90,3 +90,34 @@ def test_params_assignment_is_refused_while_fit_runs(backend):
     assert np.any(net.params != 0)
     net.params = np.zeros(net.n_params)  # allowed again after fit
     assert not net.params.any()
+
+
+@pytest.mark.parametrize("n", [1, 3, 784, 100_480, 1_000_003])
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_aligned_zeros_start_on_a_cache_line(n, dtype):
+    # Several allocations each: numpy's own alignment (16 bytes) would pass one by chance.
+    for _ in range(8):
+        array = fastbp._spec.aligned_zeros(n, dtype)
+        assert array.ctypes.data % fastbp._spec.ALIGNMENT == 0
+        assert array.shape == (n,) and array.dtype == dtype and array.flags.c_contiguous
+        assert array.flags.writeable and not array.any()
+        array[:] = 1  # the whole length is usable
+        assert array.sum() == n
+
+
+def test_parameters_and_workspace_buffers_start_on_a_cache_line(backend, dtype):
+    """The small products read rows of 16 floats: on a cache line only if their buffer starts on one."""
+    nets = [fastbp.Network([784, 128, 10], ["relu", "identity"], dtype=dtype, seed=seed, backend=backend)
+            for seed in range(8)]
+    for net in nets:
+        assert net.params.ctypes.data % 64 == 0
+        assert net.weights[0].ctypes.data % 64 == 0 and net.weights[0].base is not None
+    if backend == "cython":
+        from fastbp import _core
+        codes = [fastbp._spec.ACTIVATION_CODES[name] for name in ("relu", "identity")]
+        for batch in (1, 3, 32):
+            ws = _core.Workspace([784, 128, 10], codes, fastbp._spec.LOSS_CODES["mse"], dtype, batch)
+            addresses = ws._buffer_addresses()
+            assert len(addresses) == 4
+            for name, address in addresses.items():
+                assert address % 64 == 0, name
