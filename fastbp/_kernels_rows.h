@@ -40,7 +40,7 @@ static inline REAL FN(fastbp_activate)(REAL z, int act)
 /* The same activations for the tiny-network loop (fastbp_train_rows_small), where the sigmoid lies on the
  * chain from one example to the next. Kept apart from fastbp_activate: in the general loop this sigmoid
  * makes gcc compile the ReLU sweep worse (64-32-10 at batch 1: about 530 ns per example against 400). */
-static inline REAL FN(fastbp_activate_tiny)(REAL z, int act)
+static inline __attribute__((always_inline)) REAL FN(fastbp_activate_tiny)(REAL z, int act)
 {
     REAL e;
     switch (act) {
@@ -705,16 +705,35 @@ int FN(fastbp_train_rows_small)(const fastbp_plan *p, REAL *params, const REAL *
     return status;
 }
 
+/* One function per shape (its own register allocation: in one function with all 64 shapes inlined, gcc
+ * kept the loop's values on the stack), each built twice as the tiny loop was. */
+#define FASTBP_SMALL_SHAPE(a, b, c)                                                                    \
+    FASTBP_CLONES_SCALAR __attribute__((noinline))                                                    \
+    static int FN(fastbp_train_rows_small_##a##_##b##_##c)(const fastbp_plan *p, REAL *params,       \
+        const REAL *X, const REAL *Y, const Py_ssize_t *order, Py_ssize_t start, Py_ssize_t count,    \
+        REAL lr, double *loss_sum, Py_ssize_t *done)                                                  \
+    {                                                                                                 \
+        return FN(fastbp_train_rows_small)(p, params, X, Y, order, start, count, lr, loss_sum, done,    \
+                                           a, b, c);                                                  \
+    }
+#define FASTBP_SMALL_SHAPES_C(a, b) \
+    FASTBP_SMALL_SHAPE(a, b, 1) FASTBP_SMALL_SHAPE(a, b, 2) FASTBP_SMALL_SHAPE(a, b, 3) FASTBP_SMALL_SHAPE(a, b, 4)
+#define FASTBP_SMALL_SHAPES_B(a) \
+    FASTBP_SMALL_SHAPES_C(a, 1) FASTBP_SMALL_SHAPES_C(a, 2) FASTBP_SMALL_SHAPES_C(a, 3) FASTBP_SMALL_SHAPES_C(a, 4)
+FASTBP_SMALL_SHAPES_B(1) FASTBP_SMALL_SHAPES_B(2) FASTBP_SMALL_SHAPES_B(3) FASTBP_SMALL_SHAPES_B(4)
+#undef FASTBP_SMALL_SHAPE
+#undef FASTBP_SMALL_SHAPES_C
+#undef FASTBP_SMALL_SHAPES_B
+
 #define FASTBP_SMALL_CASE(a, b, c)                                                                     \
     case ((a) - 1) * 16 + ((b) - 1) * 4 + ((c) - 1):                                                  \
-        return FN(fastbp_train_rows_small)(p, params, X, Y, order, start, count, lr, loss_sum, done,    \
-                                           a, b, c);
+        return FN(fastbp_train_rows_small_##a##_##b##_##c)(p, params, X, Y, order, start, count, lr,    \
+                                                           loss_sum, done);
 #define FASTBP_SMALL_CASES_C(a, b) \
     FASTBP_SMALL_CASE(a, b, 1) FASTBP_SMALL_CASE(a, b, 2) FASTBP_SMALL_CASE(a, b, 3) FASTBP_SMALL_CASE(a, b, 4)
 #define FASTBP_SMALL_CASES_B(a) \
     FASTBP_SMALL_CASES_C(a, 1) FASTBP_SMALL_CASES_C(a, 2) FASTBP_SMALL_CASES_C(a, 3) FASTBP_SMALL_CASES_C(a, 4)
 
-FASTBP_CLONES_SCALAR
 static int FN(fastbp_train_rows_tiny)(const fastbp_plan *p, REAL *params, const REAL *X, const REAL *Y,
                                       const Py_ssize_t *order, Py_ssize_t start, Py_ssize_t count, REAL lr,
                                       double *loss_sum, Py_ssize_t *done)
