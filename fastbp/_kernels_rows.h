@@ -275,9 +275,11 @@ static inline double FN(fastbp_cross_entropy_row)(const REAL *out, const REAL *y
 /* The output layer of one example, every loss: returns `total` plus the row's loss terms (the sum that
  * fastbp_loss_half / fastbp_loss_divisor turn into l_i) and writes delta = scale * dL/dz of the last
  * layer (through its activation for the squared-error losses; the logit losses need identity there).
- * Used by the mini-batch path of _core.pyx (one call per row) and by the per-example loop below. */
-static inline double FN(fastbp_output_delta_row)(const REAL *out, const REAL *y, Py_ssize_t K, int loss,
-                                                 int act, REAL scale, REAL *delta, double total)
+ * Used by the mini-batch path of _core.pyx (one call per row) and by the per-example loop below (always
+ * inlined: called from that loop's AVX-512/AVX2 builds it would run the baseline build, a call per example). */
+static inline __attribute__((always_inline))
+double FN(fastbp_output_delta_row)(const REAL *out, const REAL *y, Py_ssize_t K, int loss, int act, REAL scale,
+                                   REAL *delta, double total)
 {
     Py_ssize_t k;
     if (loss == FASTBP_CROSS_ENTROPY) {
