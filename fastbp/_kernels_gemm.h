@@ -91,6 +91,9 @@ static int fastbp_small_gemm_select(int level)
     return fastbp_gemm_isa;
 }
 
+/* The forward product's buffer for 4 rows of A (rows of up to 1024 floats or 512 doubles). */
+#define FASTBP_GEMM_NT_ABUF_BYTES 16384
+
 /* The register blocks of each set (see the top of the file). NT_OUTS: outputs of an nt block; ROWS x
  * VECS: an nn/tn block; VBYTES: the vector width. The team splits each product at these edges. */
 #define FASTBP_GEMM_AVX512_VBYTES 64
@@ -231,12 +234,38 @@ static int fastbp_small_gemm_select(int level)
         int act, REAL *FASTBP_RESTRICT C, Py_ssize_t B, Py_ssize_t I, Py_ssize_t O, Py_ssize_t j0,    \
         Py_ssize_t j1)                                                                                \
     {                                                                                                 \
+        /* Rows of A off the vector width (X as numpy allocates it, 16 bytes off a line, read in place \
+         * when not shuffled) are copied 4 at a time to an aligned buffer, the next 4 prefetched a few \
+         * lines per block of outputs meanwhile: loads that straddle two lines made the product 10%    \
+         * slower (784-128-10, batch 32), and a copy that waits on memory would cost as much. */       \
+        REAL abuf_[FASTBP_GEMM_NT_ABUF_BYTES / sizeof(REAL)] __attribute__((aligned(64)));            \
+        const Py_ssize_t lanes_ = (Py_ssize_t)((VB) / sizeof(REAL));                                  \
+        const Py_ssize_t ald_ = (I + lanes_ - 1) / lanes_ * lanes_;                                   \
+        const int copy_a_ = ((size_t)A % (VB) != 0 || (I * sizeof(REAL)) % (VB) != 0)                \
+                            && (size_t)(4 * ald_) * sizeof(REAL) <= sizeof abuf_;                     \
+        const Py_ssize_t row_lines_ = (I * (Py_ssize_t)sizeof(REAL) + 63) / 64;                       \
+        const Py_ssize_t blocks_ = (j1 - j0 + (NTU) - 1) / (NTU);                                     \
+        const Py_ssize_t pf_step_ = blocks_ > 0 ? (4 * row_lines_ + blocks_ - 1) / blocks_ : 0;       \
         Py_ssize_t r = 0;                                                                             \
         for (; r + 4 <= B; r += 4) {                                                                  \
             const REAL *a0 = A + r * I, *a1 = a0 + I, *a2 = a1 + I, *a3 = a2 + I;                     \
+            /* the next block's rows (contiguous after these: 4 I values, or fewer at the end) */     \
+            const char *next_ = (const char *)(A + (r + 4) * I);                                      \
+            const Py_ssize_t next_lines_ = copy_a_ && r + 4 < B                                       \
+                ? (((B - r - 4 < 4 ? B - r - 4 : 4) * I * (Py_ssize_t)sizeof(REAL)) + 63) / 64 : 0;   \
+            Py_ssize_t pf_ = 0;                                                                       \
+            if (copy_a_) {                                                                            \
+                memcpy(abuf_, a0, I * sizeof(REAL));                                                  \
+                memcpy(abuf_ + ald_, a1, I * sizeof(REAL));                                           \
+                memcpy(abuf_ + 2 * ald_, a2, I * sizeof(REAL));                                       \
+                memcpy(abuf_ + 3 * ald_, a3, I * sizeof(REAL));                                       \
+                a0 = abuf_; a1 = abuf_ + ald_; a2 = abuf_ + 2 * ald_; a3 = abuf_ + 3 * ald_;          \
+            }                                                                                         \
             REAL *c = C + r * O;                                                                      \
             Py_ssize_t j = j0;                                                                        \
             for (; j + (NTU) <= j1; j += (NTU)) {                                                     \
+                for (Py_ssize_t t_ = 0; t_ < pf_step_ && pf_ < next_lines_; t_++, pf_++)              \
+                    __builtin_prefetch(next_ + pf_ * 64);                                             \
                 const REAL *w[NTU];                                                                   \
                 for (int u = 0; u < (NTU); u++) w[u] = W + (j + u) * I;                               \
                 const REAL *a[4] = {a0, a1, a2, a3};                                                  \
