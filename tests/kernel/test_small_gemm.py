@@ -208,7 +208,6 @@ def test_a_build_is_chosen_by_name_only_where_the_cpu_runs_it(isa):
     assert core._team_jobs() == jobs
 
 
-
 def _at_offset(array, offset):
     """A C-contiguous copy of ``array`` whose data starts ``offset`` bytes past a 64-byte line."""
     buffer = np.empty(array.nbytes + 128, dtype=np.uint8)
