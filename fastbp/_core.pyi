@@ -61,6 +61,7 @@ def train_epoch(
     progress: Callable[[int, float, float], object] | None = None,
     *,
     threads: int = 1,
+    check_inputs: bool = False,
 ) -> tuple[float, float, int, int]: ...
 def optimizer_step(
     params: _Floats,

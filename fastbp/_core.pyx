@@ -152,6 +152,7 @@ cdef extern from "_kernels.h" nogil:
         STATUS_OK "FASTBP_STATUS_OK"
         STATUS_NONFINITE "FASTBP_STATUS_NONFINITE"
         STATUS_INTERRUPTED "FASTBP_STATUS_INTERRUPTED"
+        STATUS_BAD_INPUT "FASTBP_STATUS_BAD_INPUT"
     double fastbp_loss_divisor(int loss, Py_ssize_t K)
     double fastbp_loss_numerator(int loss)
     double fastbp_loss_half(int loss)
@@ -200,7 +201,7 @@ ACTIVATION_CODES = {"identity": ACT_IDENTITY, "sigmoid": ACT_SIGMOID, "relu": AC
 LOSS_CODES = {"half_sse": LOSS_HALF_SSE, "mse": LOSS_MSE, "cross_entropy": LOSS_CROSS_ENTROPY,
               "binary_cross_entropy": LOSS_BINARY_CROSS_ENTROPY, "poisson": LOSS_POISSON}
 STATUS_CODES = {"STATUS_OK": STATUS_OK, "STATUS_NONFINITE": STATUS_NONFINITE,
-                "STATUS_INTERRUPTED": STATUS_INTERRUPTED}
+                "STATUS_INTERRUPTED": STATUS_INTERRUPTED, "STATUS_BAD_INPUT": STATUS_BAD_INPUT}
 
 # The backend interface (fastbp._backend.INTERFACE), the same names as the twin fastbp._reference.
 __all__ = ["Workspace", "predict", "loss_and_gradient", "train_epoch", "optimizer_step", "all_finite",
@@ -1202,6 +1203,25 @@ cdef const Py_ssize_t[::1] check_order(order, Py_ssize_t n):
     return view
 
 
+cdef inline bint values_finite(const floating *values, Py_ssize_t n) noexcept nogil:
+    if floating is float:
+        return fastbp_all_finite_f32(values, n) != 0
+    else:
+        return fastbp_all_finite_f64(values, n) != 0
+
+
+cdef bint rows_finite(const floating *X, Py_ssize_t n_in, const Py_ssize_t *order, Py_ssize_t start,
+                      Py_ssize_t count) noexcept nogil:
+    """Whether the `count` rows from position `start` of the epoch's order (order NULL: in order) are finite."""
+    cdef Py_ssize_t r
+    if order == NULL:
+        return values_finite(X + start * n_in, count * n_in)
+    for r in range(count):
+        if not values_finite(X + order[start + r] * n_in, n_in):
+            return False
+    return True
+
+
 # A training call runs its non-packing products on more than one thread only when a product is worth
 # splitting (FASTBP_SPLIT_MIN_WORK multiply-adds, _kernels_gemm.h) and the epoch has at least TEAM_MIN_STEPS
 # steps to spread the threads' creation (tens of microseconds) over; and never when another layer's BLAS
@@ -1234,10 +1254,13 @@ cdef object _train_epoch(Workspace ws, floating[::1] params, const floating[:, :
                          const Py_ssize_t[::1] csr_indptr,
                          const floating[:, ::1] Y, sample_weight, Py_ssize_t batch_size, int rule,
                          const double[::1] hyper, floating[:, ::1] state, int64_t[::1] steps, shuffle_key,
-                         progress, int threads):
+                         progress, int threads, bint check_inputs):
     """train_epoch and train_epoch_sparse: the input rows are X (dense), or, with X None, the CSR arrays
     (layer 0 from the non-zeros by sparse_forward_first / sparse_backward_first, the rest as for X).
-    ``threads`` > 1: the non-packing products run on that many threads (``product_threads``)."""
+    ``threads`` > 1: the non-packing products run on that many threads (``product_threads``).
+    ``check_inputs`` (dense X): each batch's rows are checked for NaN and infinity before any update that
+    uses them (after the forward pass has brought them into cache); a bad one stops the epoch with status
+    STATUS_BAD_INPUT."""
     cdef const Plan *p = &ws.plan
     cdef floating *activations = <floating *>ws.activations_ptr
     cdef floating *deltas = <floating *>ws.deltas_ptr
@@ -1355,6 +1378,9 @@ cdef object _train_epoch(Workspace ws, floating[::1] params, const floating[:, :
             # the unweighted case only; weighted batches of one take the general loop below.
             while start < n and status == STATUS_OK:
                 batch = min(check_every, n - start)
+                if check_inputs and not rows_finite(X_ptr, n_in, order_ptr, start, batch):
+                    status = STATUS_BAD_INPUT
+                    break
                 done_before = done
                 if in_place:
                     if train_rows(p, &params[0], X_ptr, &Y[0, 0], order_ptr, start, batch, lr_,
@@ -1396,6 +1422,9 @@ cdef object _train_epoch(Workspace ws, floating[::1] params, const floating[:, :
                     batch_weight += row_weights[r]
                 if batch_weight == 0:
                     # nothing to learn from: no update (the mean would be 0/0)
+                    if check_inputs and not sparse and not values_finite(inputs, batch * n_in):
+                        status = STATUS_BAD_INPUT
+                        break
                     done += batch
                     start += batch
                     continue
@@ -1411,6 +1440,9 @@ cdef object _train_epoch(Workspace ws, floating[::1] params, const floating[:, :
                          activations, inner_checks)
             if checks.stopped:
                 status = STATUS_INTERRUPTED
+                break
+            if check_inputs and not sparse and not values_finite(inputs, batch * n_in):
+                status = STATUS_BAD_INPUT   # (checked here, where the forward pass has left the rows in cache)
                 break
             loss = output_delta(p, activations + p.act_off[p.n_layers - 1], targets, row_weights, batch,
                                 deltas)
@@ -1480,7 +1512,7 @@ def loss_and_gradient(Workspace ws, params, X, Y, sample_weight=None):
 
 
 def train_epoch(Workspace ws, params, X, Y, sample_weight, Py_ssize_t batch_size, int rule, hyper, state,
-                steps, shuffle_key, progress=None, *, int threads=1):
+                steps, shuffle_key, progress=None, *, int threads=1, bint check_inputs=False):
     """One epoch of mini-batch training with update rule ``rule``; returns (loss_sum, weight_sum,
     examples_done, status).
 
@@ -1490,16 +1522,17 @@ def train_epoch(Workspace ws, params, X, Y, sample_weight, Py_ssize_t batch_size
     ``progress(examples_done, loss_sum, weight_sum)``,
     called with the GIL held at most every PROGRESS_INTERVAL seconds, at the signal checks; what it raises
     stops the epoch after its last completed update and is raised (a KeyboardInterrupt: status
-    interrupted).
+    interrupted). check_inputs: check each row of X for NaN and infinity before any update uses it; a bad
+    one stops the epoch (status STATUS_BAD_INPUT) with the parameters as after `examples_done` examples.
     """
     if ws.sparse_input:
         # it has no dense input buffer for the shuffled gather
         raise ValueError("train_epoch needs a Workspace built without sparse_input (use train_epoch_sparse)")
     if ws.single:
         return _train_epoch[float](ws, params, X, None, None, None, Y, sample_weight, batch_size, rule, hyper,
-                                   state, steps, shuffle_key, progress, threads)
+                                   state, steps, shuffle_key, progress, threads, check_inputs)
     return _train_epoch[double](ws, params, X, None, None, None, Y, sample_weight, batch_size, rule, hyper,
-                                state, steps, shuffle_key, progress, threads)
+                                state, steps, shuffle_key, progress, threads, check_inputs)
 
 
 cdef object _optimizer_step(floating[::1] params, const floating[::1] grad, int rule,
@@ -1654,9 +1687,9 @@ def train_epoch_sparse(Workspace ws, params, data, indices, indptr, Y, sample_we
     examples for the same shuffle_key."""
     if ws.single:
         return _train_epoch[float](ws, params, None, data, indices, indptr, Y, sample_weight, batch_size,
-                                   rule, hyper, state, steps, shuffle_key, progress, threads)
+                                   rule, hyper, state, steps, shuffle_key, progress, threads, False)
     return _train_epoch[double](ws, params, None, data, indices, indptr, Y, sample_weight, batch_size, rule,
-                                hyper, state, steps, shuffle_key, progress, threads)
+                                hyper, state, steps, shuffle_key, progress, threads, False)
 
 
 def _enum_codes():

@@ -56,7 +56,8 @@ typedef struct {
 enum { FASTBP_IDENTITY = 0, FASTBP_SIGMOID = 1, FASTBP_RELU = 2, FASTBP_TANH = 3 };
 enum { FASTBP_HALF_SSE = 0, FASTBP_MSE = 1, FASTBP_CROSS_ENTROPY = 2, FASTBP_BINARY_CROSS_ENTROPY = 3,
        FASTBP_POISSON = 4 };
-enum { FASTBP_STATUS_OK = 0, FASTBP_STATUS_NONFINITE = 1, FASTBP_STATUS_INTERRUPTED = 2 };
+enum { FASTBP_STATUS_OK = 0, FASTBP_STATUS_NONFINITE = 1, FASTBP_STATUS_INTERRUPTED = 2,
+       FASTBP_STATUS_BAD_INPUT = 3 };
 
 /* Each loss's per-example value is l_i = half * S_i / divisor, where S_i is the sum that
  * fastbp_output_delta_row adds up for row i, and its gradient dl_i/dz is numerator / divisor times that

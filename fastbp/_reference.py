@@ -277,7 +277,7 @@ def _check_order(order, n):
 
 
 def train_epoch(ws, params, X, Y, sample_weight, batch_size, rule, hyper, state, steps, shuffle_key,
-                progress=None, *, threads=1):
+                progress=None, *, threads=1, check_inputs=False):
     """One epoch of mini-batch training; return ``(loss_sum, weight_sum, examples_done, status)``.
 
     The rows are visited in order (``shuffle_key < 0``), in ``_spec.permutation(n, shuffle_key)``, or, with
@@ -290,6 +290,9 @@ def train_epoch(ws, params, X, Y, sample_weight, batch_size, rule, hyper, state,
     loss and gradient carry scikit-learn's L2 term on the weights (``_add_l2``).
     Status 0: finished. Status 1: a batch loss was not finite; stopped before updating with it.
     Status 2: interrupted (Ctrl-C); the parameters, state and steps are as after the last completed update.
+    Status 3 (only with ``check_inputs``): a row of X holds NaN or infinity; stopped before any update used
+    it, with the parameters as after ``examples_done`` examples (the compiled kernel checks per batch, and
+    at batch size 1 per run of rows between its signal checks, so its count may be lower).
 
     ``progress``: None, or a callable ``progress(examples_done, loss_sum, weight_sum)`` with the counts of
     the completed batches so far, called between batches at most every ``PROGRESS_INTERVAL`` seconds
@@ -320,6 +323,8 @@ def train_epoch(ws, params, X, Y, sample_weight, batch_size, rule, hyper, state,
             X_batch, Y_batch = X[rows], Y[rows]
             w_batch = None if sample_weight is None else sample_weight[rows]
             batch_weight = float(X_batch.shape[0]) if w_batch is None else float(np.sum(w_batch, dtype=np.float64))
+            if check_inputs and not all_finite(X_batch):
+                return loss_sum, weight_sum, examples_done, _spec.STATUS_BAD_INPUT
             if batch_weight == 0:
                 examples_done += X_batch.shape[0]   # nothing to learn from: no update
                 continue
@@ -398,7 +403,7 @@ def train_epoch_sparse(ws, params, data, indices, indptr, Y, sample_weight, batc
                        shuffle_key, progress=None, *, threads=1):
     """:func:`train_epoch` for CSR rows: the same batches, order, updates and progress reports."""
     return train_epoch(ws, params, _csr(ws, data, indices, indptr), Y, sample_weight, batch_size, rule, hyper,
-                       state, steps, shuffle_key, progress, threads=threads)
+                       state, steps, shuffle_key, progress, threads=threads)  # (data checked by the caller)
 
 
 def train_rows(ws, params, X, Y, lr, order=None, adam=None):

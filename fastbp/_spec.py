@@ -26,6 +26,7 @@ LOGIT_LOSSES = ("cross_entropy", "binary_cross_entropy", "poisson")
 STATUS_OK = 0            # the epoch finished
 STATUS_NONFINITE = 1     # a batch loss was NaN or infinite: stopped before updating with it
 STATUS_INTERRUPTED = 2   # Ctrl-C: stopped after a completed update
+STATUS_BAD_INPUT = 3     # (check_inputs) a row of X held NaN or infinity: stopped before any update used it
 
 ACTIVATION_CODES = {name: code for code, name in enumerate(ACTIVATIONS)}
 LOSS_CODES = {name: code for code, name in enumerate(LOSSES)}
@@ -326,3 +327,14 @@ def all_finite_chunked(values) -> bool:
         if not np.isfinite(flat[start:start + _FINITE_CHUNK]).all():
             return False
     return True
+
+
+def first_nonfinite_row(X) -> int:
+    """The index of the first row of the 2-D array ``X`` that holds NaN or infinity, or -1 (in chunks, as
+    :func:`all_finite_chunked`)."""
+    rows = max(1, _FINITE_CHUNK // max(1, X.shape[1]))
+    for start in range(0, X.shape[0], rows):
+        bad = ~np.isfinite(X[start:start + rows]).all(axis=1)
+        if bad.any():
+            return start + int(np.argmax(bad))
+    return -1

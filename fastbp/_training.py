@@ -33,13 +33,14 @@ _MAX_COLUMNS = 80
 # ---------------------------------------------------------------------------------------------------------
 
 
-def run_epoch(net, ws, optimizer, X, Y, sample_weight, batch_size, key, progress=None):
+def run_epoch(net, ws, optimizer, X, Y, sample_weight, batch_size, key, progress=None, check_inputs=False):
     """One epoch (or, with ``len(X) <= batch_size`` and ``key = -1``, one step) in one backend call.
 
     ``progress``: None, or ``progress(examples_done, loss_sum, weight_sum)``, which the backend calls during
     the epoch at most every 0.2 s. Returns the backend's ``(loss_sum, weight_sum, examples_done, status)``.
     ``X`` is a dense matrix or :class:`~fastbp._validation.SparseRows` (then ``ws`` may be a
-    ``sparse_input`` workspace).
+    ``sparse_input`` workspace). ``check_inputs`` (dense X): the backend checks X's rows for NaN and
+    infinity as it uses them (status ``STATUS_BAD_INPUT``); SparseRows are checked when made.
     """
     threads = _threads.kernel_threads()
     if isinstance(X, SparseRows):
@@ -47,7 +48,8 @@ def run_epoch(net, ws, optimizer, X, Y, sample_weight, batch_size, key, progress
                                               batch_size, *optimizer._kernel_arguments(), key, progress,
                                               threads=threads)
     return net._module.train_epoch(ws, net.params, X, Y, sample_weight, batch_size,
-                                   *optimizer._kernel_arguments(), key, progress, threads=threads)
+                                   *optimizer._kernel_arguments(), key, progress, threads=threads,
+                                   check_inputs=check_inputs)
 
 
 def loss_and_gradient(net, ws, X, Y, sample_weight=None):
@@ -384,13 +386,18 @@ class FitPlan:
     verbose: int = 0
     callbacks: list = field(default_factory=list)
     sample_weight: np.ndarray | None = None
+    # X not yet checked for NaN and infinity: the first epoch checks each batch's rows as it uses them (a
+    # separate pass over a large X would cost a few percent of an epoch: it reads X from memory once more).
+    check_X: bool = False
 
 
 def fit_loop(net, plan):
     """Train ``net`` as ``plan`` says; return the :class:`History`.
 
     Raises ``FloatingPointError`` (parameters restored to their last finite state, ``history`` attached)
-    on divergence and ``KeyboardInterrupt`` on Ctrl-C (parameters as after the last completed update).
+    on divergence, ``KeyboardInterrupt`` on Ctrl-C (parameters as after the last completed update), and,
+    with ``plan.check_X``, ``ValueError`` for a row of X with NaN or infinity (found during the first epoch,
+    before any update used it; the parameters, the optimizer's state and its lr put back as before ``fit``).
     """
     X, Y, weights, optimizer = plan.X, plan.Y, plan.sample_weight, plan.optimizer
     n = X.shape[0]
@@ -412,6 +419,7 @@ def fit_loop(net, plan):
     for callback in callbacks:
         callback.set_context(net, history)
     logs = {}
+    lr_before = optimizer.lr
     try:
         for callback in callbacks:
             callback.on_train_begin(logs)
@@ -426,10 +434,15 @@ def fit_loop(net, plan):
             report = None if progress is None else progress.within_epoch(epoch)
             started = time.perf_counter()
             loss_sum, weight_sum, done, status = run_epoch(net, ws, optimizer, X, Y, weights, batch_size, key,
-                                                           report)
+                                                           report, check_inputs=plan.check_X and epoch == 0)
             elapsed = time.perf_counter() - started
             if status == _spec.STATUS_INTERRUPTED:
                 raise KeyboardInterrupt
+            if status == _spec.STATUS_BAD_INPUT:   # epoch 0: its starting state is fit's
+                np.copyto(params, params_start)
+                optimizer._restore(optimizer_start)
+                optimizer.lr = lr_before
+                raise nonfinite_rows_error("X", X)
             if status == _spec.STATUS_NONFINITE or not (net._module.all_finite(params)
                                                         and optimizer._state_finite()):
                 batch, what = _unwind(net, ws, optimizer, X, Y, weights, batch_size, key, params_start,
@@ -459,6 +472,13 @@ def fit_loop(net, plan):
         if progress is not None:
             progress.close()
     return history
+
+
+def nonfinite_rows_error(name, X, offset=0):
+    """The ValueError for a 2-D ``X`` found to hold NaN or infinity, naming its first such row."""
+    row = _spec.first_nonfinite_row(X)
+    where = f"row {row + offset}" if row >= 0 else "it"
+    return ValueError(f"{name} must be finite; {where} contains NaN or infinity")
 
 
 def _record(history, logs):

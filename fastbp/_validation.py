@@ -57,11 +57,13 @@ def _check_bool(value, name):
 def _as_real_array(value, name, dtype, all_finite=_reference.all_finite):
     """Convert to a C-contiguous array of ``dtype``; reject non-real dtypes and non-finite values.
 
-    No copy when ``value`` already is a C-contiguous array of ``dtype``.
+    No copy when ``value`` already is a C-contiguous array of ``dtype``. ``all_finite=None``: no finiteness
+    check of such an array (the caller checks it as it reads it: ``fit``'s first epoch); a converted
+    array is always checked (the conversion costs more, and its own overflow gets its own message).
     """
     if type(value) is np.ndarray and value.dtype == dtype and value.flags.c_contiguous:
         # The fast path (per-step calls with ready arrays): no conversion, only the finiteness check.
-        if not all_finite(value):
+        if all_finite is not None and not all_finite(value):
             raise ValueError(f"{name} must be finite; it contains NaN or infinity")
         return value
     if not isinstance(value, np.ndarray):

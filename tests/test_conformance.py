@@ -46,7 +46,8 @@ def test_the_kernel_codes_are_the_specs():
     assert core.ACTIVATION_CODES == _spec.ACTIVATION_CODES
     assert core.LOSS_CODES == _spec.LOSS_CODES
     assert core.STATUS_CODES == {"STATUS_OK": _spec.STATUS_OK, "STATUS_NONFINITE": _spec.STATUS_NONFINITE,
-                                 "STATUS_INTERRUPTED": _spec.STATUS_INTERRUPTED}
+                                 "STATUS_INTERRUPTED": _spec.STATUS_INTERRUPTED,
+                                 "STATUS_BAD_INPUT": _spec.STATUS_BAD_INPUT}
 
 
 def _case(rng, hidden, last, loss, dtype, n, K=3):
