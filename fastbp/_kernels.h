@@ -310,22 +310,38 @@ static void fastbp_gather_rows(char *FASTBP_RESTRICT dst, const char *FASTBP_RES
 }
 
 /* Whether none of n values is NaN or infinite: a value is non-finite exactly when its exponent bits are
- * all ones, and an integer OR-reduction over that test vectorises (a floating-point test would not without
- * -ffast-math). Runtime-dispatched to AVX-512/AVX2 where available: it runs after every train_step over
- * all the parameters. Reads the floats' bits through an integer pointer: Python extensions are built with
- * -fno-strict-aliasing. */
-#define FASTBP_DEFINE_ALL_FINITE(REAL, UINT, EXPONENT, SUFFIX)                                        \
+ * all ones, that is when its bits without the sign, as an unsigned integer, are at least the exponent
+ * mask; so the test is one maximum over those integers, and an integer max-reduction vectorises (a
+ * floating-point test would not without -ffast-math). Four interleaved quarters keep four independent
+ * maxima: 1.75x the rate of one over data in L2 (a batch's rows, which train_epoch checks with
+ * check_inputs), measured on Zen 5. Runtime-dispatched to AVX-512/AVX2 where available: it also runs after
+ * every train_step over all the parameters. Reads the floats' bits through an integer pointer: Python
+ * extensions are built with -fno-strict-aliasing. */
+#define FASTBP_DEFINE_ALL_FINITE(REAL, UINT, ABS, EXPONENT, SUFFIX)                                   \
     FASTBP_CLONES static int fastbp_all_finite_##SUFFIX(const REAL *values, Py_ssize_t n)             \
     {                                                                                                 \
-        const UINT *bits = (const UINT *)values;                                                      \
-        UINT found = 0;                                                                               \
-        _Pragma("omp simd reduction(|:found)")                                                        \
-        for (Py_ssize_t i = 0; i < n; i++)                                                            \
-            found |= (UINT)((bits[i] & EXPONENT) == EXPONENT);                                        \
-        return found == 0;                                                                            \
+        const UINT *b0 = (const UINT *)values;                                                        \
+        const Py_ssize_t q = n / 4;                                                                   \
+        const UINT *b1 = b0 + q, *b2 = b0 + 2 * q, *b3 = b0 + 3 * q;                                  \
+        UINT m0 = 0, m1 = 0, m2 = 0, m3 = 0;                                                          \
+        _Pragma("omp simd reduction(max:m0,m1,m2,m3)")                                                \
+        for (Py_ssize_t i = 0; i < q; i++) {                                                          \
+            const UINT a0 = b0[i] & ABS, a1 = b1[i] & ABS, a2 = b2[i] & ABS, a3 = b3[i] & ABS;        \
+            m0 = a0 > m0 ? a0 : m0;                                                                   \
+            m1 = a1 > m1 ? a1 : m1;                                                                   \
+            m2 = a2 > m2 ? a2 : m2;                                                                   \
+            m3 = a3 > m3 ? a3 : m3;                                                                   \
+        }                                                                                             \
+        for (Py_ssize_t i = 4 * q; i < n; i++) {                                                      \
+            const UINT a = b0[i] & ABS;                                                               \
+            m0 = a > m0 ? a : m0;                                                                     \
+        }                                                                                             \
+        m0 = m0 > m1 ? m0 : m1;                                                                       \
+        m2 = m2 > m3 ? m2 : m3;                                                                       \
+        return (m0 > m2 ? m0 : m2) < EXPONENT;                                                        \
     }
-FASTBP_DEFINE_ALL_FINITE(float, unsigned int, 0x7f800000U, f32)
-FASTBP_DEFINE_ALL_FINITE(double, unsigned long long, 0x7ff0000000000000ULL, f64)
+FASTBP_DEFINE_ALL_FINITE(float, unsigned int, 0x7fffffffU, 0x7f800000U, f32)
+FASTBP_DEFINE_ALL_FINITE(double, unsigned long long, 0x7fffffffffffffffULL, 0x7ff0000000000000ULL, f64)
 #undef FASTBP_DEFINE_ALL_FINITE
 
 /* One Adam or AdamW update over n values: torch.optim.Adam's single-tensor step, with the per-step
