@@ -41,9 +41,11 @@ ROUNDS = 10 if FULL else 3
 # backend's far less); FULL: the full data set where the twin can afford it.
 EXAMPLES = {
     False: {"seed-1-1-1": 4_000, "seed-2-2-1": 4_000, "seed-4-3-4": 4_000, "small-b1": 4_000,
-            "mnist-b32": 2_560, "mnist-b256": 2_560, "wide-b512": 1_024},
+            "mnist-b32": 2_560, "mnist-b64": 2_560, "mnist-b128": 2_560, "mnist-b256": 2_560,
+            "wide-b512": 1_024},
     True: {"seed-1-1-1": 50_000, "seed-2-2-1": 50_000, "seed-4-3-4": 50_000, "small-b1": 50_000,
-           "mnist-b32": 20_480, "mnist-b256": 20_480, "wide-b512": 2_048},
+           "mnist-b32": 20_480, "mnist-b64": 20_480, "mnist-b128": 20_480, "mnist-b256": 20_480,
+           "wide-b512": 2_048},
 }
 # The batch-1 rows past the tiny sizes: the twin's per-example loop costs ~50 us an example on them.
 for _w in wl.WORKLOADS.values():

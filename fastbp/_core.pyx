@@ -220,15 +220,22 @@ cdef Py_ssize_t BLAS_MIN_WORK = 512
 # SMALL_GEMM_MIN_OUTPUTS outputs. Measured one thread per product against scipy's OpenBLAS 0.3.30
 # (SkylakeX kernels; Xeon with AVX-512, docs/BENCHMARKS.md): at 32 x 784 x 128 forward 1.3x, delta 1.8x,
 # weight gradient 1.3x faster; at 16 rows 1.4-2.3x. Below 16 rows OpenBLAS's own small-matrix kernels
-# win (8 rows: 0.7x); from 64 rows its packed kernels catch up (784-128-10 fit at batch 64: 0.97x) and
-# its second thread pays; narrower layers (32 x 128 x 10: 0.35x) lose to the horizontal sums of the dot
-# products. The AVX2 build keeps the same bounds: against OpenBLAS's Haswell kernels (AVX2 emulated on a
-# Zen 5, docs/BENCHMARKS.md) 784-128-10 fit on one thread is 1.07-1.21x at batch 16, 0.94-1.04x at 32,
-# 0.92-0.97x at 48, and on two threads, where the team replaces OpenBLAS's threads, 1.04-1.18x at 32.
+# win (8 rows: 0.7x). The upper bound was 48 rows (there, on that Xeon, 784-128-10 fit at batch 64 was
+# 0.97x); on a Zen 5 with AVX-512 (docs/BENCHMARKS.md, "Batches of 64 and 128"), each configuration in
+# its own process, `fit` at batch 64 and 128 is 1.11-1.29x faster on one core and 1.18-1.31x on two
+# threads (the team against OpenBLAS's threads: 784-128-10 and 784-256-256-10), and the AVX2 build
+# (emulated there) 0.97-1.10x on one core and 0.99-1.40x on two threads; at 256 rows the products lose
+# (784-128-10 on two threads: 478 k against 743 k examples/s), so 128 it is. Narrow layers: outputs from 8
+# on (a 10-class output layer) take them too, which costs nothing measurable at batch 32 (784-128-10:
+# 517 -> 523 k on one core, 902 -> 885 k on two threads) and keeps the team on at batch 128 where such a
+# layer's BLAS product would be large enough for BLAS threads (product_threads: 784-256-256-10 at batch
+# 128 on two threads, 263 k on BLAS, 174 k with the team off, 316 k with it on). The bounds were first
+# measured with both modes alternating in one process: OpenBLAS's threads, still spinning after their
+# own products, then slowed the team down (two threads at batch 64: 412 k against 786-869 k alone).
 cdef Py_ssize_t SMALL_GEMM_MIN_BATCH = 16
-cdef Py_ssize_t SMALL_GEMM_MAX_BATCH = 48
+cdef Py_ssize_t SMALL_GEMM_MAX_BATCH = 128
 cdef Py_ssize_t SMALL_GEMM_MIN_INPUTS = 256
-cdef Py_ssize_t SMALL_GEMM_MIN_OUTPUTS = 16
+cdef Py_ssize_t SMALL_GEMM_MIN_OUTPUTS = 8
 # Which build of them the layers use (_kernels_gemm.h: AVX-512, AVX2+FMA, or none, when BLAS serves every
 # layer): the best this CPU runs, chosen at import; the environment variable FASTBP_SMALL_GEMM (avx512,
 # avx2 or off) caps it, and _small_gemm_isa() changes it.

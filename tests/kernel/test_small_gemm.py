@@ -40,6 +40,8 @@ SHAPES = [
     ([264, 256, 17, 2], "sigmoid", 48),  # 264 = 8 x 32 + 8 (one 8-wide double vector); both first layers
     ([784, 128, 10], "relu", 32),       # mnist-b32
     ([300, 22, 4], "relu", 44),         # 44 rows = 11 blocks of 4; 22 outputs = 5 blocks of 4 + 2 left
+    ([784, 9, 3], "relu", 101),          # 9 outputs (2 blocks of 4 + 1); 101 rows = 25 blocks of 4 + 1
+    ([512, 130, 10], "tanh", 128),       # the largest batch (130 -> 10 keeps BLAS: under 256 inputs)
 ]
 
 
