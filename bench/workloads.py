@@ -70,7 +70,7 @@ WORKLOADS = {
                  n_full=200_000, n_check=2_000, goals={"jax": 2.0, "fann": 4.0}),
         Workload("mnist-b32", (784, 128, 10), ("relu", "identity"), "mse", 32, "float32", 0.05,
                  n_full=20_480, n_check=640, goals={"jax": 1.3, "gemm-only": 1.0}),
-        # the batch sizes between the kernel's own products (16-48 rows) and BLAS's packed ones
+        # batches where the kernel's own products (16-128 rows) used to give way to BLAS's packed ones (above 48)
         Workload("mnist-b64", (784, 128, 10), ("relu", "identity"), "mse", 64, "float32", 0.05,
                  n_full=20_480, n_check=640, goals={"jax": 1.0}),
         Workload("mnist-b128", (784, 128, 10), ("relu", "identity"), "mse", 128, "float32", 0.05,

@@ -2,7 +2,7 @@
 
 fastbp's threads are those of the BLAS it calls for mini-batch products (SciPy's OpenBLAS for the compiled
 kernel, NumPy's for the twin), and, during one training call, the compiled kernel's own team for its
-non-packing products (batches of 16-48 rows on AVX-512 and AVX2 CPUs; docs/DESIGN.md). On an idle machine
+non-packing products (batches of 16-128 rows on AVX-512 and AVX2 CPUs; docs/DESIGN.md). On an idle machine
 those threads pay from a batch of about 32 rows of a few hundred units. On a machine whose other cores are
 busy they do not: OpenBLAS threads that wait for each other can make training many times slower (see
 docs/BENCHMARKS.md and bench/threads.py), and one thread is then the faster choice.
