@@ -181,6 +181,7 @@ cdef extern from "_kernels_gemm.h" nogil:
     int FASTBP_GEMM_ISA_NONE, FASTBP_GEMM_ISA_AVX2, FASTBP_GEMM_ISA_AVX512
     int fastbp_small_gemm_cpu_level()
     int fastbp_small_gemm_select(int level)
+    Py_ssize_t fastbp_l2_bytes(Py_ssize_t fallback)
     double FASTBP_SPLIT_MIN_WORK
     # the products on the training call's threads (pool NULL: the calling thread alone)
     void fastbp_gemm_nt_team_f32(fastbp_pool *pool, const float *A, const float *W, const float *bias, int act,
@@ -214,26 +215,34 @@ __all__ = ["Workspace", "predict", "loss_and_gradient", "train_epoch", "optimize
 # a 2-2-1 net at batch 4 3x slower. Batch 1 never gets here (the per-example C loop handles it).
 cdef Py_ssize_t BLAS_MIN_BATCH = 2
 cdef Py_ssize_t BLAS_MIN_WORK = 512
+# OpenBLAS runs a product on more than one thread from this many multiply-adds (m n k > 65536 x
+# GEMM_MULTITHREAD_THRESHOLD 4, interface/gemm.c); see product_threads and small_gemm_layer.
+cdef double BLAS_THREADED_WORK = 262144.0
 
 # A layer uses the non-packing products of _kernels_gemm.h instead of BLAS when the batch has
 # SMALL_GEMM_MIN_BATCH to SMALL_GEMM_MAX_BATCH rows and the layer at least SMALL_GEMM_MIN_INPUTS inputs and
-# SMALL_GEMM_MIN_OUTPUTS outputs. Measured one thread per product against scipy's OpenBLAS 0.3.30
-# (SkylakeX kernels; Xeon with AVX-512, docs/BENCHMARKS.md): at 32 x 784 x 128 forward 1.3x, delta 1.8x,
-# weight gradient 1.3x faster; at 16 rows 1.4-2.3x. Below 16 rows OpenBLAS's own small-matrix kernels
-# win (8 rows: 0.7x). The upper bound was 48 rows (there, on that Xeon, 784-128-10 fit at batch 64 was
-# 0.97x); on a Zen 5 with AVX-512 (docs/BENCHMARKS.md, "Batches of 64 and 128"), each configuration in
-# its own process, `fit` at batch 64 and 128 is 1.11-1.29x faster on one core and 1.18-1.31x on two
-# threads (the team against OpenBLAS's threads: 784-128-10 and 784-256-256-10), and the AVX2 build
-# (emulated there) 0.97-1.10x on one core and 0.99-1.40x on two threads; at 256 rows the products lose
-# (784-128-10 on two threads: 478 k against 743 k examples/s), so 128 it is. Narrow layers: outputs from 8
-# on (a 10-class output layer) take them too, which costs nothing measurable at batch 32 (784-128-10:
-# 517 -> 523 k on one core, 902 -> 885 k on two threads) and keeps the team on at batch 128 where such a
-# layer's BLAS product would be large enough for BLAS threads (product_threads: 784-256-256-10 at batch
-# 128 on two threads, 263 k on BLAS, 174 k with the team off, 316 k with it on). The bounds were first
-# measured with both modes alternating in one process: OpenBLAS's threads, still spinning after their
-# own products, then slowed the team down (two threads at batch 64: 412 k against 786-869 k alone).
+# SMALL_GEMM_MIN_OUTPUTS outputs; above SMALL_GEMM_MAX_BATCH_ANY rows only if its weights also fit in one
+# core's L2 cache (SMALL_GEMM_L2_BYTES: the C library's figure, 1 MiB where it gives none). Measured one
+# thread per product against scipy's OpenBLAS 0.3.30 (SkylakeX kernels; Xeon with AVX-512,
+# docs/BENCHMARKS.md): at 32 x 784 x 128 forward 1.3x, delta 1.8x, weight gradient 1.3x faster; at 16 rows
+# 1.4-2.3x. Below 16 rows OpenBLAS's own small-matrix kernels win (8 rows: 0.7x). The upper bound was 48
+# rows for every layer (there, on that Xeon, 784-128-10 fit at batch 64 was 0.97x); on a Zen 5 with
+# AVX-512 (docs/BENCHMARKS.md, "Batches of 64 and 128"), each configuration in its own process, `fit` at
+# batch 64 and 128 is 1.11-1.29x faster on one core and 1.18-1.31x on two threads (the team against
+# OpenBLAS's threads: 784-128-10 and 784-256-256-10, whose largest weights take 0.4 and 0.8 MiB), and the
+# AVX2 build (emulated there) 0.97-1.10x on one core and 0.99-1.40x on two threads. Layers whose weights
+# do not fit lose from 64 rows: the products read all of W once per 4 rows (1024-2048-2048-10, 8-16 MiB of
+# weights a layer, at batch 128: 10.5 k -> 7.9 k examples/s on two threads, 6.5 k -> 4.0 k on one core;
+# at 64, 8.9 k -> 8.0 k). At 256 rows 784-128-10 gains on one core but its A (the batch's inputs, 0.8
+# MiB) no longer stays in L2 next to W: 128 it is. Narrow layers: outputs from 8 on (a 10-class output
+# layer) take them too, at no cost measurable at batch 32 (784-128-10: 517 -> 523 k on one core, 902 ->
+# 885 k on two threads); see also small_gemm_layer. The bounds were first measured with both modes
+# alternating in one process: OpenBLAS's threads, still spinning after their own products, then slowed
+# the team down (two threads at batch 64: 412 k against 786-869 k alone).
 cdef Py_ssize_t SMALL_GEMM_MIN_BATCH = 16
 cdef Py_ssize_t SMALL_GEMM_MAX_BATCH = 128
+cdef Py_ssize_t SMALL_GEMM_MAX_BATCH_ANY = 48
+cdef Py_ssize_t SMALL_GEMM_L2_BYTES = fastbp_l2_bytes(1 << 20)
 cdef Py_ssize_t SMALL_GEMM_MIN_INPUTS = 256
 cdef Py_ssize_t SMALL_GEMM_MIN_OUTPUTS = 8
 # Which build of them the layers use (_kernels_gemm.h: AVX-512, AVX2+FMA, or none, when BLAS serves every
@@ -445,6 +454,16 @@ cdef class Workspace:
         self.batch_targets_ptr = <void *><size_t>self._batch_targets.ctypes.data
         self.batch_weights_ptr = <void *><size_t>self._batch_weights.ctypes.data
 
+    def _small_layers(self, Py_ssize_t batch):
+        """Per layer, whether its products at this batch size are the non-packing ones (small_gemm_layer;
+        for the tests)."""
+        cdef Py_ssize_t itemsize = 4 if self.single else 8
+        cdef Py_ssize_t l
+        uses = []
+        for l in range(self.plan.n_layers):
+            uses.append(bool(small_gemm_layer(&self.plan, batch, l, itemsize)))
+        return tuple(uses)
+
     def _buffer_addresses(self):
         """The data address of each buffer, by name (for the tests: each starts on a cache line)."""
         return {name: buffer.ctypes.data for name, buffer in (
@@ -568,10 +587,37 @@ cdef inline bint blas_pays(Py_ssize_t batch, Py_ssize_t n_in, Py_ssize_t n_out) 
     return batch >= BLAS_MIN_BATCH and batch * n_in * n_out >= BLAS_MIN_WORK
 
 
-cdef inline bint small_gemm_pays(Py_ssize_t batch, Py_ssize_t n_in, Py_ssize_t n_out) noexcept nogil:
+cdef inline bint small_gemm_pays(Py_ssize_t batch, Py_ssize_t n_in, Py_ssize_t n_out,
+                                 Py_ssize_t itemsize) noexcept nogil:
     return (SMALL_GEMM_ISA != FASTBP_GEMM_ISA_NONE and SMALL_GEMM_MIN_BATCH <= batch <= SMALL_GEMM_MAX_BATCH
             and n_in >= SMALL_GEMM_MIN_INPUTS
-            and n_out >= SMALL_GEMM_MIN_OUTPUTS)
+            and n_out >= SMALL_GEMM_MIN_OUTPUTS
+            and (batch <= SMALL_GEMM_MAX_BATCH_ANY or n_in * n_out * itemsize <= SMALL_GEMM_L2_BYTES))
+
+
+cdef bint small_gemm_layer(const Plan *p, Py_ssize_t batch, Py_ssize_t l,
+                          Py_ssize_t itemsize) noexcept nogil:
+    """Whether layer l's products at this batch size are the non-packing ones: where small_gemm_pays, and
+    also where the layer is outside its bounds (too few inputs or outputs) but its BLAS product would be
+    large enough for BLAS threads while the layers that take the small products have at least 8 times its
+    work. On two threads those layers' products run on the kernel's team, and a BLAS product starting BLAS
+    threads would have them spin against the team (product_threads then keeps the team off: 784-128-10 at
+    batch 256, whose 128 -> 10 layer crosses BLAS_THREADED_WORK, ran at 478-503 k examples/s on two threads,
+    804 k with that layer on the small products too). A layer with a larger share stays on BLAS: the small
+    products lose on narrow layers, and the choice must not depend on the thread count (the same bits on
+    any count), so one core would pay for it (100-512-512-10 at batch 32, its 100 -> 512 layer forced:
+    two threads 110 k -> 168 k, one core 110 k -> 95 k)."""
+    cdef Py_ssize_t k
+    cdef Py_ssize_t n_in = p.sizes[l], n_out = p.sizes[l + 1]
+    cdef double work = <double>batch * n_in * n_out, small_work = 0.0
+    if small_gemm_pays(batch, n_in, n_out, itemsize):
+        return True
+    if work < BLAS_THREADED_WORK:
+        return False
+    for k in range(p.n_layers):
+        if small_gemm_pays(batch, p.sizes[k], p.sizes[k + 1], itemsize):
+            small_work += <double>batch * p.sizes[k] * p.sizes[k + 1]
+    return small_work >= 8.0 * work
 
 
 # The non-packing products (_kernels_gemm.h), split over the plan's threads during a training call (p.pool;
@@ -630,7 +676,7 @@ cdef void dense_forward(const Plan *p, const floating *params, const floating *i
         W = params + p.w_off[l]
         bias = params + p.b_off[l]
         out = activations + p.act_off[l]
-        if small_gemm_pays(batch, n_in, n_out):
+        if small_gemm_layer(p, batch, l, sizeof(floating)):
             gemm_nt(p, a_prev, W, bias, act, out, batch, n_in, n_out)
         elif blas_pays(batch, n_in, n_out):
             # out (batch x n_out, row-major) = a_prev (batch x n_in) @ W^T
@@ -766,7 +812,7 @@ cdef void dense_backward(const Plan *p, floating *params, const floating *inputs
         W = params + p.w_off[l]
         bias = params + p.b_off[l]
         a_prev = inputs if l == 0 else activations + p.act_off[l - 1]
-        use_small = small_gemm_pays(batch, n_in, n_out)
+        use_small = small_gemm_layer(p, batch, l, sizeof(floating))
         use_blas = not use_small and blas_pays(batch, n_in, n_out)
 
         # 1. the delta of the layer below, from the weights before this step's update
@@ -1234,12 +1280,14 @@ cdef bint rows_finite(const floating *X, Py_ssize_t n_in, const Py_ssize_t *orde
 # steps to spread the threads' creation (tens of microseconds) over; and never when another layer's BLAS
 # product is large enough for the BLAS to run it on its own threads (BLAS_THREADED_WORK multiply-adds,
 # OpenBLAS's threshold), which would then compete with the team's waiting threads for the cores (measured:
-# 100-512-512-10 at batch 32, 70 k examples/s with both against 82 k on one thread).
+# 100-512-512-10 at batch 32, 70 k examples/s with both against 82 k on one thread). Since such a layer
+# takes the small products itself whenever another layer does (small_gemm_layer), that now happens only
+# where no layer is on the team anyway.
 cdef Py_ssize_t TEAM_MIN_STEPS = 4
-cdef double BLAS_THREADED_WORK = 262144.0
 
 
-cdef int product_threads(const Plan *p, int threads, Py_ssize_t batch, Py_ssize_t n, bint sparse) noexcept:
+cdef int product_threads(const Plan *p, int threads, Py_ssize_t batch, Py_ssize_t n, bint sparse,
+                         Py_ssize_t itemsize) noexcept:
     """How many threads a training call's products use: ``threads``, or 1 where none of its products runs
     on the non-packing path (_kernels_gemm.h), none is worth splitting, or the BLAS may start threads."""
     cdef Py_ssize_t l
@@ -1249,7 +1297,7 @@ cdef int product_threads(const Plan *p, int threads, Py_ssize_t batch, Py_ssize_
         return 1
     for l in range(1 if sparse else 0, p.n_layers):
         work = <double>batch * p.sizes[l] * p.sizes[l + 1]
-        if small_gemm_pays(batch, p.sizes[l], p.sizes[l + 1]):
+        if small_gemm_layer(p, batch, l, itemsize):
             worth = worth or work >= FASTBP_SPLIT_MIN_WORK
         elif blas_pays(batch, p.sizes[l], p.sizes[l + 1]) and work >= BLAS_THREADED_WORK:
             return 1
@@ -1371,7 +1419,7 @@ cdef object _train_epoch(Workspace ws, floating[::1] params, const floating[:, :
     if in_place and min(batch_size, n) >= SNAPSHOT_MIN_BATCH and work * min(batch_size, n) >= INNER_CHECK_WORK:
         saved_buffer = np.empty(p.n_params, dtype=ws.dtype)
         saved = <floating *><size_t>saved_buffer.ctypes.data
-    threads = product_threads(p, threads, min(batch_size, n), n, sparse)
+    threads = product_threads(p, threads, min(batch_size, n), n, sparse, sizeof(floating))
     # (the nogil block below raises nothing: the pool is always destroyed after it)
     if threads > 1:
         ws.plan.pool = fastbp_pool_create(threads)   # NULL (one thread) if the threads cannot be made
@@ -1748,6 +1796,15 @@ def all_finite(values):
     with nogil:
         ok = fastbp_all_finite_f64(&v64[0], v64.shape[0])
     return ok != 0
+
+
+def _small_gemm_l2_bytes(value=None):
+    """Read (and, for the tests, set) the L2 size below which a layer's weights take the non-packing
+    products above SMALL_GEMM_MAX_BATCH_ANY rows (small_gemm_pays). Not part of the public API."""
+    global SMALL_GEMM_L2_BYTES
+    if value is not None:
+        SMALL_GEMM_L2_BYTES = max(0, int(value))
+    return SMALL_GEMM_L2_BYTES
 
 
 def _small_gemm_thresholds(min_batch=None, max_batch=None, min_inputs=None, min_outputs=None):

@@ -81,6 +81,19 @@ static int fastbp_small_gemm_cpu_level(void) { return FASTBP_GEMM_ISA_NONE; }
 #define FASTBP_GEMM_HSUM(REAL, VB, V, OUT) OUT = (V);
 #endif
 
+/* The bytes of one core's L2 cache as the C library reports them (glibc: sysconf), or `fallback` where it
+ * does not say. The products above 48 rows are used only for layers whose weights fit in it (_core.pyx,
+ * small_gemm_pays). */
+#include <unistd.h>
+static Py_ssize_t fastbp_l2_bytes(Py_ssize_t fallback)
+{
+#if defined(_SC_LEVEL2_CACHE_SIZE)
+    const long bytes = sysconf(_SC_LEVEL2_CACHE_SIZE);
+    if (bytes >= 65536) return (Py_ssize_t)bytes;
+#endif
+    return fallback;
+}
+
 /* Use the products of instruction set `level` (capped at what the CPU runs; FASTBP_GEMM_ISA_NONE turns
  * them off); returns the set now in use. Called at import, and by the tests and benchmarks to run the
  * AVX2 products on an AVX-512 CPU. */

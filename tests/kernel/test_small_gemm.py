@@ -24,11 +24,15 @@ if not core._small_gemm_available():
 
 @pytest.fixture(autouse=True, params=core._small_gemm_isas())
 def isa(request):
-    """Each test on each build of the products (``_small_gemm_isa``), the default put back afterwards."""
-    default = core._small_gemm_isa()
+    """Each test on each build of the products (``_small_gemm_isa``), the default put back afterwards; with
+    the L2 size that decides layers above 48 rows pinned at 1 MiB, so that the same layers take the
+    products on every machine."""
+    default, l2 = core._small_gemm_isa(), core._small_gemm_l2_bytes()
     core._small_gemm_isa(request.param)
+    core._small_gemm_l2_bytes(1 << 20)
     yield request.param
     core._small_gemm_isa(default)
+    core._small_gemm_l2_bytes(l2)
 
 
 TOL = {np.dtype(np.float64): {"rtol": 1e-10, "atol": 1e-12}, np.dtype(np.float32): {"rtol": 2e-4, "atol": 2e-5}}
@@ -42,6 +46,7 @@ SHAPES = [
     ([300, 22, 4], "relu", 44),         # 44 rows = 11 blocks of 4; 22 outputs = 5 blocks of 4 + 2 left
     ([784, 9, 3], "relu", 101),          # 9 outputs (2 blocks of 4 + 1); 101 rows = 25 blocks of 4 + 1
     ([512, 130, 10], "tanh", 128),       # the largest batch (130 -> 10 keeps BLAS: under 256 inputs)
+    ([512, 240, 10], "relu", 128),       # 240 -> 10 (under 256 inputs) forced onto the products too
 ]
 
 
@@ -64,6 +69,29 @@ def test_the_shapes_take_the_small_products():
     low, high, min_in, min_out = _bounds()
     for sizes, _, batch in SHAPES:
         assert low <= batch <= high and sizes[0] >= min_in and sizes[1] >= min_out, (sizes, batch)
+
+
+def _small_layers(sizes, batch, dtype=np.float32):
+    codes = [_spec.ACTIVATION_CODES["relu"]] * (len(sizes) - 2) + [_spec.ACTIVATION_CODES["identity"]]
+    return core.Workspace(sizes, codes, _spec.LOSS_CODES["mse"], dtype, batch)._small_layers(batch)
+
+
+def test_which_layers_take_the_small_products():
+    # 16-48 rows: every layer of at least 256 inputs and 8 outputs
+    assert _small_layers([784, 128, 10], 16) == (True, False)
+    assert _small_layers([784, 128, 10], 15) == (False, False)
+    assert _small_layers([1024, 2048, 2048, 10], 48) == (True, True, True)
+    # 49-128 rows: only layers whose weights fit in L2 (1 MiB here; 2048 x 2048 float32 is 16 MiB)
+    assert _small_layers([784, 128, 10], 128) == (True, False)
+    assert _small_layers([784, 128, 10], 129) == (False, False)
+    assert _small_layers([1024, 2048, 2048, 10], 64) == (False, False, True)
+    # a layer outside the bounds whose BLAS product would start BLAS threads follows the others when it
+    # is small beside them (240 -> 10 at 128 rows: 307,200 multiply-adds), not when it is large
+    assert _small_layers([784, 240, 10], 128) == (True, True)
+    assert _small_layers([784, 240, 10], 100) == (True, False)  # 240,000: no BLAS threads
+    assert _small_layers([784, 240, 10], 128, np.float64) == (False, False)  # 784 x 240 doubles: 1.4 MiB
+    assert _small_layers([100, 512, 512, 10], 32) == (False, True, True)
+    assert _small_layers([100, 512, 512, 10], 32, np.float64) == (False, True, True)
 
 
 @pytest.mark.parametrize("dtype", [np.float64, np.float32])
