@@ -601,10 +601,12 @@ cdef bint small_gemm_layer(const Plan *p, Py_ssize_t batch, Py_ssize_t l,
     also where the layer is outside its bounds (too few inputs or outputs) but its BLAS product would be
     large enough for BLAS threads while the layers that take the small products have at least 8 times its
     work. On two threads those layers' products run on the kernel's team, and a BLAS product starting BLAS
-    threads would have them spin against the team (product_threads then keeps the team off: 784-128-10 at
-    batch 256, whose 128 -> 10 layer crosses BLAS_THREADED_WORK, ran at 478-503 k examples/s on two threads,
-    804 k with that layer on the small products too). A layer with a larger share stays on BLAS: the small
-    products lose on narrow layers, and the choice must not depend on the thread count (the same bits on
+    threads would have them spin against the team (product_threads then keeps the team off: with the row
+    bound raised to 256 for the measurement, 784-128-10 at batch 256, whose 128 -> 10 layer crosses
+    BLAS_THREADED_WORK, ran at 478-503 k examples/s on two threads, and at 804 k with that layer on the
+    small products too). Under sparse input layer 0 counts among the others although the sparse loops
+    compute it: a heuristic's error, never a wrong result. A layer with a larger share stays on BLAS: the
+    small products lose on narrow layers, and the choice must not depend on the thread count (the same bits on
     any count), so one core would pay for it (100-512-512-10 at batch 32, its 100 -> 512 layer forced:
     two threads 110 k -> 168 k, one core 110 k -> 95 k)."""
     cdef Py_ssize_t k
