@@ -22,7 +22,8 @@ import numpy as np
 
 from fastbp import _metrics, _spec, _threads
 from fastbp._results import History
-from fastbp._validation import SparseRows, _check_bool, _check_int, _check_real, _describe
+from fastbp._validation import (SparseRows, _check_bool, _check_int, _check_real, _describe,
+                                nonfinite_rows_error)
 
 _STANDARD_LOGS = ("loss", "lr", "epoch_time", "val_loss")
 _MAX_COLUMNS = 80
@@ -472,13 +473,6 @@ def fit_loop(net, plan):
         if progress is not None:
             progress.close()
     return history
-
-
-def nonfinite_rows_error(name, X, offset=0):
-    """The ValueError for a 2-D ``X`` found to hold NaN or infinity, naming its first such row."""
-    row = _spec.first_nonfinite_row(X)
-    where = f"row {row + offset}" if row >= 0 else "it"
-    return ValueError(f"{name} must be finite; {where} contains NaN or infinity")
 
 
 def _record(history, logs):

@@ -54,6 +54,14 @@ def _check_bool(value, name):
     return bool(value)
 
 
+def nonfinite_rows_error(name, X, offset=0):
+    """The ValueError for a 2-D ``X`` found to hold NaN or infinity after all (``fit`` checks a ready X as
+    its first epoch reads it), naming its first such row, ``offset`` added."""
+    row = _spec.first_nonfinite_row(X)
+    where = f"row {row + offset}" if row >= 0 else "it"
+    return ValueError(f"{name} must be finite; {where} contains NaN or infinity")
+
+
 def _as_real_array(value, name, dtype, all_finite=_reference.all_finite):
     """Convert to a C-contiguous array of ``dtype``; reject non-real dtypes and non-finite values.
 

@@ -20,7 +20,7 @@ from fastbp import _backend, _io, _metrics, _spec, _threads, _torch_interop, _tr
 from fastbp import _reference
 from fastbp._results import Gradients, Trace
 from fastbp._validation import (SparseRows, _as_real_array, _as_sparse_rows, _check_bool, _check_int, _check_real,
-                                _describe, _is_sparse)
+                                _describe, _is_sparse, nonfinite_rows_error)
 from fastbp.optimizers import LBFGS, SGD, Adam, AdamW, Optimizer, RMSprop, Rprop
 from fastbp.schedules import make_schedule
 
@@ -796,7 +796,7 @@ class Network:
                                  f"{X2.shape[0]}; need at least one for each side")
             validation = (X2[-n_val:], Y2[-n_val:])
             if check_later and not self._module.all_finite(validation[0]):   # (not trained on: check now)
-                raise _training.nonfinite_rows_error("X", validation[0], X2.shape[0] - n_val)
+                raise nonfinite_rows_error("X", validation[0], X2.shape[0] - n_val)
             X2, Y2 = X2[:-n_val], Y2[:-n_val]
             if weights is not None:
                 weights = weights[:-n_val]
